@@ -1,0 +1,1 @@
+"""Pipelines: model registry, tiny offline models, samplers (see DESIGN.md)."""

@@ -1,0 +1,179 @@
+"""`sparse_attention`: run a BlockPlan on q, k, v with the best backend for the device.
+
+Tensor layout everywhere: [B, H, N, D] (heads before tokens), K/V may have fewer heads (GQA).
+Backends declare the devices and dtypes they run on, and what they need; asking for one that
+cannot run raises a clear error, `auto` picks among those that can.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+
+import torch
+import torch.nn.functional as F
+
+from sparsediff.kernels import block_sparse_attention_flex, block_sparse_attention_gather, block_sparse_attention_ref
+from sparsediff.plan import BlockPlan
+
+logger = logging.getLogger(__name__)
+Tensor = torch.Tensor
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+DTYPES = (torch.float32, torch.float64, *HALF_DTYPES)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A kernel plus what it supports; `unavailable()` says why it cannot run, or None."""
+
+    name: str
+    kernel: Callable[..., Tensor]
+    devices: tuple[str, ...]
+    description: str
+    needs: Callable[[torch.device], str | None] = lambda device: None
+
+    def unavailable(self, device: torch.device) -> str | None:
+        if device.type not in self.devices:
+            return f"backend {self.name!r} runs on {self.devices}, not on {device.type}"
+        return self.needs(device)
+
+
+@cache
+def _compiler_missing() -> str | None:
+    """FlexAttention compiles through Inductor, which needs a C++ compiler on the CPU."""
+    if shutil.which("g++") or shutil.which("clang++") or shutil.which("c++"):
+        return None
+    return "backend 'flex' needs a C++ compiler for torch.compile on the CPU (install g++), or use backend='torch'"
+
+
+def _flex_needs(device: torch.device) -> str | None:
+    try:
+        import torch.nn.attention.flex_attention
+    except ImportError:
+        return f"backend 'flex' needs torch >= 2.5 with FlexAttention (found {torch.__version__})"
+    return _compiler_missing() if device.type == "cpu" else None
+
+
+BACKENDS: dict[str, Backend] = {
+    b.name: b
+    for b in (
+        Backend(
+            "reference", block_sparse_attention_ref, ("cpu", "cuda"), "dense SDPA under the expanded mask: exact, slow"
+        ),
+        Backend("torch", block_sparse_attention_gather, ("cpu", "cuda"), "block gather + batched matmul, no compiler"),
+        Backend("flex", block_sparse_attention_flex, ("cpu", "cuda"), "torch.compile'd FlexAttention", _flex_needs),
+    )
+}
+
+
+def backend_choices() -> tuple[str, ...]:
+    return ("auto", *BACKENDS)
+
+
+def resolve_backend(name: str, device: torch.device) -> Backend:
+    """The backend `name` (or the best for `device` when "auto"), checked to be runnable."""
+    if name == "auto":
+        # Measured on 2 CPU cores (README, bench table): the gather path matches compiled
+        # FlexAttention on the CPU without its per-shape compile; on GPUs FlexAttention wins.
+        preference = ("flex", "torch") if device.type == "cuda" else ("torch",)
+        for candidate in preference:
+            if BACKENDS[candidate].unavailable(device) is None:
+                return BACKENDS[candidate]
+        raise RuntimeError(f"no sparse attention backend runs on {device}")
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {backend_choices()}")
+    reason = BACKENDS[name].unavailable(device)
+    if reason:
+        raise RuntimeError(reason)
+    return BACKENDS[name]
+
+
+def _check_inputs(q: Tensor, k: Tensor, v: Tensor, plan: BlockPlan) -> None:
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(
+            "q, k, v must be [batch, heads, tokens, head_dim]; "
+            f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if k.shape != v.shape:
+        raise ValueError(f"k and v shapes differ: {tuple(k.shape)} vs {tuple(v.shape)}")
+    if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must share batch and head_dim")
+    if q.shape[1] % k.shape[1]:
+        raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
+    if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"q, k, v must share one dtype of {DTYPES}; got {q.dtype}, {k.dtype}, {v.dtype}")
+    if (q.shape[2], k.shape[2]) != (plan.seq_len_q, plan.seq_len_kv):
+        raise ValueError(
+            f"plan was built for (N_q, N_kv) = ({plan.seq_len_q}, {plan.seq_len_kv}) but got "
+            f"({q.shape[2]}, {k.shape[2]}); build a plan for this layout"
+        )
+    if plan.num_heads not in (1, q.shape[1]):
+        raise ValueError(
+            f"plan has {plan.num_heads} heads but q has {q.shape[1]}; per-head plans need one row per head"
+        )
+
+
+def _plan_for(plan: BlockPlan, heads: int, device: torch.device) -> BlockPlan:
+    """The plan on `device` with one row per head (a 1-head plan is shared by all heads)."""
+    key = ("prepared", heads, device)
+    if key not in plan.kernel_cache:
+        prepared = plan.to(device)
+        if plan.num_heads != heads:
+            prepared = BlockPlan(
+                prepared.kv_indices.expand(heads, -1, -1),
+                prepared.kv_counts.expand(heads, -1),
+                plan.block_q,
+                plan.block_kv,
+                plan.seq_len_q,
+                plan.seq_len_kv,
+                prepared.skipped_heads.expand(heads),
+                (tuple(range(heads)),),
+            )
+        plan.kernel_cache[key] = prepared
+    return plan.kernel_cache[key]
+
+
+def sparse_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    plan: BlockPlan,
+    backend: str = "auto",
+    scale: float | None = None,
+    reuse: Tensor | None = None,
+) -> Tensor:
+    """Attention restricted to the plan's blocks. q [B, H, N_q, D], k/v [B, H_kv, N_kv, D].
+
+    Skipped heads need `reuse`, the output [B, H, N_q, D] of the last call that computed them.
+    With `auto`, a plan that keeps every block runs dense SDPA (same result, fastest).
+    """
+    _check_inputs(q, k, v, plan)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    prepared = _plan_for(plan, q.shape[1], q.device)
+    skipped = prepared.skipped_heads
+    if skipped.any() and (reuse is None or reuse.shape != q.shape):
+        raise ValueError(
+            f"the plan skips heads {skipped.nonzero().flatten().tolist()}; pass reuse=<output of shape "
+            f"{tuple(q.shape)} from the last step that computed them>"
+        )
+    if backend == "auto" and prepared.is_full:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+    chosen = resolve_backend(backend, q.device)
+    out = chosen.kernel(
+        q,
+        k,
+        v,
+        prepared.kv_indices,
+        prepared.kv_counts,
+        prepared.block_q,
+        prepared.block_kv,
+        scale,
+        prepared.kernel_cache,
+    )
+    if skipped.any():
+        out[:, skipped] = reuse[:, skipped]
+    return out

@@ -1,0 +1,136 @@
+"""Every backend equals the reference (which itself equals masked SDPA) within tolerance."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sparsediff import BlockPlan, Diagonal, Full, Skip, Stripe, TokenLayout, build_plan, sparse_attention
+from sparsediff.attention import resolve_backend
+
+TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 2e-2}
+
+
+def _random_plan(gen, heads, n, block_q, block_kv, density):
+    qb, kb = math.ceil(n / block_q), math.ceil(n / block_kv)
+    mask = torch.rand(heads, qb, kb, generator=gen) < density
+    mask[..., 0] |= ~mask.any(-1)  # no empty rows
+    return BlockPlan.from_block_mask(mask, (block_q, block_kv), seq_len=n)
+
+
+def _qkv(gen, batch, heads, kv_heads, n, dim, dtype):
+    q = torch.randn(batch, heads, n, dim, generator=gen)
+    k, v = (torch.randn(batch, kv_heads, n, dim, generator=gen) for _ in range(2))
+    return [x.to(dtype) for x in (q, k, v)]
+
+
+def _golden(q, k, v, plan):
+    """float64 reference for tolerance checks on half dtypes."""
+    return sparse_attention(q.double(), k.double(), v.double(), plan, backend="reference")
+
+
+@st.composite
+def cases(draw):
+    kv_heads = draw(st.integers(1, 3))
+    return dict(
+        batch=draw(st.integers(1, 2)),
+        kv_heads=kv_heads,
+        heads=kv_heads * draw(st.integers(1, 3)),
+        n=draw(st.integers(1, 260)),
+        dim=draw(st.sampled_from([8, 16, 64])),
+        block_q=draw(st.sampled_from([16, 32, 64])),
+        block_kv=draw(st.sampled_from([16, 32, 64])),
+        density=draw(st.floats(0.05, 1.0)),
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+@given(cases(), st.sampled_from([torch.float32, torch.float16, torch.bfloat16]))
+def test_torch_backend_matches_reference(case, dtype):
+    gen = torch.Generator().manual_seed(case["seed"])
+    plan = _random_plan(gen, case["heads"], case["n"], case["block_q"], case["block_kv"], case["density"])
+    q, k, v = _qkv(gen, case["batch"], case["heads"], case["kv_heads"], case["n"], case["dim"], dtype)
+    out = sparse_attention(q, k, v, plan, backend="torch")
+    ref = sparse_attention(q, k, v, plan, backend="reference")
+    assert out.dtype == dtype and out.shape == q.shape
+    if dtype == torch.float32:
+        assert (out - ref).abs().max() <= TOLERANCE[dtype]
+    else:  # against float64: no worse than twice the reference's own error, and within 2e-2
+        golden = _golden(q, k, v, plan)
+        kernel_err = (out.double() - golden).abs().max()
+        ref_err = (ref.double() - golden).abs().max()
+        assert kernel_err <= max(2 * ref_err, TOLERANCE[dtype])
+
+
+def test_reference_equals_masked_sdpa_and_full_plan_equals_sdpa():
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = _qkv(gen, 2, 4, 4, 100, 16, torch.float32)
+    full = BlockPlan.from_block_mask(torch.ones(4, 4, 4, dtype=torch.bool), 32, seq_len=100)
+    dense = F.scaled_dot_product_attention(q, k, v)
+    for backend in ("reference", "torch", "auto"):
+        assert (sparse_attention(q, k, v, full, backend=backend) - dense).abs().max() < 1e-5
+    plan = _random_plan(gen, 4, 100, 32, 32, 0.4)
+    masked = F.scaled_dot_product_attention(q, k, v, attn_mask=plan.to_token_mask()[None])
+    assert (sparse_attention(q, k, v, plan, backend="reference") - masked).abs().max() < 1e-6
+
+
+def test_layout_plan_with_gqa_and_shared_plan():
+    layout = TokenLayout(frames=3, height=6, width=10, text_suffix=13, order="hilbert")
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = _qkv(gen, 1, 6, 2, layout.num_tokens, 32, torch.float32)
+    for patterns in (
+        Diagonal(radius=1, temporal_radius=1) | Stripe(frames=(0,)),
+        [Diagonal(radius=h) for h in range(6)],
+    ):
+        plan = build_plan(layout, patterns, block_size=16)
+        out = sparse_attention(q, k, v, plan, backend="torch")
+        assert (out - sparse_attention(q, k, v, plan, backend="reference")).abs().max() < 1e-4
+
+
+def test_skipped_heads_reuse_previous_output():
+    layout = TokenLayout(height=8, width=8)
+    plan = build_plan(layout, [Diagonal(radius=1), Skip(), Full()], block_size=16)
+    gen = torch.Generator().manual_seed(2)
+    q, k, v = _qkv(gen, 1, 3, 3, 64, 16, torch.float32)
+    previous = torch.randn(q.shape, generator=gen)
+    with pytest.raises(ValueError, match=r"skips heads \[1\]; pass reuse="):
+        sparse_attention(q, k, v, plan)
+    out = sparse_attention(q, k, v, plan, reuse=previous)
+    assert torch.equal(out[:, 1], previous[:, 1])
+    assert (out[:, 2] - F.scaled_dot_product_attention(q, k, v)[:, 2]).abs().max() < 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("n", "heads", "kv_heads", "dtype"),
+    [(200, 4, 4, torch.float32), (130, 4, 2, torch.float32), (256, 2, 2, torch.bfloat16)],
+)
+def test_flex_backend_matches_reference(n, heads, kv_heads, dtype):
+    gen = torch.Generator().manual_seed(n)
+    plan = _random_plan(gen, heads, n, 32, 32, 0.3)
+    q, k, v = _qkv(gen, 1, heads, kv_heads, n, 16, dtype)
+    out = sparse_attention(q, k, v, plan, backend="flex")
+    golden = _golden(q, k, v, plan)
+    assert (out.double() - golden).abs().max() <= TOLERANCE[dtype]
+
+
+def test_bad_inputs_raise_clear_errors():
+    plan = BlockPlan.from_block_mask(torch.ones(2, 2, 2, dtype=torch.bool), 8)
+    q = torch.randn(1, 2, 16, 8)
+    with pytest.raises(ValueError, match=r"\[batch, heads, tokens, head_dim\]"):
+        sparse_attention(q[0], q[0], q[0], plan)
+    with pytest.raises(ValueError, match="plan was built for"):
+        sparse_attention(q[:, :, :10], q[:, :, :10], q[:, :, :10], plan)
+    with pytest.raises(ValueError, match="multiple of key/value heads"):
+        sparse_attention(torch.randn(1, 3, 16, 8), q, q, plan)
+    with pytest.raises(ValueError, match="plan has 2 heads but q has 4"):
+        sparse_attention(torch.randn(1, 4, 16, 8), torch.randn(1, 4, 16, 8), torch.randn(1, 4, 16, 8), plan)
+    with pytest.raises(ValueError, match="share one dtype"):
+        sparse_attention(q, q.half(), q, plan)
+    with pytest.raises(ValueError, match="unknown backend 'fast'"):
+        sparse_attention(q, q, q, plan, backend="fast")
+    with pytest.raises(RuntimeError, match="runs on"):
+        resolve_backend("flex", torch.device("meta"))

@@ -1,0 +1,102 @@
+"""Patterns: the fast block masks equal the brute-force token masks reduced to blocks."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sparsediff import AnyOf, Diagonal, Full, MultiDiagonal, Pattern, Skip, Stripe, TokenLayout, Window, build_plan
+from sparsediff.patterns import _reduce_to_blocks
+
+layouts = st.builds(
+    TokenLayout,
+    frames=st.integers(1, 4),
+    height=st.integers(1, 9),
+    width=st.integers(1, 9),
+    text_prefix=st.integers(0, 12),
+    text_suffix=st.integers(0, 6),
+    order=st.sampled_from(["raster", "hilbert", "hilbert-frame"]),
+)
+simple_patterns = st.one_of(
+    st.builds(Diagonal, radius=st.integers(0, 3), temporal_radius=st.integers(0, 2)),
+    st.builds(
+        MultiDiagonal,
+        radius=st.integers(0, 2),
+        frame_offsets=st.lists(st.integers(-3, 3), min_size=1, max_size=3).map(tuple),
+    ),
+    st.builds(Window, radius=st.integers(0, 40)),
+    st.builds(Stripe, text=st.booleans(), frames=st.sampled_from([(), (0,), (-1,)])),
+    st.just(Full()),
+)
+patterns = st.one_of(
+    simple_patterns, st.lists(simple_patterns, min_size=2, max_size=3).map(lambda ps: AnyOf(parts=tuple(ps)))
+)
+
+
+@given(layouts, patterns, st.sampled_from([1, 4, 7, 16]), st.sampled_from([1, 5, 16]))
+def test_block_mask_matches_token_mask(layout, pattern, block_q, block_kv):
+    expected = _reduce_to_blocks(pattern.token_mask(layout), block_q, block_kv)
+    assert torch.equal(pattern.block_mask(layout, block_q, block_kv), expected)
+
+
+def test_diagonal_token_semantics():
+    layout = TokenLayout(frames=2, height=3, width=3)
+    mask = Diagonal(radius=1).token_mask(layout)
+    centre, corner = 4, 0  # (0, 1, 1) and (0, 0, 0)
+    assert mask[centre, :9].all()  # sees its whole frame
+    assert not mask[centre, 9:].any()  # no temporal radius: nothing in frame 1
+    assert mask[corner].nonzero().flatten().tolist() == [0, 1, 3, 4]
+    assert MultiDiagonal(radius=0, frame_offsets=(1,)).token_mask(layout)[centre].nonzero().flatten().tolist() == [13]
+
+
+def test_patterns_serialize_and_compose():
+    p = Diagonal(radius=2) | Stripe(text=True) | MultiDiagonal(radius=1, frame_offsets=(-2, 2))
+    assert isinstance(p, AnyOf) and len(p.parts) == 3  # unions flatten
+    again = AnyOf.model_validate_json(p.model_dump_json())
+    assert again == p and hash(again) == hash(p)
+    assert str(Diagonal(radius=2)) == "diagonal(radius=2, temporal_radius=0)"
+
+
+def test_build_plan_text_rules_and_determinism():
+    layout = TokenLayout(frames=2, height=4, width=4, text_prefix=8)
+    heads = [Diagonal(radius=0), Window(radius=0), Skip(), Diagonal(radius=0)]
+    plan = build_plan(layout, heads, block_size=8)
+    again = build_plan(layout, heads, block_size=8)
+    assert torch.equal(plan.kv_indices, again.kv_indices) and torch.equal(plan.kv_counts, again.kv_counts)
+    dense = plan.to_dense_mask()
+    assert dense[0, 0].all()  # the text query block sees everything
+    assert dense[0, :, 0].all()  # every query sees the text key block
+    assert plan.skipped_heads.tolist() == [False, False, True, False]
+    assert plan.head_groups == ((0, 3), (1,), (2,))
+    no_text_keys = build_plan(layout, Diagonal(radius=0), block_size=8, text_keys=False)
+    assert not no_text_keys.to_dense_mask()[0, 1:, 0].any()
+    with pytest.raises(ValueError, match="query block 0 of head 0 attends to no key block"):
+        build_plan(layout, Diagonal(radius=0), block_size=8, text_keys=False, text_queries_see_all=False)
+
+
+def test_plan_density_shrinks_with_radius():
+    layout = TokenLayout(frames=4, height=16, width=16)
+    densities = [build_plan(layout, Diagonal(radius=r, temporal_radius=1)).density for r in (1, 4, 8)]
+    assert densities == sorted(densities) and densities[0] < 0.5
+
+
+@pytest.mark.parametrize(
+    ("pattern", "message"),
+    [
+        (Stripe(frames=(5,)), "do not fit a layout with 2 frames"),
+        (Stripe(tokens=(99,)), "raster indices"),
+        (AnyOf(parts=(Skip(), Full())), "skip cannot be part of a union"),
+    ],
+)
+def test_bad_patterns(pattern, message):
+    with pytest.raises(ValueError, match=message):
+        build_plan(TokenLayout(frames=2, height=3, width=3), pattern, block_size=4)
+
+
+def test_bad_pattern_values():
+    with pytest.raises(ValueError):
+        Diagonal(radius=-1)
+    with pytest.raises(ValueError):
+        Pattern.model_validate({"kind": "nope"})
+    with pytest.raises(TypeError, match="expected Pattern"):
+        build_plan(TokenLayout(height=2, width=2), ["diagonal"])

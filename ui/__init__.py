@@ -1,0 +1,1 @@
+"""Gradio app (see DESIGN.md)."""
