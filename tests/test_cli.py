@@ -1,0 +1,36 @@
+"""The `sparsediff` command line: bench output contract and error messages."""
+
+import json
+
+from typer.testing import CliRunner
+
+from sparsediff.cli import app
+
+runner = CliRunner()
+
+
+def test_bench_attention_json_contract():
+    result = runner.invoke(
+        app, ["bench", "attention", "--seq", "300", "--heads", "2", "--head-dim", "16", "--density", "0.3", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output.strip().splitlines()[-1])
+    for key in ("dense_ms", "sparse_ms", "speedup", "density", "max_abs_err", "backend"):
+        assert key in record
+    assert record["backend"] == "torch"  # what auto picks on the CPU
+    assert 0 < record["density"] < 1 and record["max_abs_err"] <= 1e-4
+
+
+def test_bench_attention_table():
+    result = runner.invoke(
+        app, ["bench", "attention", "--seq", "200", "--heads", "2", "--head-dim", "8", "--repeat", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "speedup" in result.output and "max abs err" in result.output
+
+
+def test_bench_attention_rejects_bad_options():
+    result = runner.invoke(app, ["bench", "attention", "--backend", "turbo"])
+    assert result.exit_code != 0 and "unknown backend 'turbo'" in result.output
+    result = runner.invoke(app, ["bench", "attention", "--density", "1.5"])
+    assert result.exit_code != 0 and "--density must be in (0, 1]" in result.output
