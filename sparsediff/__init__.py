@@ -4,6 +4,8 @@ Importing this package compiles nothing, needs no GPU and changes no global sett
 """
 
 from sparsediff.attention import BACKENDS, sparse_attention
+from sparsediff.config import ModelSignature, Schedule, SparseConfig
+from sparsediff.integrations.diffusers import SparseAttnProcessor, apply, remove, sparse, sparse_processors, state_of
 from sparsediff.layout import TokenLayout
 from sparsediff.patterns import AnyOf, Diagonal, Full, MultiDiagonal, Pattern, Skip, Stripe, Window, build_plan
 from sparsediff.plan import BlockPlan
@@ -16,12 +18,21 @@ __all__ = [
     "BlockPlan",
     "Diagonal",
     "Full",
+    "ModelSignature",
     "MultiDiagonal",
     "Pattern",
+    "Schedule",
     "Skip",
+    "SparseAttnProcessor",
+    "SparseConfig",
     "Stripe",
     "TokenLayout",
     "Window",
+    "apply",
     "build_plan",
+    "remove",
+    "sparse",
     "sparse_attention",
+    "sparse_processors",
+    "state_of",
 ]

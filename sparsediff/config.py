@@ -1,0 +1,124 @@
+"""SparseConfig: a versioned JSON document saying which attention to compute, and when.
+
+A config is what `sparsediff.apply` takes and what the offline search writes. It holds a method
+and its parameters, optional per-layer/per-head patterns, a step schedule and the signature of
+the model it was made for (so loading it on another model is an error, not a wrong result).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sparsediff.patterns import PatternSpec
+
+CONFIG_VERSION = 1
+METHODS = ("dense", "window", "pattern")
+
+
+class Schedule(BaseModel):
+    """When attention runs dense: the first steps (a count or a fraction) and chosen layers.
+
+    `dense_layers` holds attention module names (`blocks.0.attn1`) or block indices; negative
+    indices count from the end (`[0, -1]`: first and last block).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dense_steps: int = Field(default=0, ge=0)
+    dense_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    dense_layers: tuple[int | str, ...] = ()
+
+    def dense_step_count(self, total_steps: int | None) -> int:
+        by_fraction = round(self.dense_fraction * total_steps) if total_steps else 0
+        return max(self.dense_steps, by_fraction)
+
+
+class ModelSignature(BaseModel):
+    """What a config was made for; checked when the config is applied."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model_class: str
+    attention_layers: int
+    heads: int
+    head_dim: int
+
+
+class SparseConfig(BaseModel):
+    """Which sparse attention to run.
+
+    method:
+        `dense`: every self/joint attention goes through sparsediff but computes all blocks
+        (the parity check). `window`: a local 3-D window plus text stripes sized per layout to
+        `density`. `pattern`: `pattern` everywhere, or per-layer per-head `heads` (search output).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: Literal[1] = CONFIG_VERSION
+    method: Literal["dense", "window", "pattern"] = "window"
+    density: float = Field(default=0.25, gt=0.0, le=1.0)
+    pattern: PatternSpec | None = None
+    heads: dict[str, list[PatternSpec]] = Field(default_factory=dict)
+    block_size: int = Field(default=64, ge=1)
+    backend: str = "auto"
+    schedule: Schedule = Schedule()
+    model: ModelSignature | None = None
+
+    @model_validator(mode="after")
+    def _pattern_method_has_patterns(self) -> SparseConfig:
+        if self.method == "pattern" and self.pattern is None and not self.heads:
+            raise ValueError("method 'pattern' needs `pattern` (all layers) or `heads` (per layer and head)")
+        return self
+
+    @classmethod
+    def load(cls, source: SparseConfig | dict | str | os.PathLike, **overrides) -> SparseConfig:
+        """A config from an object, a dict, a preset name (`dense`, `window`) or a JSON file."""
+        if isinstance(source, SparseConfig):
+            return source.model_copy(update=overrides) if overrides else source
+        if isinstance(source, dict):
+            return _validate({**source, **overrides}, "dict")
+        if isinstance(source, str) and source in PRESETS:
+            return _validate({**PRESETS[source], **overrides}, f"preset {source!r}")
+        path = Path(source)
+        if not path.is_file():
+            raise ValueError(f"config {str(source)!r} is neither a preset ({', '.join(PRESETS)}) nor a JSON file")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"config file {path} is not valid JSON: {err}") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {path} must hold a JSON object")
+        if data.get("version", CONFIG_VERSION) != CONFIG_VERSION:
+            raise ValueError(
+                f"config file {path} has version {data['version']}; this sparsediff reads {CONFIG_VERSION}"
+            )
+        return _validate({**data, **overrides}, str(path))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically (a crash never leaves a half-written config)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
+            f.write(self.model_dump_json(indent=2))
+        os.replace(f.name, path)
+        return path
+
+
+PRESETS: dict[str, dict] = {
+    "dense": {"method": "dense"},
+    "window": {"method": "window", "density": 0.25},
+}
+
+
+def _validate(data: dict, origin: str) -> SparseConfig:
+    try:
+        return SparseConfig.model_validate(data)
+    except ValidationError as err:
+        raise ValueError(f"invalid sparsediff config ({origin}):\n{err}") from err

@@ -1,0 +1,1 @@
+"""Integrations: diffusers pipelines (and, later, transformers models)."""

@@ -1,0 +1,393 @@
+"""Sparse attention on diffusers pipelines: `apply`, `remove` and the `sparse` context.
+
+How it plugs in, and why this way: every attention module keeps its own processor (its
+projections, norms, rotary embeddings, masks), wrapped by a `SparseAttnProcessor` that runs it
+under a `TorchFunctionMode` replacing only `F.scaled_dot_product_attention`. That one call is
+where every family's core attention ends: processors that route through diffusers'
+`dispatch_attention_fn` reach it through the native backend, and SD3, CogVideoX and PixArt call
+it directly. A registered dispatcher backend would miss those three and needs private API
+(a new `AttentionBackendName` member); per-class copies of processors would copy model code.
+The wrapper also knows its layer by name, so per-layer plans need no global context.
+
+A `ModelHook` on the transformer (diffusers' hook registry) reads each forward's timestep and
+latent shape: it derives the denoising step (robust to classifier-free guidance, batched or as
+separate calls) and the TokenLayout. Calls whose keys are not the visual sequence
+(cross-attention to text) stay dense, as do calls with a non-trivial attention mask (padded
+text in HunyuanVideo and QwenImage) and steps/layers the schedule marks dense.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from diffusers.hooks import HookRegistry, ModelHook
+from torch.overrides import TorchFunctionMode
+
+from sparsediff.attention import sparse_attention
+from sparsediff.config import SparseConfig
+from sparsediff.integrations.families import Family, family_of
+from sparsediff.layout import TokenLayout
+from sparsediff.methods import layer_patterns
+from sparsediff.patterns import Full, Skip, build_plan
+from sparsediff.plan import BlockPlan
+
+logger = logging.getLogger(__name__)
+Tensor = torch.Tensor
+
+HOOK_NAME = "sparsediff_step"
+STATE_ATTR = "_sparsediff_state"
+
+
+@dataclass
+class StepTracker:
+    """Denoising step from the sequence of timesteps the transformer sees.
+
+    The same timestep again is another call of the same step (CFG as separate calls); a larger
+    one starts a new pipeline call (timesteps only fall during a run).
+    """
+
+    total_steps: Callable[[], int | None] = lambda: None
+    step: int = -1
+    call_in_step: int = 0
+    _last: float | None = None
+
+    def observe(self, timestep: Tensor | float | None) -> None:
+        if timestep is None:
+            return
+        t = float(timestep.max()) if isinstance(timestep, Tensor) else float(timestep)
+        if self._last is None or t > self._last:
+            self.step, self.call_in_step = 0, 0
+        elif t < self._last:
+            self.step, self.call_in_step = self.step + 1, 0
+        else:
+            self.call_in_step += 1
+        self._last = t
+
+    def reset(self) -> None:
+        self.step, self.call_in_step, self._last = -1, 0, None
+
+
+@dataclass
+class SparseState:
+    """Everything `apply` installs on one or more transformers of a pipeline."""
+
+    config: SparseConfig
+    tracker: StepTracker
+    layers: list[str]  # attention module names, in module order
+    family: Family | None = None
+    grid: tuple[int, int, int] | None = None  # latent grid of the current forward
+    plans: dict = field(default_factory=dict)  # (layer, layout, heads, allow_skip) -> BlockPlan
+    reuse: dict = field(default_factory=dict)  # (layer, call_in_step) -> last output
+    calls: Counter = field(default_factory=Counter)  # how attention calls were served
+    fixed_layout: TokenLayout | None = None
+    _warned: set = field(default_factory=set)
+
+    def __repr__(self) -> str:
+        return (
+            f"SparseState(method={self.config.method!r}, layers={len(self.layers)}, step={self.tracker.step}, "
+            f"plans={len(self.plans)}, calls={dict(self.calls)})"
+        )
+
+    def layout_for(self, n: int) -> TokenLayout | None:
+        """The layout of an n-token self/joint attention call in the current forward."""
+        if self.fixed_layout is not None:
+            return self.fixed_layout if self.fixed_layout.num_tokens == n else None
+        if self.grid is None or self.family is None:
+            return None
+        frames, height, width = self.grid
+        text = n - frames * height * width
+        if text < 0:
+            return None
+        if text and self.family.text not in ("prefix", "suffix"):
+            self._warn_once(
+                f"text:{self.family.name}",
+                f"{self.family.name}: attention over {n} tokens holds {text} non-visual tokens but sparsediff does "
+                "not know where this model puts text; those calls run dense",
+            )
+            return None
+        side = {"text_prefix": text} if self.family.text == "prefix" else {"text_suffix": text}
+        return TokenLayout(frames=frames, height=height, width=width, **side)
+
+    def dense_now(self, layer: str) -> bool:
+        schedule = self.config.schedule
+        if self.tracker.step < schedule.dense_step_count(self.tracker.total_steps()):
+            return True
+        index = self.layers.index(layer)
+        return any(d in (layer, index, index - len(self.layers)) for d in schedule.dense_layers)
+
+    def plan(self, layer: str, layout: TokenLayout, heads: int, allow_skip: bool) -> BlockPlan:
+        key = (layer, layout, heads, allow_skip)
+        if key not in self.plans:
+            patterns = layer_patterns(self.config, layer, layout, heads)
+            if not allow_skip:  # nothing to reuse yet: skipped heads compute everything once
+                patterns = [Full() if isinstance(p, Skip) else p for p in patterns]
+            self.plans[key] = build_plan(layout, patterns, self.config.block_size)
+        return self.plans[key]
+
+    def attend(
+        self,
+        layer: str,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        attn_mask: Tensor | None = None,
+        dropout_p: float = 0.0,
+        is_causal: bool = False,
+        scale: float | None = None,
+        enable_gqa: bool = False,
+    ) -> Tensor:
+        """Stands in for `F.scaled_dot_product_attention` inside `layer`'s processor."""
+
+        def dense(reason: str) -> Tensor:
+            self.calls[reason] += 1
+            return F.scaled_dot_product_attention(
+                query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa
+            )
+
+        if query.shape[-2] != key.shape[-2] or is_causal or dropout_p:
+            return dense("dense: cross-attention")
+        layout = self.layout_for(query.shape[-2])
+        if layout is None:
+            return dense("dense: no layout")
+        if attn_mask is not None and not _mask_is_trivial(attn_mask):
+            return dense("dense: attention mask")
+        heads = query.shape[1]
+        # Layers with skipped heads keep their last output (per CFG branch) for reuse.
+        keeps_output = bool(self.plan(layer, layout, heads, allow_skip=True).skipped_heads.any())
+        reuse_key = (layer, self.tracker.call_in_step)
+        if self.dense_now(layer):
+            out = dense("dense: schedule")
+        else:
+            previous = self.reuse.get(reuse_key) if keeps_output else None
+            if previous is not None and previous.shape != query.shape:
+                previous = None
+            plan = self.plan(layer, layout, heads, allow_skip=previous is not None)
+            out = sparse_attention(query, key, value, plan, self.config.backend, scale=scale, reuse=previous)
+            self.calls["sparse"] += 1
+        if keeps_output:
+            self.reuse[reuse_key] = out
+        return out
+
+    def observe(self, timestep) -> None:
+        """Advance the step tracker; a new pipeline call drops outputs kept for reuse."""
+        self.tracker.observe(timestep)
+        if self.tracker.step == 0 and self.tracker.call_in_step == 0:
+            self.reuse.clear()
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning(message)
+
+
+def _mask_is_trivial(mask: Tensor) -> bool:
+    """True when the mask allows every key (bool all True, or additive all zero)."""
+    return bool(mask.all()) if mask.dtype == torch.bool else not bool(mask.any())
+
+
+class _SDPAInterceptor(TorchFunctionMode):
+    """Routes `F.scaled_dot_product_attention` to `handler`; every other op runs unchanged."""
+
+    def __init__(self, handler: Callable[..., Tensor]) -> None:
+        super().__init__()
+        self.handler = handler
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            return self.handler(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
+class SparseAttnProcessor:
+    """Wraps a model's own attention processor; only its core attention becomes sparse.
+
+    Build with `SparseAttnProcessor.wrap(inner, layer, state)`: the returned object's
+    `__call__` has the inner processor's exact signature, because legacy `Attention.forward`
+    drops keyword arguments the processor does not name.
+    """
+
+    def __init__(self, inner, layer: str, state: SparseState) -> None:
+        self.inner = inner
+        self.layer = layer
+        self.state = state
+
+    @classmethod
+    def wrap(cls, inner, layer: str, state: SparseState) -> SparseAttnProcessor:
+        return _processor_class(type(inner))(inner, layer, state)
+
+    def _run(self, attn, *args, **kwargs):
+        with _SDPAInterceptor(functools.partial(self.state.attend, self.layer)):
+            return self.inner(attn, *args, **kwargs)
+
+    def __getattr__(self, name: str):
+        # Model code reads processor attributes (e.g. `_attention_backend`): answer as the inner one.
+        if name in ("inner", "layer", "state"):
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(layer={self.layer!r}, inner={type(self.inner).__name__})"
+
+
+@functools.cache
+def _processor_class(inner_cls: type) -> type:
+    def __call__(self, *args, **kwargs):
+        return self._run(*args, **kwargs)
+
+    __call__.__signature__ = inspect.signature(inner_cls.__call__)
+    return type(f"Sparse{inner_cls.__name__}", (SparseAttnProcessor,), {"__call__": __call__})
+
+
+class SparseStepHook(ModelHook):
+    """Reads the timestep and latent shape of each transformer forward."""
+
+    def __init__(self, state: SparseState) -> None:
+        super().__init__()
+        self.state = state
+
+    def pre_forward(self, module, *args, **kwargs):
+        bound = inspect.signature(type(module).forward).bind_partial(module, *args, **kwargs).arguments
+        self.state.observe(bound.get("timestep"))
+        self.state.grid = self.state.family.grid(module, bound)
+        return args, kwargs
+
+    def reset_state(self, module):
+        self.state.tracker.reset()
+        self.state.reuse.clear()
+        return module
+
+
+def _transformers_of(target) -> list[torch.nn.Module]:
+    if hasattr(target, "attn_processors"):
+        return [target]
+    found = [getattr(target, name, None) for name in ("transformer", "transformer_2")]
+    found = [m for m in found if m is not None]
+    if not found or not all(hasattr(m, "attn_processors") for m in found):
+        raise TypeError(
+            f"sparsediff.apply expects a diffusers pipeline with a transformer, or a diffusers transformer; "
+            f"got {type(target).__name__}"
+        )
+    return found
+
+
+def _attention_layers(transformer) -> dict[str, object]:
+    """Attention module name -> module, in module order."""
+    names = [name.removesuffix(".processor") for name in transformer.attn_processors]
+    return {name: transformer.get_submodule(name) for name in names}
+
+
+def _check_fits(config: SparseConfig, transformer, layers: dict[str, object]) -> None:
+    heads = {name: getattr(module, "heads", None) for name, module in layers.items()}
+    sig = config.model
+    if sig is not None:
+        first = next(iter(layers.values()))
+        actual = {
+            "model_class": type(transformer).__name__,
+            "attention_layers": len(layers),
+            "heads": getattr(first, "heads", None),
+            "head_dim": getattr(first, "inner_dim", 0) // max(getattr(first, "heads", 1) or 1, 1),
+        }
+        wrong = {k: (getattr(sig, k), v) for k, v in actual.items() if getattr(sig, k) != v}
+        if wrong:
+            detail = ", ".join(f"{k}: config {a!r} vs model {b!r}" for k, (a, b) in wrong.items())
+            raise ValueError(f"this config was made for another model ({detail}); search again for this model")
+    for name, patterns in config.heads.items():
+        if name not in layers:
+            raise ValueError(f"config names attention layer {name!r}, which {type(transformer).__name__} does not have")
+        if heads[name] is not None and len(patterns) != heads[name]:
+            raise ValueError(f"config gives {len(patterns)} head patterns for {name!r}, which has {heads[name]} heads")
+    for d in config.schedule.dense_layers:
+        if isinstance(d, str) and d not in layers:
+            raise ValueError(f"schedule.dense_layers names {d!r}, which is not an attention layer of this model")
+        if isinstance(d, int) and not -len(layers) <= d < len(layers):
+            raise ValueError(f"schedule.dense_layers index {d} is out of range for {len(layers)} attention layers")
+
+
+def apply(target, config: SparseConfig | dict | str = "window", **overrides) -> SparseState:
+    """Put sparse attention on a diffusers pipeline (all its transformers) or one transformer.
+
+    `config` is a SparseConfig, a dict, a preset name (`dense`, `window`) or a JSON path;
+    keyword overrides change fields (`apply(pipe, "window", density=0.1)`).
+    """
+    config = SparseConfig.load(config, **overrides)
+    transformers = _transformers_of(target)
+    for transformer in transformers:
+        if hasattr(transformer, STATE_ATTR):
+            raise RuntimeError(f"sparsediff is already applied to this {type(transformer).__name__}; call remove first")
+    scheduler = getattr(target, "scheduler", None)
+    if config.schedule.dense_fraction and scheduler is None:
+        raise ValueError(
+            "schedule.dense_fraction needs the number of steps: apply to the pipeline, or use schedule.dense_steps"
+        )
+    tracker = StepTracker(total_steps=lambda: len(getattr(scheduler, "timesteps", None) or []) or None)
+    states = []
+    for transformer in transformers:
+        layers = _attention_layers(transformer)
+        _check_fits(config, transformer, layers)
+        states.append((transformer, layers, SparseState(config, tracker, list(layers), family_of(transformer))))
+    for transformer, layers, state in states:
+        originals = transformer.attn_processors
+        transformer.set_attn_processor(
+            {
+                f"{name}.processor": SparseAttnProcessor.wrap(originals[f"{name}.processor"], name, state)
+                for name in layers
+            }
+        )
+        HookRegistry.check_if_exists_or_initialize(transformer).register_hook(SparseStepHook(state), HOOK_NAME)
+        setattr(transformer, STATE_ATTR, (state, originals))
+    return states[0][2]
+
+
+def remove(target) -> None:
+    """Restore the exact original processors and remove the step hook."""
+    transformers = _transformers_of(target)
+    if not any(hasattr(t, STATE_ATTR) for t in transformers):
+        raise RuntimeError("sparsediff is not applied to this model; nothing to remove")
+    for transformer in transformers:
+        if not hasattr(transformer, STATE_ATTR):
+            continue
+        _, originals = getattr(transformer, STATE_ATTR)
+        transformer.set_attn_processor(originals)
+        HookRegistry.check_if_exists_or_initialize(transformer).remove_hook(HOOK_NAME, recurse=False)
+        delattr(transformer, STATE_ATTR)
+
+
+@contextlib.contextmanager
+def sparse(target, config: SparseConfig | dict | str = "window", **overrides) -> Iterator[SparseState]:
+    """`with sparsediff.sparse(pipe, "window", density=0.2): pipe(...)`, restored on exit."""
+    state = apply(target, config, **overrides)
+    try:
+        yield state
+    finally:
+        remove(target)
+
+
+def sparse_processors(transformer, config: SparseConfig | dict | str, layout: TokenLayout) -> dict[str, object]:
+    """Processors for `transformer.set_attn_processor(...)` at one fixed layout, no hook.
+
+    Without `apply`'s hook there is no step tracking: every step runs the config's sparse plan.
+    """
+    config = SparseConfig.load(config)
+    layers = _attention_layers(transformer)
+    _check_fits(config, transformer, layers)
+    state = SparseState(config, StepTracker(), list(layers), family_of(transformer), fixed_layout=layout)
+    return _wrapped(transformer.attn_processors, layers, state)
+
+
+def _wrapped(originals: dict, layers, state: SparseState) -> dict[str, SparseAttnProcessor]:
+    return {f"{n}.processor": SparseAttnProcessor.wrap(originals[f"{n}.processor"], n, state) for n in layers}
+
+
+def state_of(transformer) -> SparseState | None:
+    """The SparseState `apply` installed on `transformer`, if any."""
+    found = getattr(transformer, STATE_ATTR, None)
+    return found[0] if found else None

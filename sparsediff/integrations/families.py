@@ -1,0 +1,110 @@
+"""One small adapter per diffusers model family: where text sits and the latent grid.
+
+The transformer's forward arguments give the visual grid after patchify; where text tokens
+sit inside self/joint attention is a property of the family (../shared/notes/diffusers-0.42.md):
+
+| family | text inside self/joint attention |
+|---|---|
+| Wan 2.1/2.2, LTX-Video, PixArt | none (separate cross-attention) |
+| CogVideoX, Flux, QwenImage | prefix |
+| HunyuanVideo (and 1.5), SD3 | suffix |
+
+A model class not listed uses the generic adapter: a 5-D (B, C, F, H, W) or 4-D (B, C, H, W)
+latent divided by the config's patch sizes, text position unknown (calls that hold text then
+run dense, with a warning).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+Grid = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    text: str  # "none", "prefix", "suffix" or "unknown"
+    grid: Callable[[Any, dict], Grid | None]
+
+
+def _patch(config, name: str, default: int = 1) -> int:
+    value = getattr(config, name, None)
+    return default if value is None else int(value)
+
+
+def _channels_first_grid(model, args: dict) -> Grid | None:
+    """(B, C, F, H, W) or (B, C, H, W) latents, patchified by the config's patch sizes."""
+    x = args.get("hidden_states")
+    if not isinstance(x, torch.Tensor) or x.dim() not in (4, 5):
+        return None
+    patch = getattr(model.config, "patch_size", 1)
+    if isinstance(patch, (tuple, list)):  # Wan: (t, h, w)
+        pt, ph, pw = patch
+    else:
+        pt, ph, pw = _patch(model.config, "patch_size_t"), patch, patch
+    frames = x.shape[2] if x.dim() == 5 else 1
+    return math.ceil(frames / pt), x.shape[-2] // ph, x.shape[-1] // pw
+
+
+def _cogvideox_grid(model, args: dict) -> Grid | None:
+    x = args.get("hidden_states")  # (B, F, C, H, W)
+    if not isinstance(x, torch.Tensor) or x.dim() != 5:
+        return None
+    p, pt = _patch(model.config, "patch_size"), _patch(model.config, "patch_size_t")
+    return math.ceil(x.shape[1] / pt), x.shape[-2] // p, x.shape[-1] // p
+
+
+def _ltx_grid(model, args: dict) -> Grid | None:
+    if args.get("num_frames") is None:
+        return None
+    p, pt = _patch(model.config, "patch_size"), _patch(model.config, "patch_size_t")
+    return int(args["num_frames"]) // pt, int(args["height"]) // p, int(args["width"]) // p
+
+
+def _flux_grid(model, args: dict) -> Grid | None:
+    ids = args.get("img_ids")  # (N, 3) rows of (index, h, w)
+    if not isinstance(ids, torch.Tensor):
+        return None
+    ids = ids[0] if ids.dim() == 3 else ids
+    h, w = int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1
+    return (1, h, w) if h * w == ids.shape[0] else None  # extra reference images: unknown layout
+
+
+def _qwen_grid(model, args: dict) -> Grid | None:
+    shapes = args.get("img_shapes")
+    if not shapes:
+        return None
+    per_sample = shapes[0]
+    if isinstance(per_sample, list):
+        if len(per_sample) != 1:
+            return None  # several images in one sequence (editing): unknown layout
+        per_sample = per_sample[0]
+    return tuple(int(s) for s in per_sample)
+
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family("WanTransformer3DModel", "none", _channels_first_grid),
+        Family("WanVACETransformer3DModel", "none", _channels_first_grid),
+        Family("CogVideoXTransformer3DModel", "prefix", _cogvideox_grid),
+        Family("HunyuanVideoTransformer3DModel", "suffix", _channels_first_grid),
+        Family("HunyuanVideo15Transformer3DModel", "suffix", _channels_first_grid),
+        Family("LTXVideoTransformer3DModel", "none", _ltx_grid),
+        Family("FluxTransformer2DModel", "prefix", _flux_grid),
+        Family("SD3Transformer2DModel", "suffix", _channels_first_grid),
+        Family("PixArtTransformer2DModel", "none", _channels_first_grid),
+        Family("QwenImageTransformer2DModel", "prefix", _qwen_grid),
+    )
+}
+GENERIC = Family("generic", "unknown", _channels_first_grid)
+
+
+def family_of(model) -> Family:
+    return FAMILIES.get(type(model).__name__, GENERIC)

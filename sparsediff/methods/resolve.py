@@ -1,0 +1,24 @@
+"""Which patterns one attention layer runs, given the config, the layout and the head count."""
+
+from __future__ import annotations
+
+from sparsediff.config import SparseConfig
+from sparsediff.layout import TokenLayout
+from sparsediff.methods.window import window_pattern
+from sparsediff.patterns import Full, Pattern
+
+
+def layer_patterns(config: SparseConfig, layer: str, layout: TokenLayout, heads: int) -> list[Pattern]:
+    """One pattern per head for `layer` (an attention module name)."""
+    if config.method == "dense":
+        return [Full()] * heads
+    if config.method == "window":
+        return [window_pattern(layout, config.density, config.block_size)] * heads
+    per_head = config.heads.get(layer)
+    if per_head is None:
+        if config.pattern is None:
+            raise ValueError(f"config has per-layer patterns but none for layer {layer!r}")
+        return [config.pattern] * heads
+    if len(per_head) != heads:
+        raise ValueError(f"config gives {len(per_head)} head patterns for layer {layer!r}, but it has {heads} heads")
+    return list(per_head)
