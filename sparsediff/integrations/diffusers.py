@@ -118,7 +118,8 @@ class SparseState:
 
     def dense_now(self, layer: str) -> bool:
         schedule = self.config.schedule
-        if self.tracker.step < schedule.dense_step_count(self.tracker.total_steps()):
+        # step -1: no hook tracks steps (processors used directly), so no dense steps.
+        if 0 <= self.tracker.step < schedule.dense_step_count(self.tracker.total_steps()):
             return True
         index = self.layers.index(layer)
         return any(d in (layer, index, index - len(self.layers)) for d in schedule.dense_layers)

@@ -1,0 +1,199 @@
+"""sparsediff.apply on tiny random-weight transformers of every family, loaded with from_pretrained."""
+
+import json
+
+import pytest
+import torch
+
+import sparsediff
+from sparsediff import Diagonal, ModelSignature, Skip, SparseConfig, Stripe, TokenLayout
+from sparsediff.integrations.diffusers import StepTracker
+from sparsediff.pipelines.tiny import TINY_TRANSFORMERS
+
+FAMILIES = sorted(TINY_TRANSFORMERS)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Each family built from its config, saved and loaded back (the real loading path)."""
+    import diffusers
+
+    loaded = {}
+    for family, spec in TINY_TRANSFORMERS.items():
+        folder = tmp_path_factory.mktemp(family)
+        spec.build().save_pretrained(folder)
+        loaded[family] = getattr(diffusers, spec.model_class).from_pretrained(folder).eval()
+    return loaded
+
+
+def _inputs(family, batch=1, timestep=900, seed=0, grid=(5, 16, 20)):
+    spec = TINY_TRANSFORMERS[family]
+    frames, height, width = grid if spec.video else (1, *grid[1:])
+    return spec.make_inputs(batch, frames, height, width, 8, timestep, torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def _run(model, inputs):
+    return model(**inputs, return_dict=False)[0]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_dense_preset_matches_native_and_remove_restores(models, family):
+    model, inputs = models[family], _inputs(family)
+    native = _run(model, inputs)
+    originals = dict(model.attn_processors)
+    with sparsediff.sparse(model, "dense", block_size=16) as state:
+        routed = _run(model, inputs)
+        assert state.calls["sparse"] > 0  # attention really went through sparsediff
+    assert (routed - native).abs().max() <= 1e-5
+    assert all(model.attn_processors[k] is v for k, v in originals.items())
+    assert torch.equal(_run(model, inputs), native)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_window_changes_output_and_every_sparse_call_matches_reference(models, family):
+    model, inputs = models[family], _inputs(family)
+    native = _run(model, inputs)
+    outputs = {}
+    for backend in ("torch", "reference"):
+        with sparsediff.sparse(model, "window", density=0.3, block_size=16, backend=backend) as state:
+            outputs[backend] = _run(model, inputs)
+            plans = list(state.plans.values())
+        assert plans and all(p.density < 0.9 for p in plans)
+    assert (outputs["torch"] - native).abs().max() > 1e-3  # sparse attention changed the result
+    assert (outputs["torch"] - outputs["reference"]).abs().max() <= 1e-4
+
+
+def test_layouts_inferred_per_family(models):
+    expected = {  # (frames, height, width) after patchify of a 5 x 16 x 20 latent, text side
+        "wan": ((5, 8, 10), None),
+        "cogvideox": ((5, 8, 10), "prefix"),
+        "hunyuanvideo": ((5, 8, 10), "suffix"),
+        "ltx": ((5, 16, 20), None),
+        "flux": ((1, 16, 20), "prefix"),
+        "sd3": ((1, 8, 10), "suffix"),
+        "pixart": ((1, 8, 10), None),
+        "qwenimage": ((1, 8, 10), "prefix"),
+    }
+    for family, (grid, side) in expected.items():
+        with sparsediff.sparse(models[family], "window", block_size=16) as state:
+            _run(models[family], _inputs(family))
+            layouts = {key[1] for key in state.plans}
+        (layout,) = layouts
+        assert (layout.frames, layout.height, layout.width) == grid, family
+        assert layout.text_prefix == (8 if side == "prefix" else 0), family
+        assert layout.text_suffix == (8 if side == "suffix" else 0), family
+
+
+def test_plans_are_cached_and_rebuilt_for_a_new_resolution(models):
+    model = models["wan"]
+    with sparsediff.sparse(model, "window", block_size=16) as state:
+        _run(model, _inputs("wan"))
+        first = dict(state.plans)
+        _run(model, _inputs("wan", timestep=800))
+        assert state.plans == first  # same layout: the same plan objects
+        _run(model, _inputs("wan", grid=(3, 12, 12)))
+        assert len(state.plans) == 2 * len(first)
+
+
+def test_step_tracker_under_cfg():
+    tracker = StepTracker()
+    seen = []
+    for t in (1000, 1000, 750, 750, 500, 500, 1000, 750):  # CFG as two calls; then a new run
+        tracker.observe(torch.tensor([float(t)]))
+        seen.append((tracker.step, tracker.call_in_step))
+    assert seen == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1), (0, 0), (1, 0)]
+    tracker.observe(torch.tensor([[300.0, 400.0]]))  # per-token timesteps (Wan 2.2): max is used
+    assert tracker.step == 2
+
+
+@pytest.mark.parametrize(("family", "batch", "calls_per_step"), [("wan", 1, 2), ("sd3", 2, 1)])
+def test_schedule_switches_at_the_right_step_under_cfg(models, family, batch, calls_per_step):
+    """dense_steps=2: steps 0-1 dense, then sparse; CFG as separate calls (Wan) or batched (SD3)."""
+    model = models[family]
+    layers = len(model.attn_processors)
+    with sparsediff.sparse(model, "window", block_size=16, schedule={"dense_steps": 2}) as state:
+        for step, t in enumerate((1000, 800, 600, 400)):
+            before = state.calls["sparse"]
+            for _ in range(calls_per_step):
+                _run(model, _inputs(family, batch=batch, timestep=t))
+            assert state.tracker.step == step
+            sparse_calls = state.calls["sparse"] - before
+            self_attention = 2 if family == "wan" else layers
+            assert sparse_calls == (0 if step < 2 else self_attention * calls_per_step), step
+
+
+def test_dense_layers_and_skipped_heads(models):
+    model = models["wan"]
+    inputs = _inputs("wan")
+    native = _run(model, inputs)
+    config = SparseConfig(
+        method="pattern",
+        pattern=Diagonal(radius=1),
+        heads={"blocks.1.attn1": [Skip(), Diagonal(radius=1)]},
+        schedule={"dense_layers": [0], "dense_steps": 1},
+        block_size=16,
+    )
+    with sparsediff.sparse(model, config) as state:
+        dense_step = _run(model, inputs)
+        assert torch.allclose(dense_step, native, atol=1e-5)
+        later = _run(model, _inputs("wan", timestep=800))
+        assert state.calls["dense: schedule"] == 2 + 1  # step 0: both layers; step 1: layer 0
+        assert state.calls["sparse"] == 1
+        kept = state.reuse[("blocks.1.attn1", 0)]
+        assert kept.shape[1] == 2
+    assert not torch.allclose(later, _run(model, _inputs("wan", timestep=800)), atol=1e-4)
+
+
+def test_config_errors(models, tmp_path):
+    model = models["wan"]
+    with pytest.raises(ValueError, match="neither a preset"):
+        sparsediff.apply(model, "no-such-preset")
+    with pytest.raises(ValueError, match="invalid sparsediff config"):
+        sparsediff.apply(model, {"method": "magic"})
+    other = SparseConfig(
+        model=ModelSignature(model_class="FluxTransformer2DModel", attention_layers=4, heads=24, head_dim=128)
+    )
+    with pytest.raises(ValueError, match="made for another model.*model_class"):
+        sparsediff.apply(model, other)
+    with pytest.raises(ValueError, match="3 head patterns for 'blocks.0.attn1', which has 2 heads"):
+        sparsediff.apply(model, {"method": "pattern", "heads": {"blocks.0.attn1": [{"kind": "full"}] * 3}})
+    with pytest.raises(ValueError, match="does not have"):
+        sparsediff.apply(model, {"method": "pattern", "heads": {"blocks.9.attn1": [{"kind": "full"}] * 2}})
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        sparsediff.apply(model, bad)
+    sparsediff.apply(model, "window")
+    with pytest.raises(RuntimeError, match="already applied"):
+        sparsediff.apply(model, "window")
+    sparsediff.remove(model)
+    with pytest.raises(RuntimeError, match="not applied"):
+        sparsediff.remove(model)
+    with pytest.raises(TypeError, match="expects a diffusers pipeline"):
+        sparsediff.apply(torch.nn.Linear(2, 2), "window")
+
+
+def test_config_file_round_trip(models, tmp_path):
+    config = SparseConfig(method="pattern", pattern=Diagonal(radius=2) | Stripe(frames=(0,)))
+    path = config.save(tmp_path / "c.json")
+    assert json.loads(path.read_text())["version"] == 1
+    assert SparseConfig.load(path) == config
+    with sparsediff.sparse(models["sd3"], path, block_size=16) as state:
+        _run(models["sd3"], _inputs("sd3"))
+        assert state.calls["sparse"] == 2
+
+
+def test_processors_usable_directly(models):
+    model = models["pixart"]
+    inputs = _inputs("pixart")
+    native = _run(model, inputs)
+    originals = dict(model.attn_processors)
+    layout = TokenLayout(height=8, width=10)
+    model.set_attn_processor(
+        sparsediff.sparse_processors(model, {"method": "window", "density": 0.3, "block_size": 16}, layout)
+    )
+    changed = _run(model, inputs)
+    model.set_attn_processor(originals)
+    assert (changed - native).abs().max() > 1e-3
+    assert torch.equal(_run(model, inputs), native)
