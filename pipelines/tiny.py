@@ -265,3 +265,71 @@ TINY_TRANSFORMERS: dict[str, TinyTransformer] = {
         ),
     )
 }
+
+
+def tiny_tokenizer(words: tuple[str, ...] = ()):
+    """A word-level tokenizer built locally (no hub): specials, a few words, unknowns map to <unk>."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import PreTrainedTokenizerFast
+
+    base = ("a", "red", "green", "blue", "circle", "square", "moving", "left", "right", "up", "down", "cat")
+    vocab = {w: i for i, w in enumerate(("<pad>", "</s>", "<unk>", *dict.fromkeys(base + words)))}
+    tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def _tiny_t5(encoder_class: str, vocab_size: int):
+    import transformers
+
+    config_class = transformers.UMT5Config if encoder_class == "UMT5EncoderModel" else transformers.T5Config
+    config = config_class(vocab_size=vocab_size, d_model=TEXT_DIM, d_kv=8, d_ff=64, num_layers=1, num_heads=4)
+    return getattr(transformers, encoder_class)(config).eval()
+
+
+def tiny_wan_pipeline(seed: int = 0):
+    """WanPipeline with the tiny Wan transformer, a tiny UMT5 encoder and a tiny Wan VAE."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    return WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=_tiny_t5("UMT5EncoderModel", len(tokenizer)),
+        vae=AutoencoderKLWan(
+            base_dim=8,
+            z_dim=4,
+            dim_mult=[1, 1, 1, 1],
+            num_res_blocks=1,
+            temperal_downsample=[False, True, True],
+            latents_mean=[0.0] * 4,
+            latents_std=[1.0] * 4,
+        ),
+        transformer=TINY_TRANSFORMERS["wan"].build(seed),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+    )
+
+
+def tiny_pixart_pipeline(seed: int = 0):
+    """PixArtAlphaPipeline with the tiny PixArt transformer, a tiny T5 encoder and a tiny VAE."""
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtAlphaPipeline
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    vae = AutoencoderKL(
+        block_out_channels=(8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=8,
+        layers_per_block=1,
+    )
+    return PixArtAlphaPipeline(
+        tokenizer=tokenizer,
+        text_encoder=_tiny_t5("T5EncoderModel", len(tokenizer)),
+        vae=vae,
+        transformer=TINY_TRANSFORMERS["pixart"].build(seed),
+        scheduler=DPMSolverMultistepScheduler(),
+    )

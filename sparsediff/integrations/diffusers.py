@@ -170,7 +170,7 @@ class SparseState:
             previous = self.reuse.get(reuse_key) if keeps_output else None
             if previous is not None and previous.shape != query.shape:
                 previous = None
-            plan = self.plan(layer, layout, heads, allow_skip=previous is not None)
+            plan = self.plan(layer, layout, heads, allow_skip=previous is not None or not keeps_output)
             out = sparse_attention(query, key, value, plan, self.config.backend, scale=scale, reuse=previous)
             self.calls["sparse"] += 1
         if keeps_output:
@@ -313,6 +313,12 @@ def _check_fits(config: SparseConfig, transformer, layers: dict[str, object]) ->
             raise ValueError(f"schedule.dense_layers index {d} is out of range for {len(layers)} attention layers")
 
 
+def _scheduled_steps(scheduler) -> int | None:
+    """Steps of the pipeline call in progress (schedulers set `timesteps` at its start)."""
+    timesteps = getattr(scheduler, "timesteps", None)
+    return len(timesteps) if timesteps is not None and len(timesteps) else None
+
+
 def apply(target, config: SparseConfig | dict | str = "window", **overrides) -> SparseState:
     """Put sparse attention on a diffusers pipeline (all its transformers) or one transformer.
 
@@ -329,7 +335,7 @@ def apply(target, config: SparseConfig | dict | str = "window", **overrides) -> 
         raise ValueError(
             "schedule.dense_fraction needs the number of steps: apply to the pipeline, or use schedule.dense_steps"
         )
-    tracker = StepTracker(total_steps=lambda: len(getattr(scheduler, "timesteps", None) or []) or None)
+    tracker = StepTracker(total_steps=functools.partial(_scheduled_steps, scheduler))
     states = []
     for transformer in transformers:
         layers = _attention_layers(transformer)
