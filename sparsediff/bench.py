@@ -155,3 +155,78 @@ def _reference_by_heads(q, k, v, plan: BlockPlan) -> torch.Tensor:
         )
         outs.append(sparse_attention(q[:, h : h + 1], k[:, h : h + 1], v[:, h : h + 1], sub, backend="reference"))
     return torch.cat(outs, 1)
+
+
+# Latent grids giving >= 8k visual tokens per attention call after each family's patchify.
+LONG_GRIDS = {
+    "wan": (8, 64, 64),
+    "cogvideox": (8, 64, 64),
+    "hunyuanvideo": (8, 64, 64),
+    "ltx": (8, 32, 32),
+    "flux": (1, 96, 96),
+    "sd3": (1, 192, 192),
+    "pixart": (1, 192, 192),
+    "qwenimage": (1, 192, 192),
+}
+# Config changes so the tiny models accept the long grids (position tables sized for them).
+LONG_CONFIG = {"sd3": {"sample_size": 192, "pos_embed_max_size": 96}}
+
+
+@dataclass
+class TransformerBench:
+    family: str
+    tokens: int
+    native_ms: float
+    dense_preset_ms: float
+    overhead_pct: float
+    sparse_ms: float
+    speedup: float
+    density: float
+    rel_err: float  # |sparse - native| / |native| of the transformer output
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def bench_transformer(
+    family: str, density: float = 0.25, grid: tuple[int, int, int] | None = None, repeat: int = 3, block: int = 64
+) -> TransformerBench:
+    """One tiny transformer forward: native vs the `dense` preset (overhead) vs `window` (speedup)."""
+    import diffusers
+
+    import sparsediff
+    from sparsediff.pipelines.tiny import TINY_TRANSFORMERS
+
+    if family not in TINY_TRANSFORMERS:
+        raise ValueError(f"unknown family {family!r}; choose one of {', '.join(TINY_TRANSFORMERS)}")
+    spec = TINY_TRANSFORMERS[family]
+    torch.manual_seed(0)
+    model = getattr(diffusers, spec.model_class)(**{**spec.config, **LONG_CONFIG.get(family, {})}).eval()
+    frames, height, width = grid or LONG_GRIDS[family]
+    inputs = spec.make_inputs(1, frames, height, width, 8, 900, torch.Generator().manual_seed(0))
+
+    def forward() -> torch.Tensor:
+        return model(**inputs, return_dict=False)[0]
+
+    native = forward()  # warm-up
+    native_s = median_seconds(forward, repeat)
+    with sparsediff.sparse(model, "dense", block_size=block):
+        forward()
+        dense_s = median_seconds(forward, repeat)
+    with sparsediff.sparse(model, "window", density=density, block_size=block) as state:
+        out = forward()  # builds plans
+        sparse_s = median_seconds(forward, repeat)
+        plans = list(state.plans.values())
+        tokens = plans[0].seq_len_q
+    return TransformerBench(
+        family=family,
+        tokens=tokens,
+        native_ms=round(native_s * 1e3, 1),
+        dense_preset_ms=round(dense_s * 1e3, 1),
+        overhead_pct=round(100 * (dense_s / native_s - 1), 2),
+        sparse_ms=round(sparse_s * 1e3, 1),
+        speedup=round(native_s / sparse_s, 3),
+        density=round(statistics.mean(p.density for p in plans), 4),
+        rel_err=round(float((out - native).norm() / native.norm()), 4),
+    )

@@ -95,6 +95,56 @@ def bench_attention_cmd(
     console.print(table)
 
 
+@bench_app.command("transformer")
+def bench_transformer_cmd(
+    family: Annotated[list[str], typer.Option(help="tiny model family; repeat for several (default: all)")] = [],  # noqa: B006
+    density: Annotated[float, typer.Option(help="window density")] = 0.25,
+    repeat: Annotated[int, typer.Option(help="timed repeats; the median is reported")] = 3,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice)")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="one JSON object per family, one per line")] = False,
+) -> None:
+    """Tiny transformer forwards at >= 8k tokens: native vs `dense` preset (overhead) vs `window`."""
+    from sparsediff.bench import bench_transformer
+    from sparsediff.pipelines.tiny import TINY_TRANSFORMERS
+
+    for f in family:
+        _choice(f, TINY_TRANSFORMERS, "family")
+    if threads:
+        torch.set_num_threads(threads)
+    table = Table(title=f"tiny transformers (random weights), window density {density}, median of {repeat}")
+    for col in (
+        "family",
+        "tokens",
+        "native ms",
+        "dense preset ms",
+        "overhead",
+        "window ms",
+        "speedup",
+        "density",
+        "rel err",
+    ):
+        table.add_column(col, justify="right")
+    for f in family or list(TINY_TRANSFORMERS):
+        r = bench_transformer(f, density, repeat=repeat)
+        if json_out:
+            print(json.dumps(r.as_dict()), flush=True)
+            continue
+        console.print(f"[dim]{f}: {r.speedup:.2f}x, overhead {r.overhead_pct:+.1f}%[/dim]")
+        table.add_row(
+            f,
+            str(r.tokens),
+            f"{r.native_ms:.0f}",
+            f"{r.dense_preset_ms:.0f}",
+            f"{r.overhead_pct:+.1f}%",
+            f"{r.sparse_ms:.0f}",
+            f"{r.speedup:.2f}x",
+            f"{r.density:.3f}",
+            f"{r.rel_err:.3f}",
+        )
+    if not json_out:
+        console.print(table)
+
+
 @app.callback()
 def main() -> None:
     """sparsediff: compute only the attention that matters."""

@@ -34,3 +34,17 @@ def test_bench_attention_rejects_bad_options():
     assert result.exit_code != 0 and "unknown backend 'turbo'" in result.output
     result = runner.invoke(app, ["bench", "attention", "--density", "1.5"])
     assert result.exit_code != 0 and "--density must be in (0, 1]" in result.output
+
+
+def test_bench_transformer_reports_overhead_speedup_and_error():
+    from sparsediff.bench import bench_transformer
+
+    result = bench_transformer("sd3", density=0.3, grid=(1, 32, 32), repeat=1, block=16)
+    assert result.tokens == 16 * 16 + 8  # visual tokens after 2x2 patchify plus text
+    assert 0 < result.density < 0.9 and 0 < result.rel_err < 1
+    assert result.native_ms > 0 and result.speedup > 0
+
+
+def test_bench_transformer_rejects_unknown_family():
+    result = runner.invoke(app, ["bench", "transformer", "--family", "sora"])
+    assert result.exit_code != 0 and "unknown family 'sora'" in result.output

@@ -248,6 +248,11 @@ def _processor_class(inner_cls: type) -> type:
     return type(f"Sparse{inner_cls.__name__}", (SparseAttnProcessor,), {"__call__": __call__})
 
 
+@functools.cache
+def _forward_signature(model_class: type) -> inspect.Signature:
+    return inspect.signature(model_class.forward)
+
+
 class SparseStepHook(ModelHook):
     """Reads the timestep and latent shape of each transformer forward."""
 
@@ -256,7 +261,7 @@ class SparseStepHook(ModelHook):
         self.state = state
 
     def pre_forward(self, module, *args, **kwargs):
-        bound = inspect.signature(type(module).forward).bind_partial(module, *args, **kwargs).arguments
+        bound = _forward_signature(type(module)).bind_partial(module, *args, **kwargs).arguments
         self.state.observe(bound.get("timestep"))
         self.state.grid = self.state.family.grid(module, bound)
         return args, kwargs
