@@ -10,7 +10,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -72,9 +72,6 @@ class AttentionBench:
     max_abs_err: float | None
     threads: int
     repeat: int
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def bench_attention(
@@ -183,9 +180,6 @@ class TransformerBench:
     speedup: float
     density: float
     rel_err: float  # |sparse - native| / |native| of the transformer output
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 @torch.no_grad()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import Annotated
 
 import torch
@@ -58,7 +59,7 @@ def bench_attention_cmd(
 
     def show(result) -> None:
         if json_out:
-            print(json.dumps(result.as_dict()), flush=True)
+            print(json.dumps(asdict(result)), flush=True)
         else:
             console.print(
                 f"[dim]{result.backend} density={result.density:.3f}: {result.speedup:.2f}x "
@@ -127,7 +128,7 @@ def bench_transformer_cmd(
     for f in family or list(TINY_TRANSFORMERS):
         r = bench_transformer(f, density, repeat=repeat)
         if json_out:
-            print(json.dumps(r.as_dict()), flush=True)
+            print(json.dumps(asdict(r)), flush=True)
             continue
         console.print(f"[dim]{f}: {r.speedup:.2f}x, overhead {r.overhead_pct:+.1f}%[/dim]")
         table.add_row(

@@ -18,14 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from sparsediff.patterns import PatternSpec
 
 CONFIG_VERSION = 1
-METHODS = ("dense", "window", "pattern")
 
 
 class Schedule(BaseModel):
     """When attention runs dense: the first steps (a count or a fraction) and chosen layers.
 
-    `dense_layers` holds attention module names (`blocks.0.attn1`) or block indices; negative
-    indices count from the end (`[0, -1]`: first and last block).
+    `dense_layers` holds attention module names (`blocks.0.attn1`) or attention-layer indices in
+    module order; negative indices count from the end (`[0, -1]`: first and last layer).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")

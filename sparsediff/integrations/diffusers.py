@@ -89,6 +89,11 @@ class SparseState:
     calls: Counter = field(default_factory=Counter)  # how attention calls were served
     fixed_layout: TokenLayout | None = None
     _warned: set = field(default_factory=set)
+    _layouts: dict = field(default_factory=dict)  # (grid, n) -> TokenLayout | None
+    _layer_index: dict = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._layer_index = {name: i for i, name in enumerate(self.layers)}
 
     def __repr__(self) -> str:
         return (
@@ -98,6 +103,12 @@ class SparseState:
 
     def layout_for(self, n: int) -> TokenLayout | None:
         """The layout of an n-token self/joint attention call in the current forward."""
+        key = (self.grid, n)
+        if key not in self._layouts:
+            self._layouts[key] = self._infer_layout(n)
+        return self._layouts[key]
+
+    def _infer_layout(self, n: int) -> TokenLayout | None:
         if self.fixed_layout is not None:
             return self.fixed_layout if self.fixed_layout.num_tokens == n else None
         if self.grid is None or self.family is None:
@@ -121,7 +132,7 @@ class SparseState:
         # step -1: no hook tracks steps (processors used directly), so no dense steps.
         if 0 <= self.tracker.step < schedule.dense_step_count(self.tracker.total_steps()):
             return True
-        index = self.layers.index(layer)
+        index = self._layer_index[layer]
         return any(d in (layer, index, index - len(self.layers)) for d in schedule.dense_layers)
 
     def plan(self, layer: str, layout: TokenLayout, heads: int, allow_skip: bool) -> BlockPlan:
