@@ -1,0 +1,183 @@
+"""`ShapesT2VPipeline`: a small text-to-video diffusion pipeline made of diffusers classes.
+
+Why these parts:
+- `HunyuanVideoTransformer3DModel`: joint text+video attention with 3-D rotary embeddings (the
+  structure of real video DiTs, so `sparsediff.apply` treats it like HunyuanVideo), and a pooled
+  text projection added to the timestep embedding that modulates every block. Short trials
+  with Wan (text only through cross-attention) learned colour but never motion direction.
+- Pixel space, 4x4 patches: flat-colour shapes need no VAE, and a VAE would cost training time.
+- A tiny `CLIPTextModel`: its last hidden states feed the joint attention, its pooled output the
+  modulation. Prompts are padded to a fixed length without a mask, so no attention call carries a
+  padding mask (those would have to run dense).
+- Rectified flow (`FlowMatchEulerDiscreteScheduler`): the transformer predicts noise - clip.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, HunyuanVideoTransformer3DModel
+from diffusers.utils import BaseOutput
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from sparsediff.pipelines.shapes.data import WORDS
+
+TEXT_LEN = 8  # tokens per prompt, padding included ("a red circle moving up left" is 6 words + eos)
+TEXT_DIM = 64
+TRANSFORMER_CONFIG = dict(
+    in_channels=3,
+    out_channels=3,
+    num_attention_heads=4,
+    attention_head_dim=32,
+    num_layers=2,
+    num_single_layers=2,
+    num_refiner_layers=1,
+    mlp_ratio=4.0,
+    patch_size=4,
+    patch_size_t=1,
+    qk_norm="rms_norm",
+    guidance_embeds=False,
+    text_embed_dim=TEXT_DIM,
+    pooled_projection_dim=TEXT_DIM,
+    rope_theta=256.0,
+    rope_axes_dim=(8, 12, 12),
+)
+
+
+@dataclass
+class ShapesT2VOutput(BaseOutput):
+    """frames: (batch, frames, height, width, 3) in [0, 1] (numpy for "np", torch for "pt")."""
+
+    frames: np.ndarray | torch.Tensor
+
+
+def build_tokenizer():
+    """Word-level tokenizer over the shapes grammar; pads every prompt to TEXT_LEN."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(("<pad>", "</s>", "<unk>", *WORDS))}
+    tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=TEXT_LEN
+    )
+
+
+def build_pipeline(seed: int = 0) -> ShapesT2VPipeline:
+    """The untrained pipeline (random weights, fixed by `seed`)."""
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    text_config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=TEXT_DIM,
+        intermediate_size=4 * TEXT_DIM,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=TEXT_LEN,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+    )
+    return ShapesT2VPipeline(
+        tokenizer=tokenizer,
+        text_encoder=CLIPTextModel(text_config),
+        transformer=HunyuanVideoTransformer3DModel(**TRANSFORMER_CONFIG),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0),
+    )
+
+
+class ShapesT2VPipeline(DiffusionPipeline):
+    """Text to video: "a red circle moving up left" -> frames of a red circle doing just that."""
+
+    model_cpu_offload_seq = "text_encoder->transformer"
+
+    def __init__(self, tokenizer, text_encoder, transformer, scheduler) -> None:
+        super().__init__()
+        self.register_modules(
+            tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, scheduler=scheduler
+        )
+
+    @property
+    def patch_size(self) -> int:
+        return self.transformer.config.patch_size
+
+    def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hidden states (B, TEXT_LEN, TEXT_DIM), pooled (B, TEXT_DIM)); the eos token pools."""
+        ids = self.tokenizer(
+            [p + " </s>" if p else "</s>" for p in prompts],
+            padding="max_length",
+            max_length=TEXT_LEN,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.text_encoder.device)
+        out = self.text_encoder(input_ids=ids)
+        return out.last_hidden_state, out.pooler_output
+
+    def predict(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """Velocity (noise - clip) at flow time t in [0, 1] (the transformer takes t * 1000)."""
+        mask = torch.ones(text.shape[:2], device=text.device)
+        return self.transformer(
+            hidden_states=latents,
+            timestep=t * 1000,
+            encoder_hidden_states=text,
+            encoder_attention_mask=mask,
+            pooled_projections=pooled,
+            return_dict=False,
+        )[0]
+
+    def check_size(self, num_frames: int, height: int, width: int) -> None:
+        p = self.patch_size
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be at least 1, got {num_frames}")
+        for name, value in (("height", height), ("width", width)):
+            if value < p or value % p:
+                nearest = max(p, round(value / p) * p)
+                raise ValueError(f"{name}={value} is not a multiple of the patch size {p}; try {name}={nearest}")
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        num_frames: int = 8,
+        height: int = 32,
+        width: int = 32,
+        num_inference_steps: int = 20,
+        guidance_scale: float = 4.0,
+        generator: torch.Generator | None = None,
+        output_type: str = "np",
+        return_dict: bool = True,
+    ) -> ShapesT2VOutput | tuple:
+        self.check_size(num_frames, height, width)
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        negatives = negative_prompt if isinstance(negative_prompt, list) else [negative_prompt or ""] * len(prompts)
+        if len(negatives) != len(prompts):
+            raise ValueError(f"{len(negatives)} negative prompts for {len(prompts)} prompts")
+        cfg = guidance_scale > 1.0
+        text, pooled = self.encode_prompt(prompts + negatives if cfg else prompts)
+        device, dtype = self.transformer.device, self.transformer.dtype
+        shape = (len(prompts), 3, num_frames, height, width)
+        latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(device, dtype)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        with self.progress_bar(total=num_inference_steps) as progress:
+            for t in self.scheduler.timesteps:
+                batch = torch.cat([latents, latents]) if cfg else latents
+                sigma = (t / self.scheduler.config.num_train_timesteps).expand(batch.shape[0]).to(dtype)
+                velocity = self.predict(batch, sigma, text.to(dtype), pooled.to(dtype))
+                if cfg:
+                    cond, uncond = velocity.chunk(2)
+                    velocity = uncond + guidance_scale * (cond - uncond)
+                latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
+                progress.update()
+        frames = ((latents.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1)  # (B, F, H, W, 3)
+        if output_type == "np":
+            frames = frames.cpu().numpy()
+        elif output_type != "pt":
+            raise ValueError(f"output_type must be 'np' or 'pt', got {output_type!r}")
+        self.maybe_free_model_hooks()
+        return ShapesT2VOutput(frames=frames) if return_dict else (frames,)
