@@ -20,8 +20,9 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 	$(PIP) install -q -e '.[test]'
 	touch $@
 
+# The default model with its shipped sparse config (the `window` preset when none is shipped).
 demo: $(VENV)/.installed
-	$(VENV)/bin/sparsediff bench attention --seq 8192 --heads 12 --head-dim 64 --density 0.1 --density 0.25 --repeat 2
+	$(VENV)/bin/sparsediff generate --compare --out outputs/demo.mp4
 
 test: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .

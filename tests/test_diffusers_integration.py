@@ -197,3 +197,36 @@ def test_processors_usable_directly(models):
     model.set_attn_processor(originals)
     assert (changed - native).abs().max() > 1e-3
     assert torch.equal(_run(model, inputs), native)
+
+
+def _padded_text_inputs(family):
+    """Batch of 2 whose first sample's text is padded (3 of 8 tokens masked), the second's not."""
+    inputs = _inputs(family, batch=2)
+    name = "encoder_attention_mask" if family == "hunyuanvideo" else "encoder_hidden_states_mask"
+    mask = torch.ones(2, 8)
+    mask[0, 5:] = 0
+    inputs[name] = mask
+    return inputs
+
+
+@pytest.mark.parametrize("family", ["hunyuanvideo", "qwenimage"])
+def test_padded_text_stays_sparse_and_exact(models, family):
+    model, inputs = models[family], _padded_text_inputs(family)
+    native = _run(model, inputs)
+    with sparsediff.sparse(model, "dense", block_size=16) as state:
+        routed = _run(model, inputs)
+    assert state.calls["sparse: padded text"] > 0 and state.calls["dense: attention mask"] == 0
+    assert (routed - native).abs().max() <= 1e-5
+    outputs = {}
+    for backend in ("torch", "reference"):
+        with sparsediff.sparse(model, "window", density=0.3, block_size=16, backend=backend):
+            outputs[backend] = _run(model, inputs)
+    assert (outputs["torch"] - native).abs().max() > 1e-3
+    assert (outputs["torch"] - outputs["reference"]).abs().max() <= 1e-4
+    # Each sample's sparse output is what it gets alone (its own valid text length).
+    alone = {k: v[:1] if isinstance(v, torch.Tensor) and v.shape[:1] == (2,) else v for k, v in inputs.items()}
+    if family == "qwenimage":
+        alone["img_shapes"] = inputs["img_shapes"][:1]
+    with sparsediff.sparse(model, "window", density=0.3, block_size=16, backend="torch"):
+        single = _run(model, alone)
+    assert (single[0] - outputs["torch"][0]).abs().max() <= 1e-4

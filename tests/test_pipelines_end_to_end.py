@@ -4,11 +4,11 @@ import numpy as np
 import torch
 
 import sparsediff
-from sparsediff.pipelines.tiny import tiny_pixart_pipeline, tiny_wan_pipeline
+from sparsediff.pipelines.tiny import tiny_pipeline
 
 
 def test_wan_video_pipeline_with_cfg_and_dense_first_step():
-    pipe = tiny_wan_pipeline()
+    pipe = tiny_pipeline("wan")
     args = dict(
         prompt="a red circle moving left",
         negative_prompt="blue",
@@ -32,7 +32,7 @@ def test_wan_video_pipeline_with_cfg_and_dense_first_step():
 
 
 def test_pixart_image_pipeline():
-    pipe = tiny_pixart_pipeline()
+    pipe = tiny_pipeline("pixart")
     args = dict(
         prompt="a red circle",
         height=64,

@@ -89,5 +89,11 @@ def prompt_accuracy(clips: Iterable[np.ndarray], captions: Iterable[Caption]) ->
     return {key: sum(s[key] for s in scores) / len(scores) for key in scores[0]}
 
 
-def verdict_dict(clip: np.ndarray) -> dict[str, str | None]:
-    return asdict(judge_clip(clip))
+def judge_prompt(clip: np.ndarray, prompt: str) -> dict | None:
+    """The judge's reading of a generated clip and whether it matches the prompt (None: prompt not judgeable)."""
+    try:
+        caption = Caption.parse(prompt)
+    except ValueError:
+        return None
+    verdict = judge_clip(clip)
+    return {"seen": asdict(verdict), **verdict.correct(caption)}

@@ -12,8 +12,9 @@ The wrapper also knows its layer by name, so per-layer plans need no global cont
 A `ModelHook` on the transformer (diffusers' hook registry) reads each forward's timestep and
 latent shape: it derives the denoising step (robust to classifier-free guidance, batched or as
 separate calls) and the TokenLayout. Calls whose keys are not the visual sequence
-(cross-attention to text) stay dense, as do calls with a non-trivial attention mask (padded
-text in HunyuanVideo and QwenImage) and steps/layers the schedule marks dense.
+(cross-attention to text) stay dense, as do calls with a mask other than text padding and
+steps/layers the schedule marks dense. Padded text (HunyuanVideo, QwenImage) is dropped per
+sample, so those calls stay sparse.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ import contextlib
 import functools
 import inspect
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +90,7 @@ class SparseState:
     reuse: dict = field(default_factory=dict)  # (layer, call_in_step) -> last output
     calls: Counter = field(default_factory=Counter)  # how attention calls were served
     fixed_layout: TokenLayout | None = None
+    plan_seconds: float = 0.0  # one-off time spent building plans (cached per layer and layout)
     _warned: set = field(default_factory=set)
     _layouts: dict = field(default_factory=dict)  # (grid, n) -> TokenLayout | None
     _layer_index: dict = field(init=False)
@@ -141,8 +144,15 @@ class SparseState:
             patterns = layer_patterns(self.config, layer, layout, heads)
             if not allow_skip:  # nothing to reuse yet: skipped heads compute everything once
                 patterns = [Full() if isinstance(p, Skip) else p for p in patterns]
+            start = time.perf_counter()
             self.plans[key] = build_plan(layout, patterns, self.config.block_size)
+            self.plan_seconds += time.perf_counter() - start
         return self.plans[key]
+
+    def density(self) -> float | None:
+        """Mean density of the sparse plans built so far (None before any sparse call)."""
+        plans = [p for (_, _, _, allow_skip), p in self.plans.items() if allow_skip]
+        return sum(p.density for p in plans) / len(plans) if plans else None
 
     def attend(
         self,
@@ -170,7 +180,13 @@ class SparseState:
         if layout is None:
             return dense("dense: no layout")
         if attn_mask is not None and not _mask_is_trivial(attn_mask):
-            return dense("dense: attention mask")
+            groups = _text_padding_groups(attn_mask, layout)
+            if groups is None:
+                return dense("dense: attention mask")
+            if self.dense_now(layer):
+                return dense("dense: schedule")
+            self.calls["sparse: padded text"] += 1
+            return self._attend_padded(layer, query, key, value, layout, groups, scale)
         heads = query.shape[1]
         # Layers with skipped heads keep their last output (per CFG branch) for reuse.
         keeps_output = bool(self.plan(layer, layout, heads, allow_skip=True).skipped_heads.any())
@@ -188,6 +204,32 @@ class SparseState:
             self.reuse[reuse_key] = out
         return out
 
+    def _attend_padded(
+        self, layer: str, query: Tensor, key: Tensor, value: Tensor, layout: TokenLayout, groups, scale
+    ) -> Tensor:
+        """Sparse attention over the unmasked tokens of each group of samples sharing a key mask.
+
+        Padded text keys are dropped (the layout shrinks to the valid text); padded query rows,
+        whose outputs only ever reach other padded tokens, attend densely over the valid keys, as
+        the masked dense call would. Skipped heads compute in full here (no reuse across masks).
+        """
+        out = torch.empty_like(query)
+        heads = query.shape[1]
+        for valid, samples in groups:
+            keep, pad = valid.nonzero().squeeze(1), (~valid).nonzero().squeeze(1)
+            q, k, v = (t[samples][:, :, keep] for t in (query, key, value))
+            text = keep.numel() - layout.num_visual
+            sub = replace(layout, **({"text_prefix": text} if layout.text_prefix else {"text_suffix": text}))
+            result = sparse_attention(q, k, v, self.plan(layer, sub, heads, False), self.config.backend, scale=scale)
+            padded = (
+                F.scaled_dot_product_attention(query[samples][:, :, pad], k, v, scale=scale) if pad.numel() else None
+            )
+            for i, b in enumerate(samples.tolist()):
+                out[b, :, keep] = result[i]
+                if padded is not None:
+                    out[b, :, pad] = padded[i]
+        return out
+
     def observe(self, timestep) -> None:
         """Advance the step tracker; a new pipeline call drops outputs kept for reuse."""
         self.tracker.observe(timestep)
@@ -203,6 +245,22 @@ class SparseState:
 def _mask_is_trivial(mask: Tensor) -> bool:
     """True when the mask allows every key (bool all True, or additive all zero)."""
     return bool(mask.all()) if mask.dtype == torch.bool else not bool(mask.any())
+
+
+def _text_padding_groups(mask: Tensor, layout: TokenLayout) -> list[tuple[Tensor, Tensor]] | None:
+    """(valid keys, sample indices) per distinct key mask, when masks only hide text tokens.
+
+    Handles the key-padding masks of HunyuanVideo and QwenImage, bool (B, 1, 1, N); any other
+    mask returns None (the call runs dense).
+    """
+    if mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[1:3] != (1, 1) or not layout.num_text:
+        return None
+    valid = mask[:, 0, 0]
+    start = layout.text_prefix
+    if valid.shape[-1] != layout.num_tokens or not valid[:, start : start + layout.num_visual].all():
+        return None
+    patterns, inverse = torch.unique(valid.expand(-1, layout.num_tokens), dim=0, return_inverse=True)
+    return [(p, (inverse == i).nonzero().squeeze(1)) for i, p in enumerate(patterns)]
 
 
 class _SDPAInterceptor(TorchFunctionMode):

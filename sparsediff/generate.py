@@ -1,0 +1,220 @@
+"""Generate with a pipeline, dense and sparse from the same seed, and tell the truth about both.
+
+`compare` runs the pipeline dense, then with sparse attention, on the same seed; it reports wall
+time of each run (one-off costs reported apart: model load, a two-step warm-up run, and plan
+building, which is cached per layer and layout), PSNR and SSIM of sparse vs dense, and the
+model's judge verdicts where it has a judge.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sparsediff.config import SparseConfig
+from sparsediff.integrations.diffusers import sparse
+from sparsediff.media import VIDEO_SUFFIXES, check_writable, side_by_side, write_frames
+from sparsediff.metrics import psnr, ssim
+from sparsediff.pipelines.registry import LoadedModel, ModelEntry, Size, check_size
+
+
+@dataclass(frozen=True)
+class Request:
+    prompt: str
+    size: Size
+    steps: int
+    guidance: float
+    seed: int = 0
+    negative_prompt: str | None = None
+
+
+@dataclass
+class Run:
+    frames: np.ndarray  # (F, H, W, 3) in [0, 1]
+    seconds: float
+    setup_s: float = 0.0  # plan building (sparse runs), not in `seconds`
+    density: float | None = None
+    calls: dict = field(default_factory=dict)
+
+
+def resolve_config(entry: ModelEntry, method: str | None, config: str | None, density: float | None) -> SparseConfig:
+    """--config, else --method, else the model's shipped config, else the `window` preset."""
+    if method and config:
+        raise ValueError("give --method or --config, not both")
+    source = config or method
+    if source is None:
+        source = str(entry.config) if entry.config is not None and entry.config.exists() else "window"
+    overrides = {"density": density} if density is not None else {}
+    return SparseConfig.load(source, **overrides)
+
+
+def _call_kwargs(pipe, entry: ModelEntry, request: Request, steps: int) -> dict:
+    params = inspect.signature(type(pipe).__call__).parameters
+    wanted = {
+        "prompt": request.prompt,
+        "negative_prompt": request.negative_prompt,
+        "num_inference_steps": steps,
+        "guidance_scale": request.guidance,
+        "height": request.size.height,
+        "width": request.size.width,
+        "num_frames": request.size.frames if entry.video else None,
+        "generator": torch.Generator().manual_seed(request.seed),
+        "output_type": "np",
+        **entry.call_kwargs,
+    }
+    return {k: v for k, v in wanted.items() if k in params and v is not None}
+
+
+def _frames(output) -> np.ndarray:
+    """(F, H, W, 3) in [0, 1] from a pipeline output (video `.frames` or image `.images`)."""
+    data = getattr(output, "frames", None)
+    if data is None:
+        data = output.images
+    data = np.asarray(data[0] if isinstance(data, list) else data, dtype=np.float32)
+    if data.ndim == 5:
+        data = data[0]
+    if data.ndim == 3:  # one image
+        data = data[None]
+    return data
+
+
+def run(loaded: LoadedModel, request: Request, steps: int | None = None, label: str = "run") -> Run:
+    """One pipeline call; a NaN or infinite output is an error, not a picture."""
+    kwargs = _call_kwargs(loaded.pipe, loaded.entry, request, steps or request.steps)
+    start = time.perf_counter()
+    frames = _frames(loaded.pipe(**kwargs))
+    seconds = time.perf_counter() - start
+    if not np.isfinite(frames).all():
+        raise FloatingPointError(
+            f"the {label} output of {loaded.entry.name} holds NaN or infinite values; try --dtype float32, "
+            "fewer dense-to-sparse changes, or another seed"
+        )
+    return Run(frames, seconds)
+
+
+def run_sparse(loaded: LoadedModel, request: Request, config: SparseConfig) -> Run:
+    with sparse(loaded.pipe, config) as state:
+        result = run(loaded, request, label="sparse")
+    result.setup_s = state.plan_seconds
+    result.seconds -= state.plan_seconds
+    result.density = state.density()
+    result.calls = dict(state.calls)
+    return result
+
+
+@dataclass
+class Comparison:
+    model: str
+    prompt: str
+    size: str
+    steps: int
+    seed: int
+    method: str
+    density: float | None
+    dense_s: float
+    sparse_s: float
+    speedup: float
+    psnr: float | None
+    ssim: float
+    outputs: dict
+    load_s: float
+    warmup_s: float
+    sparse_setup_s: float
+    random_weights: bool
+    attention_calls: dict
+    judge_dense: dict | None = None
+    judge_sparse: dict | None = None
+
+    def as_json(self) -> dict:
+        data = asdict(self)
+        data["psnr"] = None if self.psnr is None or math.isinf(self.psnr) else self.psnr
+        if self.judge_dense is None:
+            data.pop("judge_dense")
+            data.pop("judge_sparse")
+        return data
+
+
+def check_out(entry: ModelEntry, out: Path) -> None:
+    if not entry.video and out.suffix.lower() in VIDEO_SUFFIXES:
+        raise ValueError(f"--out {out}: {entry.name} makes images; use a .png file name")
+
+
+def output_paths(out: Path, compare: bool) -> dict[str, Path]:
+    if not compare:
+        return {"sparse": out}
+    return {
+        "compare": out,
+        "dense": out.with_name(f"{out.stem}.dense{out.suffix}"),
+        "sparse": out.with_name(f"{out.stem}.sparse{out.suffix}"),
+    }
+
+
+def compare(loaded: LoadedModel, request: Request, config: SparseConfig, out: Path) -> Comparison:
+    """Dense and sparse from the same seed; writes both and a side-by-side next to `out`."""
+    check_size(loaded, request.size)
+    check_out(loaded.entry, out)
+    paths = output_paths(out, compare=True)
+    for path in paths.values():
+        check_writable(path)
+    # Two steps: some multistep schedulers cannot run one.
+    warmup = run(loaded, request, steps=min(2, request.steps), label="warm-up")
+    dense = run(loaded, request, label="dense")
+    sparse_run = run_sparse(loaded, request, config)
+    write_frames(dense.frames, paths["dense"])
+    write_frames(sparse_run.frames, paths["sparse"])
+    write_frames(side_by_side(dense.frames, sparse_run.frames), paths["compare"])
+    judge = loaded.entry.judge
+    quality = psnr(dense.frames, sparse_run.frames)
+    return Comparison(
+        model=loaded.entry.name,
+        prompt=request.prompt,
+        size=str(request.size),
+        steps=request.steps,
+        seed=request.seed,
+        method=config.method,
+        density=sparse_run.density,
+        dense_s=dense.seconds,
+        sparse_s=sparse_run.seconds,
+        speedup=dense.seconds / sparse_run.seconds,
+        psnr=quality,
+        ssim=ssim(dense.frames, sparse_run.frames),
+        outputs={k: str(v) for k, v in paths.items()},
+        load_s=loaded.load_s,
+        warmup_s=warmup.seconds,
+        sparse_setup_s=sparse_run.setup_s,
+        random_weights=loaded.entry.random_weights,
+        attention_calls=sparse_run.calls,
+        judge_dense=judge(dense.frames, request.prompt) if judge else None,
+        judge_sparse=judge(sparse_run.frames, request.prompt) if judge else None,
+    )
+
+
+def generate_one(loaded: LoadedModel, request: Request, config: SparseConfig, out: Path) -> dict:
+    """One sparse generation written to `out`; returns what `--json` prints."""
+    check_size(loaded, request.size)
+    check_out(loaded.entry, out)
+    check_writable(out)
+    result = run_sparse(loaded, request, config)
+    write_frames(result.frames, out)
+    summary = {
+        "model": loaded.entry.name,
+        "prompt": request.prompt,
+        "size": str(request.size),
+        "method": config.method,
+        "density": result.density,
+        "sparse_s": result.seconds,
+        "sparse_setup_s": result.setup_s,
+        "load_s": loaded.load_s,
+        "outputs": {"sparse": str(out)},
+        "random_weights": loaded.entry.random_weights,
+        "attention_calls": result.calls,
+    }
+    if loaded.entry.judge is not None:
+        summary["judge_sparse"] = loaded.entry.judge(result.frames, request.prompt)
+    return summary
