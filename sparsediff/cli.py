@@ -209,6 +209,84 @@ def generate_cmd(
     _print_summary(summary)
 
 
+@app.command("search")
+def search_cmd(
+    out: Annotated[Path, typer.Option(help="where to write the searched config (JSON)")],
+    model: Annotated[
+        str | None, typer.Option(help="built-in name, local pipeline folder or diffusers model id")
+    ] = None,
+    prompt: Annotated[list[str], typer.Option(help="calibration prompt; repeat for several")] = [],  # noqa: B006
+    prompts: Annotated[Path | None, typer.Option(help="file with one calibration prompt per line")] = None,
+    max_error: Annotated[float | None, typer.Option(help="per-head relative L2 error bound")] = None,
+    budget: Annotated[float | None, typer.Option(help="attention time budget, fraction of dense")] = None,
+    steps: Annotated[int | None, typer.Option(help="denoising steps (default: the model's)")] = None,
+    guidance: Annotated[float | None, typer.Option(help="guidance scale (default: the model's)")] = None,
+    num_frames: Annotated[int | None, typer.Option(help="frames (video models)")] = None,
+    height: Annotated[int | None, typer.Option(help="height in pixels")] = None,
+    width: Annotated[int | None, typer.Option(help="width in pixels")] = None,
+    calibration_steps: Annotated[int, typer.Option(help="steps scored per prompt")] = 4,
+    rows: Annotated[int, typer.Option(help="query rows sampled per attention call")] = 128,
+    block_size: Annotated[int, typer.Option(help="block size in tokens")] = 64,
+    dense_fraction: Annotated[float, typer.Option(help="first fraction of steps kept dense")] = 0.0,
+    cost_model: Annotated[Path | None, typer.Option(help="reuse the cost model of an earlier config")] = None,
+    seed: Annotated[int, typer.Option(help="seed of the calibration runs and row sampling")] = 0,
+    report: Annotated[Path | None, typer.Option(help="folder for the heatmap PNG and text table")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice)")] = None,
+) -> None:
+    """Offline head search: the cheapest pattern per layer and head, within an error bound or a budget."""
+    from sparsediff.generate import Request, call_kwargs
+    from sparsediff.pipelines.registry import Size, check_size, default_model, load_model
+    from sparsediff.search import CostModel, search
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        texts = list(prompt) + (_read_prompts(prompts) if prompts else [])
+        if not texts:
+            raise ValueError("give calibration prompts: --prompt TEXT (repeatable) or --prompts FILE")
+        loaded = load_model(model or default_model())
+        entry, d = loaded.entry, loaded.entry.default_size
+        size = Size(num_frames or (d.frames if entry.video else 1), height or d.height, width or d.width)
+        check_size(loaded, size)
+        request = Request(texts[0], size, steps or entry.steps, entry.guidance if guidance is None else guidance)
+        kwargs = call_kwargs(loaded.pipe, entry, request, request.steps)
+        for fixed in ("prompt", "num_inference_steps", "generator"):
+            kwargs.pop(fixed, None)
+        costs = CostModel.model_validate(_cost_model_json(cost_model)) if cost_model else None
+        loaded.pipe.set_progress_bar_config(disable=True)
+        result = search(
+            loaded.pipe, texts, max_error=max_error, budget=budget, num_inference_steps=request.steps,
+            calibration_steps=calibration_steps, rows=rows, block_size=block_size, dense_fraction=dense_fraction,
+            cost_model=costs, seed=seed, **kwargs,
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
+    result.config.save(out)
+    console.print(result.table())
+    console.print(f"predicted: {result.config.search['predicted']}; search took {result.seconds:.1f} s")
+    if report:
+        for name, path in result.write_report(report).items():
+            console.print(f"{name}: {path}")
+    console.print(f"config: {out}  (use: sparsediff generate --config {out})")
+
+
+def _read_prompts(path: Path) -> list[str]:
+    try:
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except OSError as err:
+        raise ValueError(f"cannot read --prompts {path}: {err.strerror or err}") from err
+
+
+def _cost_model_json(path: Path) -> dict:
+    """A cost model from a saved config (its search.cost_model) or a bare cost model file."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read --cost-model {path}: {err}") from err
+    return (data.get("search") or {}).get("cost_model", data)
+
+
 def _print_summary(summary: dict) -> None:
     table = Table(show_header=False, title="sparsediff generate")
     rows = [

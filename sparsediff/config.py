@@ -69,6 +69,7 @@ class SparseConfig(BaseModel):
     backend: str = "auto"
     schedule: Schedule = Schedule()
     model: ModelSignature | None = None
+    search: dict | None = None  # what the offline search recorded: settings, predictions, cost model
 
     @model_validator(mode="after")
     def _pattern_method_has_patterns(self) -> SparseConfig:

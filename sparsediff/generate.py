@@ -54,7 +54,7 @@ def resolve_config(entry: ModelEntry, method: str | None, config: str | None, de
     return SparseConfig.load(source, **overrides)
 
 
-def _call_kwargs(pipe, entry: ModelEntry, request: Request, steps: int) -> dict:
+def call_kwargs(pipe, entry: ModelEntry, request: Request, steps: int) -> dict:
     params = inspect.signature(type(pipe).__call__).parameters
     wanted = {
         "prompt": request.prompt,
@@ -86,7 +86,7 @@ def _frames(output) -> np.ndarray:
 
 def run(loaded: LoadedModel, request: Request, steps: int | None = None, label: str = "run") -> Run:
     """One pipeline call; a NaN or infinite output is an error, not a picture."""
-    kwargs = _call_kwargs(loaded.pipe, loaded.entry, request, steps or request.steps)
+    kwargs = call_kwargs(loaded.pipe, loaded.entry, request, steps or request.steps)
     start = time.perf_counter()
     frames = _frames(loaded.pipe(**kwargs))
     seconds = time.perf_counter() - start

@@ -34,7 +34,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from torch.overrides import TorchFunctionMode
 
 from sparsediff.attention import sparse_attention
-from sparsediff.config import SparseConfig
+from sparsediff.config import ModelSignature, SparseConfig
 from sparsediff.integrations.families import Family, family_of
 from sparsediff.layout import TokenLayout
 from sparsediff.methods import layer_patterns
@@ -360,17 +360,23 @@ def _attention_layers(transformer) -> dict[str, object]:
     return {name: transformer.get_submodule(name) for name in names}
 
 
+def model_signature(transformer) -> ModelSignature:
+    """What a config searched on this transformer records, and what `apply` checks."""
+    first = next(iter(_attention_layers(transformer).values()))
+    heads = getattr(first, "heads", None) or 1
+    return ModelSignature(
+        model_class=type(transformer).__name__,
+        attention_layers=len(transformer.attn_processors),
+        heads=heads,
+        head_dim=getattr(first, "inner_dim", 0) // heads,
+    )
+
+
 def _check_fits(config: SparseConfig, transformer, layers: dict[str, object]) -> None:
     heads = {name: getattr(module, "heads", None) for name, module in layers.items()}
     sig = config.model
     if sig is not None:
-        first = next(iter(layers.values()))
-        actual = {
-            "model_class": type(transformer).__name__,
-            "attention_layers": len(layers),
-            "heads": getattr(first, "heads", None),
-            "head_dim": getattr(first, "inner_dim", 0) // max(getattr(first, "heads", 1) or 1, 1),
-        }
+        actual = model_signature(transformer).model_dump()
         wrong = {k: (getattr(sig, k), v) for k, v in actual.items() if getattr(sig, k) != v}
         if wrong:
             detail = ", ".join(f"{k}: config {a!r} vs model {b!r}" for k, (a, b) in wrong.items())
@@ -399,7 +405,15 @@ def apply(target, config: SparseConfig | dict | str = "window", **overrides) -> 
     `config` is a SparseConfig, a dict, a preset name (`dense`, `window`) or a JSON path;
     keyword overrides change fields (`apply(pipe, "window", density=0.1)`).
     """
-    config = SparseConfig.load(config, **overrides)
+    return install(target, SparseConfig.load(config, **overrides), SparseState)
+
+
+def install(target, config: SparseConfig, state_class: type[SparseState]) -> SparseState:
+    """Wrap every attention processor of the target's transformers with one `state_class` each.
+
+    `state_class` is SparseState or a subclass that overrides `attend` (the offline search's
+    calibration uses this to watch dense attention); `remove` undoes either.
+    """
     transformers = _transformers_of(target)
     for transformer in transformers:
         if hasattr(transformer, STATE_ATTR):
@@ -414,15 +428,10 @@ def apply(target, config: SparseConfig | dict | str = "window", **overrides) -> 
     for transformer in transformers:
         layers = _attention_layers(transformer)
         _check_fits(config, transformer, layers)
-        states.append((transformer, layers, SparseState(config, tracker, list(layers), family_of(transformer))))
+        states.append((transformer, layers, state_class(config, tracker, list(layers), family_of(transformer))))
     for transformer, layers, state in states:
         originals = transformer.attn_processors
-        transformer.set_attn_processor(
-            {
-                f"{name}.processor": SparseAttnProcessor.wrap(originals[f"{name}.processor"], name, state)
-                for name in layers
-            }
-        )
+        transformer.set_attn_processor(_wrapped(originals, layers, state))
         HookRegistry.check_if_exists_or_initialize(transformer).register_hook(SparseStepHook(state), HOOK_NAME)
         setattr(transformer, STATE_ATTR, (state, originals))
     return states[0][2]

@@ -1,0 +1,8 @@
+"""Offline head search (Sparse-vDiT): calibration, candidates, cost model, solver, report."""
+
+from sparsediff.search.candidates import default_candidates
+from sparsediff.search.cost import CostModel, measure
+from sparsediff.search.offline import SearchResult, search
+from sparsediff.search.solver import solve_budget, solve_max_error
+
+__all__ = ["CostModel", "SearchResult", "default_candidates", "measure", "search", "solve_budget", "solve_max_error"]

@@ -1,0 +1,139 @@
+"""Calibration: during a dense run, score every candidate pattern per layer and head.
+
+At sampled steps each self/joint attention call picks a fixed, seeded sample of visual query
+rows, takes their exact output (from the dense call itself), and recomputes those rows under
+every candidate's block mask. Relative squared L2 errors accumulate per (layer, head,
+candidate). `Skip` is scored as reusing the previous step's output for the same rows. Nothing
+but the sampled rows' outputs is kept across calls: memory is O(layers x heads x rows x dim),
+and per call the extra work is about candidates x rows / tokens of one dense attention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from sparsediff.integrations.diffusers import SparseState, _mask_is_trivial
+from sparsediff.layout import TokenLayout
+from sparsediff.patterns import Full, Pattern, Skip, build_plan
+from sparsediff.search.candidates import default_candidates
+
+Tensor = torch.Tensor
+_SCORE_BUFFER = 1 << 24  # elements of one chunk of scores (heads x rows x keys)
+
+
+@dataclass
+class LayerErrors:
+    """Accumulated squared errors and squared norms, [heads, candidates] (float64)."""
+
+    err: Tensor
+    norm: Tensor
+    calls: int = 0
+
+    def relative(self) -> Tensor:
+        """Relative L2 error per head and candidate (inf where a candidate was never scored)."""
+        return torch.where(self.norm > 0, (self.err / self.norm.clamp_min(1e-300)).sqrt(), torch.inf)
+
+
+@dataclass
+class Calibration:
+    """What `CalibrationState` collects; shared by all transformers of one pipeline."""
+
+    candidates: list[Pattern]
+    sample_steps: frozenset[int]
+    rows: int
+    seed: int
+    errors: dict[str, LayerErrors] = field(default_factory=dict)
+    layouts: dict[str, TokenLayout] = field(default_factory=dict)  # the layout each layer was scored at
+    head_dims: dict[str, int] = field(default_factory=dict)
+    _previous: dict = field(default_factory=dict)  # (layer, call_in_step) -> exact rows of the last step
+    _row_index: dict = field(default_factory=dict)
+    _key_masks: dict = field(default_factory=dict)
+
+
+class CalibrationState(SparseState):
+    """Serves every attention call densely and, at sampled steps, scores the candidates."""
+
+    calibration: Calibration  # set by `calibrating`
+
+    def attend(self, layer, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+               enable_gqa=False):  # fmt: skip
+        out = F.scaled_dot_product_attention(
+            query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa
+        )
+        if query.shape[-2] != key.shape[-2] or is_causal:
+            return out
+        if attn_mask is not None and not _mask_is_trivial(attn_mask):
+            return out
+        layout = self.layout_for(query.shape[-2])
+        if layout is None:
+            return out
+        self.calls["calibration: dense"] += 1
+        with torch.no_grad():
+            self._score(layer, query, key, value, out, layout, query.shape[-1] ** -0.5 if scale is None else scale)
+        return out
+
+    def _score(self, layer, query, key, value, out, layout: TokenLayout, scale: float) -> None:
+        cal = self.calibration
+        if not cal.candidates:  # in layout units, from the first layout seen
+            cal.candidates.extend(default_candidates(layout))
+        rows = _rows(cal, layout)
+        exact = out[:, :, rows].double()
+        prev_key = (layer, self.tracker.call_in_step)
+        previous = cal._previous.get(prev_key)
+        cal._previous[prev_key] = exact
+        if self.tracker.step not in cal.sample_steps:
+            return
+        heads, n_cand = query.shape[1], len(cal.candidates)
+        stats = cal.errors.setdefault(
+            layer,
+            LayerErrors(
+                torch.zeros(heads, n_cand, dtype=torch.float64), torch.zeros(heads, n_cand, dtype=torch.float64)
+            ),
+        )
+        cal.layouts.setdefault(layer, layout)
+        cal.head_dims.setdefault(layer, query.shape[-1])
+        stats.calls += 1
+        norm = exact.square().sum(dim=(0, 2, 3))  # [H]
+        if key.shape[1] != heads:  # grouped-query attention
+            key = key.repeat_interleave(heads // key.shape[1], 1)
+            value = value.repeat_interleave(heads // value.shape[1], 1)
+        q_rows = query[:, :, rows]
+        per_chunk = max(1, _SCORE_BUFFER // (q_rows.shape[0] * rows.numel() * key.shape[-2]))
+        for c, pattern in enumerate(cal.candidates):
+            if isinstance(pattern, Skip):
+                if previous is not None and previous.shape == exact.shape:
+                    stats.err[:, c] += (previous - exact).square().sum(dim=(0, 2, 3))
+                    stats.norm[:, c] += norm
+                continue
+            stats.norm[:, c] += norm
+            if isinstance(pattern, Full):
+                continue
+            allowed = _key_mask(cal, pattern, layout, self.config.block_size, rows).to(query.device)
+            for h0 in range(0, heads, per_chunk):
+                h1 = min(heads, h0 + per_chunk)
+                scores = (q_rows[:, h0:h1] @ key[:, h0:h1].transpose(-1, -2)).float() * scale
+                probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+                approx = (probs @ value[:, h0:h1].float()).double()
+                stats.err[h0:h1, c] += (approx - exact[:, h0:h1]).square().sum(dim=(0, 2, 3))
+
+
+def _rows(cal: Calibration, layout: TokenLayout) -> Tensor:
+    """A fixed, seeded sample of visual query rows for this layout (sorted)."""
+    if layout not in cal._row_index:
+        gen = torch.Generator().manual_seed(cal.seed)
+        count = min(cal.rows, layout.num_visual)
+        picked = torch.randperm(layout.num_visual, generator=gen)[:count].sort().values
+        cal._row_index[layout] = picked + layout.text_prefix
+    return cal._row_index[layout]
+
+
+def _key_mask(cal: Calibration, pattern: Pattern, layout: TokenLayout, block: int, rows: Tensor) -> Tensor:
+    """[rows, N] keys the candidate's plan computes for each sampled row (text rules included)."""
+    key = (pattern, layout, block)
+    if key not in cal._key_masks:
+        blocks = build_plan(layout, pattern, block).to_dense_mask()[0]  # [Qb, Kb]
+        cal._key_masks[key] = blocks[rows // block].repeat_interleave(block, 1)[:, : layout.num_tokens]
+    return cal._key_masks[key]

@@ -1,0 +1,38 @@
+"""Candidate patterns a head may take, in layout units (so choices transfer across sizes).
+
+The set follows Sparse-vDiT's strategies: full, skip (reuse the last step's output), diagonal
+bands of several radii (local 3-D neighbourhoods), multi-diagonals (the same place in every
+other frame), a first-frame stripe, and unions of a band with the other two. Candidates too
+large for the layout (a radius covering the whole grid) are left out: they equal `full`.
+"""
+
+from __future__ import annotations
+
+from sparsediff.layout import TokenLayout
+from sparsediff.patterns import Diagonal, Full, MultiDiagonal, Pattern, Skip, Stripe
+
+RADII = (1, 2, 3, 4, 6, 8, 12, 16)
+
+
+def default_candidates(layout: TokenLayout, allow_skip: bool = True) -> list[Pattern]:
+    """Full first, then cheaper structured patterns; order breaks ties in the solver."""
+    side = max(layout.height, layout.width)
+    radii = [r for r in RADII if 2 * r + 1 < side]
+    frames = layout.frames
+    other_frames = tuple(o for o in range(-(frames - 1), frames) if o != 0)
+    found: list[Pattern] = [Full()]
+    if allow_skip:
+        found.append(Skip())
+    for r in radii:
+        for tr in sorted({0, 1, 2, r} & set(range(frames))):
+            found.append(Diagonal(radius=r, temporal_radius=tr))
+    if other_frames:
+        for r in radii[:3]:
+            found.append(MultiDiagonal(radius=r, frame_offsets=(0, *other_frames)))
+            found.append(
+                Diagonal(radius=2 * r, temporal_radius=min(1, frames - 1))
+                | MultiDiagonal(radius=r, frame_offsets=other_frames)
+            )
+        for r in radii[:4]:
+            found.append(Diagonal(radius=r, temporal_radius=min(1, frames - 1)) | Stripe(frames=(0,)))
+    return list(dict.fromkeys(found))

@@ -1,0 +1,216 @@
+"""`search(pipe, prompts, ...)`: calibrate on dense runs, price candidates, solve, write a config."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from tqdm import tqdm
+
+from sparsediff.config import Schedule, SparseConfig
+from sparsediff.integrations.diffusers import _transformers_of, install, model_signature, remove
+from sparsediff.layout import TokenLayout
+from sparsediff.patterns import Full, Pattern, Skip, build_plan
+from sparsediff.search.calibrate import Calibration, CalibrationState
+from sparsediff.search.cost import CostModel, measure
+from sparsediff.search.report import heatmap, short_name
+from sparsediff.search.solver import Choices, solve_budget, solve_max_error
+
+
+@dataclass
+class SearchResult:
+    config: SparseConfig
+    candidates: list[Pattern]
+    errors: dict[str, torch.Tensor]  # layer -> [heads, candidates] relative L2 error
+    choices: Choices
+    densities: dict[str, list[float]]  # per head, of the chosen pattern
+    cost_model: CostModel
+    seconds: float
+
+    def chosen(self, layer: str) -> list[Pattern]:
+        return [self.candidates[c] for c in self.choices[layer]]
+
+    def table(self) -> Table:
+        table = Table(title="sparsediff search: chosen pattern per head (relative L2 error, density)")
+        table.add_column("layer")
+        heads = max(len(c) for c in self.choices.values())
+        for h in range(heads):
+            table.add_column(f"head {h}")
+        for layer, picks in self.choices.items():
+            errs, dens = self.errors[layer], self.densities[layer]
+            cells = [
+                f"{short_name(self.candidates[c])} ({float(errs[h, c]):.3f}, {dens[h]:.2f})"
+                for h, c in enumerate(picks)
+            ]
+            table.add_row(layer, *cells)
+        return table
+
+    def write_report(self, folder: str | Path) -> dict[str, Path]:
+        folder = Path(folder)
+        layers = list(self.choices)
+        png = heatmap(layers, [self.chosen(n) for n in layers], [self.densities[n] for n in layers],
+                      folder / "heads.png")  # fmt: skip
+        console = Console(record=True, width=200, file=io.StringIO())
+        console.print(self.table())
+        console.print(f"predicted: {self.config.search['predicted']}")
+        text = folder / "heads.txt"
+        text.write_text(console.export_text())
+        return {"heatmap": png, "table": text}
+
+
+def sample_steps(total: int, dense_steps: int, count: int) -> frozenset[int]:
+    """`count` steps spread evenly over the sparse part of the schedule (never step 0: skip needs a previous step)."""
+    first = max(dense_steps, 1)
+    if first >= total:
+        raise ValueError(f"no sparse steps to calibrate: {total} steps, {dense_steps} dense")
+    span = total - first
+    count = min(count, span)
+    return frozenset(first + round(i * (span - 1) / max(count - 1, 1)) for i in range(count))
+
+
+def search(
+    pipe,
+    prompts: Sequence[str],
+    *,
+    max_error: float | None = None,
+    budget: float | None = None,
+    num_inference_steps: int = 20,
+    calibration_steps: int = 4,
+    rows: int = 128,
+    block_size: int = 64,
+    backend: str = "auto",
+    dense_fraction: float = 0.0,
+    candidates: Sequence[Pattern] | None = None,
+    cost_model: CostModel | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    **call_kwargs,
+) -> SearchResult:
+    """Find the cheapest pattern per layer and head for `pipe` (a diffusers pipeline).
+
+    Exactly one of `max_error` (relative L2 error per head, on sampled query rows) or `budget`
+    (predicted attention time as a fraction of dense) is given. `call_kwargs` go to every
+    pipeline call (sizes, guidance); each prompt runs with seed `seed + i`.
+    """
+    if (max_error is None) == (budget is None):
+        raise ValueError("give exactly one of max_error (per-head error bound) or budget (fraction of dense time)")
+    if budget is not None and not 0 < budget <= 1:
+        raise ValueError(f"budget is a fraction of dense attention time in (0, 1], got {budget}")
+    if not prompts:
+        raise ValueError("search needs at least one calibration prompt")
+    start = time.perf_counter()
+    schedule = Schedule(dense_fraction=dense_fraction)
+    cal = Calibration(
+        candidates=list(candidates) if candidates else [],
+        sample_steps=sample_steps(
+            num_inference_steps, schedule.dense_step_count(num_inference_steps), calibration_steps
+        ),
+        rows=rows,
+        seed=seed,
+    )
+    install(pipe, SparseConfig(method="dense", block_size=block_size), _state_class(cal))
+    try:
+        for i, prompt in enumerate(tqdm(prompts, desc="calibrating (dense runs)", disable=not progress)):
+            pipe(prompt=prompt, num_inference_steps=num_inference_steps,
+                 generator=torch.Generator().manual_seed(seed + i), **call_kwargs)  # fmt: skip
+    finally:
+        remove(pipe)
+    if not cal.errors:
+        raise ValueError("no self/joint attention call had a known layout: nothing to search (see the log's warnings)")
+    layout = next(iter(cal.layouts.values()))
+    heads = next(iter(cal.errors.values())).err.shape[0]
+    if cost_model is None:
+        cost_model = measure(layout.num_tokens, heads, next(iter(cal.head_dims.values())), block_size, backend)
+    costs = {
+        layer: _candidate_costs(cal.candidates, cal.layouts[layer], block_size, cost_model) for layer in cal.errors
+    }
+    errors = {layer: stats.relative().float() for layer, stats in cal.errors.items()}
+    if max_error is not None:
+        choices = solve_max_error(errors, costs, max_error)
+    else:
+        # Budget: predicted sparse time <= budget x dense SDPA time; per-call fixed costs come off the top.
+        dense_total = sum(cost_model.dense_ms * t.shape[0] / cost_model.heads for t in errors.values())
+        overhead = len(errors) * (cost_model.fixed_ms + cost_model.per_group_ms)
+        choices = solve_budget(errors, costs, budget * dense_total - overhead)
+    choices = _dense_where_faster(choices, cal, block_size, cost_model)
+    transformer = _transformers_of(pipe)[0]
+    per_head = {layer: [cal.candidates[c] for c in picks] for layer, picks in choices.items()}
+    densities = {layer: _head_densities(cal.layouts[layer], p, block_size) for layer, p in per_head.items()}
+    predicted = _predict(per_head, cal.layouts, block_size, cost_model)
+    config = SparseConfig(
+        method="pattern",
+        pattern=Full(),  # layers the calibration never saw stay dense
+        heads=per_head,
+        block_size=block_size,
+        backend=backend,
+        schedule=schedule,
+        model=model_signature(transformer),
+        search={
+            "settings": {
+                "prompts": list(prompts), "num_inference_steps": num_inference_steps,
+                "calibration_steps": sorted(cal.sample_steps), "rows": rows, "seed": seed,
+                "max_error": max_error, "budget": budget, "layout": repr(layout),
+                "call_kwargs": {k: v for k, v in call_kwargs.items() if isinstance(v, (int, float, str, bool))},
+            },
+            "predicted": predicted,
+            "cost_model": cost_model.model_dump(),
+            "head_error": {n: [float(errors[n][h, c]) for h, c in enumerate(p)] for n, p in choices.items()},
+        },
+    )  # fmt: skip
+    return SearchResult(config, cal.candidates, errors, choices, densities, cost_model, time.perf_counter() - start)
+
+
+def _state_class(cal: Calibration) -> type[CalibrationState]:
+    """A CalibrationState bound to this calibration (install builds one state per transformer)."""
+    return type("BoundCalibrationState", (CalibrationState,), {"calibration": cal})
+
+
+def _dense_where_faster(choices: Choices, cal: Calibration, block: int, cost_model: CostModel) -> Choices:
+    """A layer whose sparse plan is predicted no faster than dense SDPA runs dense (exact, and faster)."""
+    full = _full_index(cal.candidates)
+    out = {}
+    for layer, picks in choices.items():
+        plan = build_plan(cal.layouts[layer], [cal.candidates[c] for c in picks], block)
+        dense_ms = cost_model.dense_ms * len(picks) / cost_model.heads
+        sparse_ms = cost_model.predict_ms(float(plan.kv_counts.sum()), len(plan.head_groups))
+        out[layer] = [full] * len(picks) if not plan.is_full and sparse_ms >= dense_ms else picks
+    return out
+
+
+def _full_index(candidates: list[Pattern]) -> int:
+    return next(i for i, p in enumerate(candidates) if isinstance(p, Full))
+
+
+def _candidate_costs(candidates, layout: TokenLayout, block: int, cost_model: CostModel) -> torch.Tensor:
+    """Predicted ms of one head under each candidate (skip costs nothing)."""
+    pairs = [0.0 if isinstance(p, Skip) else float(build_plan(layout, p, block).kv_counts.sum()) for p in candidates]
+    return torch.tensor(pairs, dtype=torch.float64) * cost_model.per_block_pair_ms
+
+
+def _head_densities(layout: TokenLayout, patterns: list[Pattern], block: int) -> list[float]:
+    return [0.0 if isinstance(p, Skip) else build_plan(layout, p, block).density for p in patterns]
+
+
+def _predict(per_head: dict, layouts: dict, block: int, cost_model: CostModel) -> dict:
+    sparse_ms = dense_ms = density = 0.0
+    for layer, patterns in per_head.items():
+        plan = build_plan(layouts[layer], patterns, block)
+        heads_dense = cost_model.dense_ms * len(patterns) / cost_model.heads
+        dense_ms += heads_dense
+        density += plan.density
+        if plan.is_full:
+            sparse_ms += heads_dense
+        else:
+            sparse_ms += cost_model.predict_ms(float(plan.kv_counts.sum()), len(plan.head_groups))
+    return {
+        "density": round(density / len(per_head), 4),
+        "attention_ms": round(sparse_ms, 3),
+        "dense_attention_ms": round(dense_ms, 3),
+        "attention_speedup": round(dense_ms / sparse_ms, 3) if sparse_ms else None,
+    }
