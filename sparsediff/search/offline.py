@@ -137,6 +137,12 @@ def search(
         # Budget: predicted sparse time <= budget x dense SDPA time; per-call fixed costs come off the top.
         dense_total = sum(cost_model.dense_ms * t.shape[0] / cost_model.heads for t in errors.values())
         overhead = len(errors) * (cost_model.fixed_ms + cost_model.per_group_ms)
+        if budget * dense_total <= overhead:
+            raise ValueError(
+                f"budget {budget} of dense ({budget * dense_total:.3g} ms) does not cover the sparse kernel's fixed "
+                f"cost ({overhead:.3g} ms over {len(errors)} layers) at {layout.num_tokens} tokens; raise the budget "
+                "or search at a longer layout, where sparse attention pays"
+            )
         choices = solve_budget(errors, costs, budget * dense_total - overhead)
     choices = _dense_where_faster(choices, cal, block_size, cost_model)
     transformer = _transformers_of(pipe)[0]

@@ -1,0 +1,180 @@
+"""Offline head search: solvers on synthetic tables, calibration errors, configs, an end-to-end run."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+import sparsediff
+from sparsediff import Diagonal, Full, Skip, SparseConfig, TokenLayout, build_plan, sparse_attention
+from sparsediff.pipelines.tiny import TINY_TRANSFORMERS, tiny_pipeline
+from sparsediff.search import CostModel, search, solve_budget, solve_max_error
+from sparsediff.search.calibrate import Calibration, CalibrationState
+from sparsediff.search.candidates import default_candidates
+from sparsediff.search.offline import sample_steps
+from sparsediff.search.solver import total_cost
+
+FIXED_COSTS = CostModel(
+    backend="torch", device="cpu", tokens=1280, heads=2, head_dim=16, block_size=64,
+    per_block_pair_ms=0.006, per_group_ms=0.0, fixed_ms=0.1, dense_ms=8.0,
+)  # fmt: skip
+
+
+def test_max_error_picks_the_cheapest_candidate_within_the_bound():
+    errors = {"a": torch.tensor([[0.0, 0.30, 0.05, 0.02], [0.0, 0.01, 0.20, 0.09]])}
+    costs = {"a": torch.tensor([10.0, 0.0, 2.0, 5.0])}
+    assert solve_max_error(errors, costs, 0.1) == {"a": [2, 1]}
+    assert solve_max_error(errors, costs, 0.0) == {"a": [0, 0]}  # only full is exact
+    assert solve_max_error(errors, costs, 1.0) == {"a": [1, 1]}
+    with pytest.raises(ValueError, match="max_error must be >= 0"):
+        solve_max_error(errors, costs, -1)
+
+
+def test_budget_spends_error_where_it_is_cheapest():
+    # Two heads, same costs; head 0's cheap candidate is nearly free in error, head 1's is not.
+    errors = {"a": torch.tensor([[0.0, 0.01], [0.0, 0.50]])}
+    costs = {"a": torch.tensor([10.0, 1.0])}
+    choices = solve_budget(errors, costs, 11.0)
+    assert choices == {"a": [1, 0]} and total_cost(choices, costs) <= 11.0
+    assert solve_budget(errors, costs, 100.0) == {"a": [0, 0]}  # enough budget: exact everywhere
+    assert solve_budget(errors, costs, 2.0) == {"a": [1, 1]}
+    with pytest.raises(ValueError, match="below the cheapest possible plan"):
+        solve_budget(errors, costs, 1.0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_budget_solver_meets_random_budgets(seed):
+    gen = torch.Generator().manual_seed(seed)
+    errors = {f"l{i}": torch.rand(3, 5, generator=gen) for i in range(4)}
+    for t in errors.values():
+        t[:, 0] = 0
+    costs = {k: torch.tensor([10.0, 6.0, 4.0, 2.0, 1.0]) for k in errors}
+    for budget in (20.0, 50.0, 90.0):
+        choices = solve_budget(errors, costs, budget)
+        assert total_cost(choices, costs) <= budget
+        assert choices == solve_budget(errors, costs, budget)  # deterministic
+
+
+def test_sample_steps():
+    assert sample_steps(20, 0, 4) == frozenset({1, 7, 13, 19})
+    assert sample_steps(10, 5, 2) == frozenset({5, 9})
+    with pytest.raises(ValueError, match="no sparse steps"):
+        sample_steps(4, 4, 2)
+
+
+def test_candidates_fit_the_layout():
+    layout = TokenLayout(frames=4, height=12, width=16)
+    found = default_candidates(layout)
+    assert isinstance(found[0], Full) and isinstance(found[1], Skip)
+    assert len(found) == len(set(found)) > 10
+    for p in found[2:]:
+        assert build_plan(layout, p, 32).density < 1
+    assert not any(isinstance(p, Skip) for p in default_candidates(layout, allow_skip=False))
+
+
+def test_calibration_errors_match_reference_sparse_attention():
+    """The calibrated error of each candidate is the relative L2 error of its exact plan on the sampled rows."""
+    model = TINY_TRANSFORMERS["wan"].build()
+    inputs = TINY_TRANSFORMERS["wan"].make_inputs(1, 3, 16, 16, 8, 900, torch.Generator().manual_seed(0))
+    layout = TokenLayout(frames=3, height=8, width=8)
+    candidates = [Full(), Diagonal(radius=1), Diagonal(radius=2, temporal_radius=1)]
+    cal = Calibration(candidates=candidates, sample_steps=frozenset({0}), rows=50, seed=0)
+    captured = {}
+    state_class = type("Bound", (CalibrationState,), {"calibration": cal})
+    original = state_class.attend
+
+    def spy(self, layer, query, key, value, *args, **kwargs):
+        if query.shape[-2] == key.shape[-2]:
+            captured.setdefault(layer, (query, key, value))
+        return original(self, layer, query, key, value, *args, **kwargs)
+
+    state_class.attend = spy
+    sparsediff.integrations.diffusers.install(model, SparseConfig(method="dense", block_size=16), state_class)
+    with torch.no_grad():
+        model(**inputs)
+    sparsediff.remove(model)
+    rows = cal._row_index[layout]
+    for layer, (q, k, v) in captured.items():
+        exact = sparse_attention(q, k, v, build_plan(layout, Full(), 16), "reference")[:, :, rows]
+        for c, pattern in enumerate(candidates):
+            approx = sparse_attention(q, k, v, build_plan(layout, pattern, 16), "reference")[:, :, rows]
+            expected = ((approx - exact).square().sum((0, 2, 3)) / exact.square().sum((0, 2, 3))).sqrt()
+            got = cal.errors[layer].relative()[:, c].float()
+            assert torch.allclose(got, expected, atol=1e-4), (layer, pattern, got, expected)
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    pipe = tiny_pipeline("wan")
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = dict(num_frames=5, height=128, width=128, guidance_scale=3.0, num_inference_steps=4, calibration_steps=2)
+    first = search(pipe, ["a red circle", "a blue square"], max_error=0.12, cost_model=FIXED_COSTS, **kwargs)
+    again = search(pipe, ["a red circle", "a blue square"], max_error=0.12, cost_model=FIXED_COSTS, **kwargs)
+    return pipe, first, again, tmp_path_factory.mktemp("search")
+
+
+def test_search_end_to_end_is_deterministic_and_within_bound(searched):
+    _, result, again, _ = searched
+    assert result.config.model_dump() == again.config.model_dump()
+    assert set(result.choices) == {"blocks.0.attn1", "blocks.1.attn1"}
+    for layer, picks in result.choices.items():
+        for h, c in enumerate(picks):
+            assert float(result.errors[layer][h, c]) <= 0.12
+    predicted = result.config.search["predicted"]
+    assert 0 < predicted["density"] <= 1 and predicted["dense_attention_ms"] > 0
+    assert result.config.model.model_class == "WanTransformer3DModel"
+
+
+def test_searched_config_round_trips_and_applies(searched):
+    pipe, result, _, folder = searched
+    path = result.config.save(folder / "searched.json")
+    loaded = SparseConfig.load(path)
+    assert loaded == result.config
+    with sparsediff.sparse(pipe, path) as state:
+        pipe("a cat", num_frames=5, height=128, width=128, num_inference_steps=2, output_type="np")
+    assert state.calls["sparse"] > 0
+
+
+def test_searched_config_refuses_another_model(searched):
+    _, result, _, _ = searched
+    other = tiny_pipeline("hunyuanvideo")
+    with pytest.raises(ValueError, match="this config was made for another model"):
+        sparsediff.apply(other, result.config)
+    data = json.loads(result.config.model_dump_json())
+    data["heads"]["blocks.0.attn1"] = data["heads"]["blocks.0.attn1"][:1]
+    with pytest.raises(ValueError, match=r"gives 1 head patterns for 'blocks\.0\.attn1', which has 2 heads"):
+        sparsediff.apply(tiny_pipeline("wan"), data)
+
+
+def test_report_files(searched):
+    _, result, _, folder = searched
+    paths = result.write_report(folder / "report")
+    with Image.open(paths["heatmap"]) as image:
+        assert image.size[0] >= 300 and image.size[1] >= 2 * 44
+    assert "blocks.1.attn1" in paths["table"].read_text()
+
+
+def test_search_cli_writes_a_config_generate_can_use(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from sparsediff.cli import app
+
+    monkeypatch.setenv("SPARSEDIFF_CACHE", str(tmp_path / "cache"))
+    runner = CliRunner()
+    out = tmp_path / "cfg.json"
+    size = ["--num-frames", "5", "--height", "64", "--width", "64", "--steps", "3"]
+    result = runner.invoke(app, ["search", "--model", "tiny-wan", "--prompt", "a cat", *size, "--max-error", "0.5",
+                                 "--calibration-steps", "1", "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert SparseConfig.load(out).method == "pattern"
+    result = runner.invoke(app, ["generate", "--model", "tiny-wan", *size, "--config", str(out), "--json",
+                                 "--out", str(tmp_path / "x.mp4")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["search", "--model", "tiny-wan", "--out", str(out), "--max-error", "0.1"])
+    assert result.exit_code == 2 and "give calibration prompts" in result.output
+    result = runner.invoke(app, ["search", "--model", "tiny-wan", "--prompt", "x", "--out", str(out)])
+    assert result.exit_code == 2 and "exactly one of max_error" in result.output
+    result = runner.invoke(app, ["search", "--model", "tiny-wan", "--prompt", "a cat", *size, "--budget", "0.01",
+                                 "--calibration-steps", "1", "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 2 and "does not cover the sparse kernel's fixed cost" in " ".join(result.output.split())
