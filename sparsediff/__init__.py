@@ -5,7 +5,8 @@ Importing this package compiles nothing, needs no GPU and changes no global sett
 
 from sparsediff.attention import BACKENDS, sparse_attention
 from sparsediff.config import ModelSignature, Schedule, SparseConfig
-from sparsediff.integrations.diffusers import SparseAttnProcessor, apply, remove, sparse, sparse_processors, state_of
+from sparsediff.integrations import apply, remove, sparse, state_of
+from sparsediff.integrations.diffusers import SparseAttnProcessor, sparse_processors
 from sparsediff.layout import TokenLayout
 from sparsediff.patterns import AnyOf, Diagonal, Full, MultiDiagonal, Pattern, Skip, Stripe, Window, build_plan
 from sparsediff.plan import BlockPlan

@@ -56,16 +56,19 @@ class SparseConfig(BaseModel):
         `dense`: every self/joint attention goes through sparsediff but computes all blocks
         (the parity check). `window`: a local 3-D window plus text stripes sized per layout to
         `density`. `pattern`: `pattern` everywhere, or per-layer per-head `heads` (search output).
+        `sparsed` (diffusion LMs): dense until the switch step (`schedule`), then per-head block
+        patterns taken from that step's attention, keeping `density` of the KV blocks.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     version: Literal[1] = CONFIG_VERSION
-    method: Literal["dense", "window", "pattern"] = "window"
+    method: Literal["dense", "window", "pattern", "sparsed"] = "window"
     density: float = Field(default=0.25, gt=0.0, le=1.0)
     pattern: PatternSpec | None = None
     heads: dict[str, list[PatternSpec]] = Field(default_factory=dict)
     block_size: int = Field(default=64, ge=1)
+    recompute_every: int = Field(default=0, ge=0)  # sparsed: recompute patterns every k sparse steps (0: never)
     backend: str = "auto"
     schedule: Schedule = Schedule()
     model: ModelSignature | None = None
@@ -114,6 +117,7 @@ class SparseConfig(BaseModel):
 PRESETS: dict[str, dict] = {
     "dense": {"method": "dense"},
     "window": {"method": "window", "density": 0.25},
+    "sparsed": {"method": "sparsed", "density": 0.3, "schedule": {"dense_fraction": 0.2}},
 }
 
 

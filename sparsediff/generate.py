@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from sparsediff.config import SparseConfig
-from sparsediff.integrations.diffusers import sparse
+from sparsediff.integrations import sparse
 from sparsediff.media import VIDEO_SUFFIXES, check_writable, side_by_side, write_frames
 from sparsediff.metrics import psnr, ssim
 from sparsediff.pipelines.registry import LoadedModel, ModelEntry, Size, check_size

@@ -19,13 +19,12 @@ sample, so those calls stay sparse.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -399,13 +398,9 @@ def _scheduled_steps(scheduler) -> int | None:
     return len(timesteps) if timesteps is not None and len(timesteps) else None
 
 
-def apply(target, config: SparseConfig | dict | str = "window", **overrides) -> SparseState:
-    """Put sparse attention on a diffusers pipeline (all its transformers) or one transformer.
-
-    `config` is a SparseConfig, a dict, a preset name (`dense`, `window`) or a JSON path;
-    keyword overrides change fields (`apply(pipe, "window", density=0.1)`).
-    """
-    return install(target, SparseConfig.load(config, **overrides), SparseState)
+def apply(target, config: SparseConfig) -> SparseState:
+    """Put sparse attention on a diffusers pipeline (all its transformers) or one transformer."""
+    return install(target, config, SparseState)
 
 
 def install(target, config: SparseConfig, state_class: type[SparseState]) -> SparseState:
@@ -414,6 +409,8 @@ def install(target, config: SparseConfig, state_class: type[SparseState]) -> Spa
     `state_class` is SparseState or a subclass that overrides `attend` (the offline search's
     calibration uses this to watch dense attention); `remove` undoes either.
     """
+    if config.method == "sparsed":
+        raise ValueError("method 'sparsed' is for diffusion language models (transformers models), not pipelines")
     transformers = _transformers_of(target)
     for transformer in transformers:
         if hasattr(transformer, STATE_ATTR):
@@ -449,16 +446,6 @@ def remove(target) -> None:
         transformer.set_attn_processor(originals)
         HookRegistry.check_if_exists_or_initialize(transformer).remove_hook(HOOK_NAME, recurse=False)
         delattr(transformer, STATE_ATTR)
-
-
-@contextlib.contextmanager
-def sparse(target, config: SparseConfig | dict | str = "window", **overrides) -> Iterator[SparseState]:
-    """`with sparsediff.sparse(pipe, "window", density=0.2): pipe(...)`, restored on exit."""
-    state = apply(target, config, **overrides)
-    try:
-        yield state
-    finally:
-        remove(target)
 
 
 def sparse_processors(transformer, config: SparseConfig | dict | str, layout: TokenLayout) -> dict[str, object]:

@@ -1,0 +1,215 @@
+"""SparseD on transformers models (diffusion LMs) through `AttentionInterface`, no model code copied.
+
+`apply(model, config)` registers one attention function, `sparsediff`, with transformers'
+`AttentionInterface` (and sdpa's mask builder with `AttentionMaskInterface`, without which the
+function would receive no padding mask), points the model at it with `set_attn_implementation`
+and puts a `SparseDState` on every attention module. Each call finds its module's state; a
+module without one runs sdpa unchanged.
+
+Steps are counted by a forward pre-hook on the model: one forward is one denoising step (a
+sampler that runs classifier-free guidance batched makes one call per step). A new sequence
+starts step 0 again, detected without the sampler's help: the attention shape (queries, valid
+keys) changes, or the number of mask tokens in `input_ids` goes up. The total step count, which
+a `dense_fraction` needs, comes from our sampler (`state.total_steps`) or the model's
+`generation_config.max_denoising_steps` (DiffusionGemma); otherwise only `dense_steps` count.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from sparsediff.attention import sparse_attention
+from sparsediff.config import SparseConfig
+from sparsediff.methods.sparsed import block_mass, sparsed_plan
+
+logger = logging.getLogger(__name__)
+Tensor = torch.Tensor
+ATTENTION_NAME = "sparsediff"
+STATE_ATTR = "_sparsediff_state"
+ORIGINAL_ATTR = "_sparsediff_original_attention"
+
+
+@dataclass
+class SparseDState:
+    """Step tracking and per-layer SparseD plans for one model."""
+
+    config: SparseConfig
+    mask_token_id: int | None = None
+    total_steps: int | None = None  # set by a sampler that knows it
+    default_total_steps: int | None = None  # from the model's generation config
+    forwards: int = 0
+    phase_start: int = 0
+    plans: dict = field(default_factory=dict)  # (layer, n_q, n_kv) -> BlockPlan
+    pattern_computations: int = 0
+    calls: Counter = field(default_factory=Counter)
+    _shape: tuple | None = None
+    _masks: int | None = None
+    _warned: bool = False
+
+    @property
+    def step(self) -> int:
+        return self.forwards - 1 - self.phase_start
+
+    def dense_steps(self) -> int:
+        schedule = self.config.schedule
+        total = self.total_steps or self.default_total_steps
+        if schedule.dense_fraction and total is None and not self._warned:
+            self._warned = True
+            logger.warning("sparsediff: the number of denoising steps is unknown, so dense_fraction is ignored")
+        return schedule.dense_step_count(total)
+
+    def switch_step(self) -> int:
+        return self.dense_steps()
+
+    def new_sequence(self) -> None:
+        self.phase_start = self.forwards - 1
+        self.plans.clear()
+
+    def observe_forward(self, input_ids: Tensor | None) -> None:
+        self.forwards += 1
+        if input_ids is not None and self.mask_token_id is not None:
+            masks = int((input_ids == self.mask_token_id).sum())
+            if self._masks is not None and masks > self._masks:
+                self.new_sequence()
+            self._masks = masks
+
+    def reset(self) -> None:
+        self.forwards = self.phase_start = 0
+        self.plans.clear()
+        self._shape = self._masks = None
+
+    def density(self) -> float | None:
+        plans = list(self.plans.values())
+        return sum(p.density for p in plans) / len(plans) if plans else None
+
+    def attend(self, module, query, key, value, attention_mask, scaling, dropout, kwargs) -> tuple[Tensor, None]:
+        def dense(reason: str, mask=attention_mask, k=key, v=value):
+            self.calls[reason] += 1
+            return sdpa_attention_forward(module, query, k, v, mask, dropout=dropout, scaling=scaling, **kwargs)
+
+        is_causal = kwargs.get("is_causal", getattr(module, "is_causal", True))
+        if is_causal or dropout or query.shape[2] < 2:
+            return dense("dense: causal or decoding")
+        key, value, valid = _drop_padded_keys(attention_mask, key, value)
+        if not valid:
+            return dense("dense: attention mask")
+        layer = module.layer_idx
+        shape = (query.shape[2], key.shape[2])
+        if layer == 0 and self._shape is not None and shape != self._shape:
+            self.new_sequence()
+        if layer == 0:
+            self._shape = shape
+        if self.config.method == "dense":
+            return dense("dense: preset", mask=None, k=key, v=value)
+        step, switch = self.step, self.switch_step()
+        every = self.config.recompute_every
+        recompute = every and step > switch and (step - switch) % every == 0
+        plan_key = (layer, *shape)
+        if step < switch:
+            return dense("dense: schedule", mask=None, k=key, v=value)
+        if step == switch or recompute or plan_key not in self.plans:
+            scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+            with torch.no_grad():
+                mass = block_mass(query, key, scale, self.config.block_size)
+            self.plans[plan_key] = sparsed_plan(mass, self.config.density, self.config.block_size, *shape)
+            self.pattern_computations += 1
+            return dense("dense: pattern step", mask=None, k=key, v=value)
+        self.calls["sparse"] += 1
+        out = sparse_attention(query, key, value, self.plans[plan_key], self.config.backend, scale=scaling)
+        return out.transpose(1, 2).contiguous(), None
+
+
+def _drop_padded_keys(mask: Tensor | None, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, bool]:
+    """Keys every query of every sample may see; (key, value, False) when the mask is more than that."""
+    if mask is None:
+        return key, value, True
+    allowed = mask if mask.dtype == torch.bool else mask == 0
+    allowed = allowed.expand(allowed.shape[0], 1, *allowed.shape[-2:]) if allowed.dim() == 4 else None
+    if allowed is None:
+        return key, value, False
+    column = allowed[:1, :1, :1]  # every row and sample must agree with the first row
+    if not torch.equal(allowed, column.expand_as(allowed)):
+        return key, value, False
+    keep = column.reshape(-1).nonzero().squeeze(1)
+    if keep.numel() == key.shape[2]:
+        return key, value, True
+    return key[:, :, keep], value[:, :, keep], True
+
+
+def sparsediff_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """The registered attention function: the module's SparseD state decides, else plain sdpa."""
+    state = getattr(module, STATE_ATTR, None)
+    if state is None:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    return state.attend(module, query, key, value, attention_mask, scaling, dropout, kwargs)
+
+
+AttentionInterface.register(ATTENTION_NAME, sparsediff_attention)
+AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+
+
+def _attention_modules(model) -> list[torch.nn.Module]:
+    found = [m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "num_key_value_groups")]
+    if not found:
+        raise TypeError(f"{type(model).__name__} has no transformers attention modules (with layer_idx) to make sparse")
+    return found
+
+
+def _mask_token_id(model) -> int | None:
+    for config in (model.config, getattr(model.config, "text_config", None)):
+        value = getattr(config, "mask_token_id", None) if config is not None else None
+        if value is not None:
+            return int(value)
+    return None
+
+
+def apply(model, config: SparseConfig) -> SparseDState:
+    if config.method not in ("sparsed", "dense"):
+        raise ValueError(
+            f"method {config.method!r} is for diffusion transformers (diffusers pipelines); "
+            "for a transformers language model use 'sparsed' or 'dense'"
+        )
+    if hasattr(model, STATE_ATTR):
+        raise RuntimeError(f"sparsediff is already applied to this {type(model).__name__}; call remove first")
+    modules = _attention_modules(model)
+    generation = getattr(model, "generation_config", None)
+    state = SparseDState(
+        config,
+        mask_token_id=_mask_token_id(model),
+        default_total_steps=getattr(generation, "max_denoising_steps", None),
+    )
+    handle = model.register_forward_pre_hook(
+        lambda _module, args, kwargs: state.observe_forward(kwargs.get("input_ids", args[0] if args else None)),
+        with_kwargs=True,
+    )
+    original = model.config._attn_implementation
+    model.set_attn_implementation(ATTENTION_NAME)
+    for m in modules:
+        setattr(m, STATE_ATTR, state)
+    setattr(model, STATE_ATTR, (state, handle, original, modules))
+    return state
+
+
+def remove(model) -> None:
+    if not hasattr(model, STATE_ATTR):
+        raise RuntimeError("sparsediff is not applied to this model; nothing to remove")
+    _, handle, original, modules = getattr(model, STATE_ATTR)
+    handle.remove()
+    for m in modules:
+        delattr(m, STATE_ATTR)
+    model.set_attn_implementation(original)
+    delattr(model, STATE_ATTR)
+
+
+def state_of(model) -> SparseDState | None:
+    found = getattr(model, STATE_ATTR, None)
+    return found[0] if found else None

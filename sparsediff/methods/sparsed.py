@@ -1,0 +1,81 @@
+"""SparseD: per-head block patterns taken from one dense step's attention, reused afterwards.
+
+Diffusion LMs attend bidirectionally over the whole sequence at every denoising step, and their
+heads attend to much the same places from step to step. At the switch step each query block
+keeps the KV blocks that received the most attention mass, up to `keep_ratio` of all blocks,
+plus the attention sink (the first KV block) and the local band (the aligned diagonal block and
+its neighbours); later steps run that plan.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from sparsediff.plan import BlockPlan
+
+Tensor = torch.Tensor
+SINK_BLOCKS = 1
+BAND_BLOCKS = 1  # on each side of the aligned diagonal
+_SCORE_BUFFER = 1 << 24  # elements of one chunk of scores
+
+
+def _expand_kv(q: Tensor, k: Tensor) -> Tensor:
+    return k if k.shape[1] == q.shape[1] else k.repeat_interleave(q.shape[1] // k.shape[1], 1)
+
+
+def block_mass_reference(q: Tensor, k: Tensor, scale: float, block: int) -> Tensor:
+    """[H, Qb, Kb] attention mass per block, averaged over the batch and the block's query rows."""
+    probs = (q.float() @ _expand_kv(q, k).float().transpose(-1, -2) * scale).softmax(-1)
+    n_q, n_kv = probs.shape[-2:]
+    qb, kb = math.ceil(n_q / block), math.ceil(n_kv / block)
+    padded = torch.nn.functional.pad(probs, (0, kb * block - n_kv, 0, qb * block - n_q))
+    sums = padded.reshape(*probs.shape[:2], qb, block, kb, block).sum((3, 5))
+    rows = torch.full((qb,), float(block))
+    rows[-1] = n_q - (qb - 1) * block
+    return (sums / rows[:, None]).mean(0)
+
+
+def block_mass(q: Tensor, k: Tensor, scale: float, block: int) -> Tensor:
+    """Same as `block_mass_reference`, in chunks of query blocks (bounded memory at long context)."""
+    k = _expand_kv(q, k)
+    batch, heads, n_q, _ = q.shape
+    n_kv = k.shape[2]
+    qb, kb = math.ceil(n_q / block), math.ceil(n_kv / block)
+    out = torch.empty(heads, qb, kb)
+    chunk_blocks = max(1, _SCORE_BUFFER // (batch * heads * block * n_kv))
+    key_t = k.transpose(-1, -2)
+    for b0 in range(0, qb, chunk_blocks):
+        b1 = min(qb, b0 + chunk_blocks)
+        rows = slice(b0 * block, min(n_q, b1 * block))
+        probs = (q[:, :, rows] @ key_t).float().mul_(scale).softmax(-1)
+        r = probs.shape[2]
+        probs = torch.nn.functional.pad(probs, (0, kb * block - n_kv, 0, (b1 - b0) * block - r))
+        sums = probs.reshape(batch, heads, b1 - b0, block, kb, block).sum((3, 5))
+        counts = torch.full((b1 - b0,), float(block))
+        counts[-1] = r - (b1 - b0 - 1) * block
+        out[:, b0:b1] = (sums / counts[:, None]).mean(0)
+    return out
+
+
+def forced_blocks(q_blocks: int, kv_blocks: int, n_q: int, n_kv: int, block: int) -> Tensor:
+    """[Qb, Kb] the sink and the local band around the aligned diagonal (queries are the last n_q keys)."""
+    offset = n_kv - n_q  # DiffusionGemma: keys are the cached prompt, then the canvas the queries are
+    centre = (torch.arange(q_blocks) * block + offset) // block
+    band = (torch.arange(kv_blocks)[None, :] - centre[:, None]).abs() <= BAND_BLOCKS
+    band[:, :SINK_BLOCKS] = True
+    return band
+
+
+def sparsed_plan(mass: Tensor, keep_ratio: float, block: int, n_q: int, n_kv: int) -> BlockPlan:
+    """Per head and query block: the top `keep_ratio` KV blocks by mass, the sink and the band always in."""
+    if not 0 < keep_ratio <= 1:
+        raise ValueError(f"keep ratio must be in (0, 1], got {keep_ratio}")
+    heads, q_blocks, kv_blocks = mass.shape
+    forced = forced_blocks(q_blocks, kv_blocks, n_q, n_kv, block)
+    keep = max(math.ceil(keep_ratio * kv_blocks), int(forced.sum(-1).max()))
+    ranked = torch.where(forced, torch.inf, mass)
+    top = ranked.topk(min(keep, kv_blocks), dim=-1).indices
+    mask = torch.zeros(heads, q_blocks, kv_blocks, dtype=torch.bool).scatter_(-1, top, True)
+    return BlockPlan.from_block_mask(mask, block, seq_len=(n_q, n_kv))
