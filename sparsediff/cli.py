@@ -147,6 +147,43 @@ def bench_transformer_cmd(
         console.print(table)
 
 
+@bench_app.command("dllm")
+def bench_dllm_cmd(
+    context: Annotated[list[int], typer.Option(help="sequence length (prompt + answer); repeat for a curve")] = [8192],  # noqa: B006
+    steps: Annotated[int, typer.Option(help="denoising steps")] = 64,
+    gen_length: Annotated[int, typer.Option(help="answer tokens")] = 64,
+    density: Annotated[float, typer.Option(help="SparseD keep ratio of KV blocks")] = 0.3,
+    dense_fraction: Annotated[float, typer.Option(help="first fraction of steps kept dense")] = 0.2,
+    hidden: Annotated[int, typer.Option(help="model width")] = 512,
+    heads: Annotated[int, typer.Option(help="attention heads")] = 8,
+    layers: Annotated[int, typer.Option(help="transformer layers")] = 1,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice)")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="one JSON object per context, one per line")] = False,
+) -> None:
+    """Masked-diffusion decoding, dense vs SparseD, on a random-weight bidirectional Llama."""
+    from sparsediff.bench import bench_dllm
+
+    if threads:
+        torch.set_num_threads(threads)
+    table = Table(title=f"dLLM decoding, {steps} steps, {gen_length} answer tokens (random weights: time only)")
+    for col in ("context", "dense s", "sparse s", "speedup", "density", "attention FLOP share", "agreement"):
+        table.add_column(col, justify="right")
+    for n in context:
+        try:
+            r = bench_dllm(n, steps, gen_length, hidden, heads, layers, density, dense_fraction, progress=not json_out)
+        except ValueError as err:
+            console.print(f"[red]error:[/red] {err}")
+            raise typer.Exit(2) from err
+        if json_out:
+            print(json.dumps(asdict(r)), flush=True)
+            continue
+        table.add_row(str(n), f"{r.dense_s:.1f}", f"{r.sparse_s:.1f}", f"{r.speedup:.2f}x", f"{r.density:.3f}",
+                      f"{r.attention_flop_share:.2f}", f"{r.token_agreement:.2f}")  # fmt: skip
+    if not json_out:
+        console.print(table)
+        console.print(f"model: {r.model}; random weights, so the timings are real and the answers are not")
+
+
 @app.command("generate")
 def generate_cmd(
     prompt: Annotated[str, typer.Option(help="what to generate")] = "a red circle moving right",

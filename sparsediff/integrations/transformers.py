@@ -117,10 +117,11 @@ class SparseDState:
         if step == switch or recompute or plan_key not in self.plans:
             scale = query.shape[-1] ** -0.5 if scaling is None else scaling
             with torch.no_grad():
-                mass = block_mass(query, key, scale, self.config.block_size)
+                mass, out = block_mass(query, key, scale, self.config.block_size, value=value)
             self.plans[plan_key] = sparsed_plan(mass, self.config.density, self.config.block_size, *shape)
             self.pattern_computations += 1
-            return dense("dense: pattern step", mask=None, k=key, v=value)
+            self.calls["dense: pattern step"] += 1
+            return out.transpose(1, 2).contiguous(), None
         self.calls["sparse"] += 1
         out = sparse_attention(query, key, value, self.plans[plan_key], self.config.backend, scale=scaling)
         return out.transpose(1, 2).contiguous(), None

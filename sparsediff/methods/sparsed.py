@@ -37,26 +37,39 @@ def block_mass_reference(q: Tensor, k: Tensor, scale: float, block: int) -> Tens
     return (sums / rows[:, None]).mean(0)
 
 
-def block_mass(q: Tensor, k: Tensor, scale: float, block: int) -> Tensor:
-    """Same as `block_mass_reference`, in chunks of query blocks (bounded memory at long context)."""
+def block_mass(q: Tensor, k: Tensor, scale: float, block: int, value: Tensor | None = None):
+    """`block_mass_reference` in chunks of query blocks (bounded memory at long context), in place.
+
+    With `value`, also returns the exact attention output [B, H, N_q, D] from the same
+    probabilities, so the step that takes the pattern costs about one dense attention.
+    """
     k = _expand_kv(q, k)
     batch, heads, n_q, _ = q.shape
     n_kv = k.shape[2]
     qb, kb = math.ceil(n_q / block), math.ceil(n_kv / block)
-    out = torch.empty(heads, qb, kb)
+    mass = torch.empty(heads, qb, kb)
+    out = None if value is None else torch.empty(*q.shape[:3], value.shape[-1], dtype=q.dtype, device=q.device)
+    v = None if value is None else _expand_kv(q, value)
     chunk_blocks = max(1, _SCORE_BUFFER // (batch * heads * block * n_kv))
     key_t = k.transpose(-1, -2)
     for b0 in range(0, qb, chunk_blocks):
         b1 = min(qb, b0 + chunk_blocks)
         rows = slice(b0 * block, min(n_q, b1 * block))
-        probs = (q[:, :, rows] @ key_t).float().mul_(scale).softmax(-1)
+        probs = torch.matmul(q[:, :, rows], key_t).float().mul_(scale)
+        probs.sub_(probs.amax(-1, keepdim=True)).exp_()
+        probs.div_(probs.sum(-1, keepdim=True))
+        if out is not None:
+            out[:, :, rows] = (probs @ v.float()).to(out.dtype)
         r = probs.shape[2]
-        probs = torch.nn.functional.pad(probs, (0, kb * block - n_kv, 0, (b1 - b0) * block - r))
-        sums = probs.reshape(batch, heads, b1 - b0, block, kb, block).sum((3, 5))
+        if r < (b1 - b0) * block:  # short last query block
+            probs = torch.nn.functional.pad(probs, (0, 0, 0, (b1 - b0) * block - r))
+        per_row_block = probs.view(batch, heads, b1 - b0, block, n_kv).sum(3)  # [B, H, c, N_kv]
+        per_row_block = torch.nn.functional.pad(per_row_block, (0, kb * block - n_kv))
+        sums = per_row_block.view(batch, heads, b1 - b0, kb, block).sum(-1)
         counts = torch.full((b1 - b0,), float(block))
         counts[-1] = r - (b1 - b0 - 1) * block
-        out[:, b0:b1] = (sums / counts[:, None]).mean(0)
-    return out
+        mass[:, b0:b1] = (sums / counts[:, None]).mean(0)
+    return mass if value is None else (mass, out)
 
 
 def forced_blocks(q_blocks: int, kv_blocks: int, n_q: int, n_kv: int, block: int) -> Tensor:
