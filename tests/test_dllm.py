@@ -1,0 +1,179 @@
+"""Diffusion LMs: the masked-diffusion sampler and SparseD through transformers' attention interface."""
+
+import pytest
+import torch
+
+import sparsediff
+from sparsediff.methods.sparsed import block_mass, block_mass_reference, forced_blocks, sparsed_plan
+from sparsediff.pipelines.dllm import dlm_tokenizer, generate_text, masked_diffusion_generate, tiny_dlm
+
+MASK = 1
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """A tiny bidirectional Llama, saved and loaded back with from_pretrained."""
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path_factory.mktemp("dlm")
+    tiny_dlm(vocab_size=40, hidden=32, layers=2, heads=4, kv_heads=2, context=512).save_pretrained(folder)
+    loaded = AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert loaded.config.is_causal is False
+    return loaded
+
+
+def _prompt(n, seed=0):
+    return torch.randint(4, 40, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def test_sampler_unmasks_everything_in_block_order(model):
+    seen = []
+    handle = model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].clone()), with_kwargs=True)
+    out = masked_diffusion_generate(model, [_prompt(10)], mask_id=MASK, gen_length=12, steps=6, block_length=4,
+                                    progress=False)  # fmt: skip
+    handle.remove()
+    assert out.shape == (1, 22) and not (out == MASK).any()
+    assert out[0, :10].tolist() == _prompt(10)
+    assert len(seen) == 6
+    for x in seen:  # before a block has any unmasked token, every earlier block is complete
+        answer = x[0, 10:].view(3, 4) != MASK
+        started = answer.any(1)
+        for b in range(1, 3):
+            if started[b]:
+                assert answer[:b].all()
+
+
+def test_sampler_is_deterministic_under_a_seed(model):
+    args = dict(mask_id=MASK, gen_length=8, steps=4, temperature=1.0, cfg_scale=1.0, progress=False)
+    a = masked_diffusion_generate(model, [_prompt(6), _prompt(9, 1)], seed=3, **args)
+    b = masked_diffusion_generate(model, [_prompt(6), _prompt(9, 1)], seed=3, **args)
+    assert torch.equal(a, b)
+    assert not (a[:, -8:] == MASK).any()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(steps=0), "steps and gen_length must be >= 1"),
+        (dict(gen_length=10, block_length=4), "must be a multiple of block_length"),
+        (dict(gen_length=8, block_length=4, steps=3), "must be a multiple of the number of blocks"),
+        (dict(remasking="best"), "unknown remasking 'best'"),
+        (dict(gen_length=600), "exceeds the model's context of 512"),
+    ],
+)
+def test_sampler_bad_inputs(model, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        masked_diffusion_generate(model, [_prompt(5)], mask_id=MASK, progress=False, **kwargs)
+
+
+def test_text_interface():
+    tok = dlm_tokenizer(["a", "b", "c"])
+    m = tiny_dlm(vocab_size=len(tok))
+    answers = generate_text(m, tok, ["a b", "c"], gen_length=4, steps=4, progress=False)
+    assert len(answers) == 2 and all(set(a.split()) <= {"a", "b", "c", "</s>"} for a in answers)
+
+
+def test_dense_preset_matches_the_model_attention(model):
+    ids = torch.tensor([_prompt(70)])
+    mask = torch.ones(1, 70, dtype=torch.long)
+    mask[0, :5] = 0
+    with torch.no_grad():
+        native = model(input_ids=ids).logits
+        native_masked = model(input_ids=ids, attention_mask=mask).logits
+        with sparsediff.sparse(model, "dense") as state:
+            routed = model(input_ids=ids).logits
+            routed_masked = model(input_ids=ids, attention_mask=mask).logits
+    assert state.calls["dense: preset"] == 4
+    assert (routed - native).abs().max() <= 1e-5 and (routed_masked - native_masked).abs().max() <= 1e-5
+    assert (native - native_masked).abs().max() > 1e-3  # the padding mask matters, and was honoured
+    assert model.config._attn_implementation == "sdpa"  # restored
+
+
+def test_sparsed_switches_once_and_reuses_its_patterns(model):
+    prompt = [_prompt(200)]
+    config = dict(density=0.3, block_size=16, schedule={"dense_fraction": 0.2})
+    dense = masked_diffusion_generate(model, prompt, mask_id=MASK, gen_length=56, steps=10, progress=False)
+    with sparsediff.sparse(model, "sparsed", **config) as state:
+        out = masked_diffusion_generate(model, prompt, mask_id=MASK, gen_length=56, steps=10, progress=False)
+        assert state.pattern_computations == 2  # once per layer, at the switch step
+        assert state.calls["dense: schedule"] == 2 * 2 and state.calls["sparse"] == 2 * 7
+        assert 0.2 < state.density() < 0.6
+        again = masked_diffusion_generate(model, prompt, mask_id=MASK, gen_length=56, steps=10, progress=False)
+        assert state.pattern_computations == 4  # a new generation takes new patterns
+    assert torch.equal(out, again)
+    assert out.shape == dense.shape and not (out == MASK).any()
+
+
+def test_sparsed_tracks_steps_for_another_sampler(model):
+    """No sampler help: the mask count going up starts a new sequence; recompute_every refreshes."""
+    ids = torch.tensor([_prompt(100) + [MASK] * 28])
+    with torch.no_grad(), sparsediff.sparse(model, "sparsed", block_size=16, recompute_every=2,
+                                            schedule={"dense_steps": 1}) as state:  # fmt: skip
+        for step in range(6):
+            model(input_ids=ids)
+            ids[0, 100 + step] = 5  # one token decoded per step
+        assert state.pattern_computations == 2 * 3  # steps 1, 3, 5
+        ids[0, 100:] = MASK  # a new request
+        model(input_ids=ids)
+        assert state.step == 0
+
+
+def test_padding_masks_are_honoured_by_sparsed(model):
+    ids = torch.tensor([_prompt(120), _prompt(120, 1)])
+    mask = torch.ones(2, 120, dtype=torch.long)
+    mask[0, :7] = 0  # rows differ: cannot drop keys for both, runs dense with the mask
+    with torch.no_grad():
+        native = model(input_ids=ids, attention_mask=mask).logits
+        with sparsediff.sparse(model, "sparsed", block_size=16, schedule={"dense_steps": 0}) as state:
+            out = model(input_ids=ids, attention_mask=mask).logits
+    assert state.calls["dense: attention mask"] == 2 and (out - native).abs().max() <= 1e-5
+    one = mask[:1].clone()  # one sample: the padded keys are dropped and the rest runs SparseD
+    with torch.no_grad():
+        native = model(input_ids=ids[:1], attention_mask=one).logits
+        with sparsediff.sparse(model, "sparsed", block_size=16, schedule={"dense_steps": 0}) as state:
+            first = model(input_ids=ids[:1], attention_mask=one).logits  # pattern step: exact
+            model(input_ids=ids[:1], attention_mask=one)
+    assert (first - native).abs().max() <= 1e-5 and state.calls["sparse"] == 2
+
+
+def test_wrong_methods_are_refused(model):
+    with pytest.raises(ValueError, match="is for diffusion transformers"):
+        sparsediff.apply(model, "window")
+    from sparsediff.pipelines.tiny import tiny_pipeline
+
+    with pytest.raises(ValueError, match="'sparsed' is for diffusion language models"):
+        sparsediff.apply(tiny_pipeline("pixart"), "sparsed")
+    with pytest.raises(ValueError, match="neither a preset"):
+        sparsediff.apply(model, "turbo")
+
+
+@pytest.mark.parametrize(
+    ("n_q", "n_kv", "heads", "kv_heads", "block"),
+    [(64, 64, 2, 2, 16), (100, 130, 4, 2, 32), (33, 33, 1, 1, 8), (70, 200, 2, 1, 64)],
+)
+def test_block_mass_matches_reference(n_q, n_kv, heads, kv_heads, block):
+    gen = torch.Generator().manual_seed(n_q)
+    q = torch.randn(2, heads, n_q, 8, generator=gen)
+    k, v = torch.randn(2, 2, kv_heads, n_kv, 8, generator=gen)
+    mass, out = block_mass(q, k, 0.3, block, value=v)
+    assert torch.allclose(mass, block_mass_reference(q, k, 0.3, block), atol=1e-6)
+    assert torch.allclose(mass.sum(-1), torch.ones(heads, mass.shape[1]), atol=1e-5)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.3, enable_gqa=True)
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_sparsed_plan_keeps_sinks_band_and_the_heaviest_blocks():
+    mass = torch.rand(2, 16, 16, generator=torch.Generator().manual_seed(0))
+    plan = sparsed_plan(mass, 0.25, 8, 128, 128)
+    blocks = plan.to_dense_mask()
+    assert (
+        blocks[:, :, 0].all()
+        and (blocks & forced_blocks(16, 16, 128, 128, 8)).sum() == 2 * forced_blocks(16, 16, 128, 128, 8).sum()
+    )
+    assert (blocks.sum(-1) == 4).all()  # ceil(0.25 * 16)
+    heaviest = mass.masked_fill(forced_blocks(16, 16, 128, 128, 8), -1).argmax(-1)
+    picked = blocks.gather(-1, heaviest[..., None]).squeeze(-1)
+    rows_with_room = (4 - forced_blocks(16, 16, 128, 128, 8).sum(-1)) > 0
+    assert picked[:, rows_with_room].all()
+    with pytest.raises(ValueError, match="keep ratio must be in"):
+        sparsed_plan(mass, 0.0, 8, 128, 128)
