@@ -177,3 +177,34 @@ def test_sparsed_plan_keeps_sinks_band_and_the_heaviest_blocks():
     assert picked[:, rows_with_room].all()
     with pytest.raises(ValueError, match="keep ratio must be in"):
         sparsed_plan(mass, 0.0, 8, 128, 128)
+
+
+@pytest.fixture(scope="module")
+def gemma():
+    """transformers' own block-diffusion LM, tiny and random (its default vision tower is built too)."""
+    from transformers.models.diffusion_gemma import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion
+
+    text = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=1, head_dim=16, num_experts=2, top_k_experts=1, moe_intermediate_size=32,
+                max_position_embeddings=512, layer_types=["full_attention", "full_attention"])  # fmt: skip
+    torch.manual_seed(0)
+    return DiffusionGemmaForBlockDiffusion(DiffusionGemmaConfig(text_config=text, vision_config=None, canvas_length=8))
+
+
+def _gemma_generate(model):
+    torch.manual_seed(0)
+    ids = torch.randint(3, 60, (1, 20), generator=torch.Generator().manual_seed(1))
+    return model.generate(ids, max_new_tokens=16, max_denoising_steps=4).sequences
+
+
+def test_diffusion_gemma_generate_gets_sparsed_through_its_attention(gemma):
+    native = _gemma_generate(gemma)
+    with sparsediff.sparse(gemma, "dense") as state:
+        assert torch.equal(_gemma_generate(gemma), native)
+    assert state.calls["dense: preset"] == 2 * 2 * 4  # layers x canvases x denoising steps (decoder only)
+    assert state.calls["dense: causal or decoding"] > 0  # its causal encoder passes through untouched
+    with sparsediff.sparse(gemma, "sparsed", block_size=4, density=0.5, schedule={"dense_steps": 1}) as state:
+        out = _gemma_generate(gemma)
+    assert out.shape == native.shape
+    # Each canvas is a new sequence (keys grow by the encoded prompt): patterns taken once per canvas and layer.
+    assert state.pattern_computations == 2 * 2 and state.calls["sparse"] == 2 * 2 * 2

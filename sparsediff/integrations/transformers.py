@@ -6,10 +6,12 @@ function would receive no padding mask), points the model at it with `set_attn_i
 and puts a `SparseDState` on every attention module. Each call finds its module's state; a
 module without one runs sdpa unchanged.
 
-Steps are counted by a forward pre-hook on the model: one forward is one denoising step (a
-sampler that runs classifier-free guidance batched makes one call per step). A new sequence
-starts step 0 again, detected without the sampler's help: the attention shape (queries, valid
-keys) changes, or the number of mask tokens in `input_ids` goes up. The total step count, which
+Steps are counted at the first attention layer: one forward is one denoising step (a sampler
+that runs classifier-free guidance batched makes one call per step). Counting there, not in a
+forward hook, also sees samplers that call `model.forward` directly (DiffusionGemma). A new
+sequence starts step 0 again, detected without the sampler's help: the attention shape (queries,
+valid keys) changes, or the number of mask tokens in `input_ids` goes up (a forward pre-hook
+watches them). The total step count, which
 a `dense_fraction` needs, comes from our sampler (`state.total_steps`) or the model's
 `generation_config.max_denoising_steps` (DiffusionGemma); otherwise only `dense_steps` count.
 """
@@ -44,6 +46,7 @@ class SparseDState:
     mask_token_id: int | None = None
     total_steps: int | None = None  # set by a sampler that knows it
     default_total_steps: int | None = None  # from the model's generation config
+    first_layer: int = 0
     forwards: int = 0
     phase_start: int = 0
     plans: dict = field(default_factory=dict)  # (layer, n_q, n_kv) -> BlockPlan
@@ -51,6 +54,7 @@ class SparseDState:
     calls: Counter = field(default_factory=Counter)
     _shape: tuple | None = None
     _masks: int | None = None
+    _new_request: bool = False
     _warned: bool = False
 
     @property
@@ -68,22 +72,25 @@ class SparseDState:
     def switch_step(self) -> int:
         return self.dense_steps()
 
-    def new_sequence(self) -> None:
-        self.phase_start = self.forwards - 1
-        self.plans.clear()
-
-    def observe_forward(self, input_ids: Tensor | None) -> None:
-        self.forwards += 1
+    def observe_input(self, input_ids: Tensor | None) -> None:
+        """More mask tokens than last forward: a new request (the sequence only loses masks)."""
         if input_ids is not None and self.mask_token_id is not None:
             masks = int((input_ids == self.mask_token_id).sum())
-            if self._masks is not None and masks > self._masks:
-                self.new_sequence()
+            self._new_request |= self._masks is not None and masks > self._masks
             self._masks = masks
+
+    def _count_step(self, shape: tuple[int, int]) -> None:
+        self.forwards += 1
+        if self._new_request or (self._shape is not None and shape != self._shape):
+            self.phase_start = self.forwards - 1
+            self.plans.clear()
+        self._shape, self._new_request = shape, False
 
     def reset(self) -> None:
         self.forwards = self.phase_start = 0
         self.plans.clear()
         self._shape = self._masks = None
+        self._new_request = False
 
     def density(self) -> float | None:
         plans = list(self.plans.values())
@@ -102,10 +109,8 @@ class SparseDState:
             return dense("dense: attention mask")
         layer = module.layer_idx
         shape = (query.shape[2], key.shape[2])
-        if layer == 0 and self._shape is not None and shape != self._shape:
-            self.new_sequence()
-        if layer == 0:
-            self._shape = shape
+        if layer == self.first_layer:
+            self._count_step(shape)
         if self.config.method == "dense":
             return dense("dense: preset", mask=None, k=key, v=value)
         step, switch = self.step, self.switch_step()
@@ -188,8 +193,9 @@ def apply(model, config: SparseConfig) -> SparseDState:
         mask_token_id=_mask_token_id(model),
         default_total_steps=getattr(generation, "max_denoising_steps", None),
     )
+    state.first_layer = min(m.layer_idx for m in modules)
     handle = model.register_forward_pre_hook(
-        lambda _module, args, kwargs: state.observe_forward(kwargs.get("input_ids", args[0] if args else None)),
+        lambda _module, args, kwargs: state.observe_input(kwargs.get("input_ids", args[0] if args else None)),
         with_kwargs=True,
     )
     original = model.config._attn_implementation
