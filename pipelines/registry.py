@@ -1,4 +1,7 @@
-"""Model names -> diffusers pipelines: built-in names, local folders and diffusers model ids.
+"""Model names -> pipelines: built-in names, local folders and diffusers model ids.
+
+Image and video models are diffusers pipelines; text models are bidirectional transformers
+language models (masked diffusion) with their tokenizer.
 
 Built-in `tiny-<family>` pipelines have random weights. They are built from configs on first use,
 saved to the cache folder (`$SPARSEDIFF_CACHE`, default ~/.cache/sparsediff) and loaded back
@@ -43,7 +46,7 @@ class ModelEntry:
 
     name: str
     video: bool
-    default_size: Size
+    default_size: Size | None  # None for text models
     steps: int = 20
     guidance: float = 5.0
     call_kwargs: dict = field(default_factory=dict)  # extra arguments of every pipeline call
@@ -52,6 +55,14 @@ class ModelEntry:
     folder: Path | None = None  # shipped weights (built-ins only)
     judge: Callable | None = None  # (frames, prompt) -> verdict dict, or None when it cannot judge
     config: Path | None = None  # shipped sparse config, used when no method is given
+    text: bool = False  # a diffusion language model (transformers), not a diffusers pipeline
+
+
+def _tiny_llada():
+    from sparsediff.pipelines.dllm import dlm_tokenizer, tiny_dlm
+
+    tokenizer = dlm_tokenizer([*"abcdefghijklmnopqrstuvwxyz", *(str(i) for i in range(10)), "=", ";", "?"])
+    return tiny_dlm(len(tokenizer), hidden=64, layers=2, heads=4, kv_heads=2, context=8192), tokenizer
 
 
 def _tiny(family: str, video: bool, size: Size, **kwargs) -> ModelEntry:
@@ -85,6 +96,16 @@ BUILTIN: dict[str, ModelEntry] = {
         _tiny("sd3", False, Size(1, 512, 512), call_kwargs={"max_sequence_length": TEXT_LEN}),
         _tiny(
             "pixart", False, Size(1, 512, 512), call_kwargs={"max_sequence_length": TEXT_LEN, "clean_caption": False}
+        ),
+        ModelEntry(
+            name="tiny-llada",
+            video=False,
+            default_size=None,
+            steps=32,
+            call_kwargs={"gen_length": 32, "block_length": 32},
+            random_weights=True,
+            build=_tiny_llada,
+            text=True,
         ),
         ModelEntry(
             name="shapes-t2v",
@@ -137,11 +158,12 @@ def _cached_folder(entry: ModelEntry) -> Path:
             raise FileNotFoundError(f"{entry.name}'s weights are missing from {entry.folder}; reinstall sparsediff")
         return entry.folder
     folder = cache_dir() / entry.name
-    if not (folder / "model_index.json").exists():
+    if not (folder / "model_index.json").exists() and not (folder / "config.json").exists():
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=folder.parent))
         try:
-            entry.build().save_pretrained(tmp, safe_serialization=True)
+            for part in entry.build() if entry.text else (entry.build(),):  # (model, tokenizer) for text
+                part.save_pretrained(tmp)
             shutil.rmtree(folder, ignore_errors=True)
             os.replace(tmp, folder)
         finally:
@@ -151,24 +173,47 @@ def _cached_folder(entry: ModelEntry) -> Path:
 
 @dataclass
 class LoadedModel:
-    pipe: object
+    pipe: object  # a diffusers pipeline, or the transformers model of a text entry
     entry: ModelEntry
     load_s: float
+    tokenizer: object | None = None  # text models
+
+
+def _load_text_model(folder: Path, torch_dtype: torch.dtype):
+    """A bidirectional transformers LM and its tokenizer from a local folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).eval()
+    if getattr(model.config, "is_causal", True):
+        raise ValueError(
+            f"{folder} holds a causal language model; masked diffusion needs a bidirectional one "
+            "(is_causal=False in its config)"
+        )
+    return model, AutoTokenizer.from_pretrained(folder)
 
 
 def load_model(name: str, torch_dtype: torch.dtype = torch.float32) -> LoadedModel:
     """A built-in name, a local pipeline folder, or a diffusers model id -> a loaded pipeline."""
     start = time.perf_counter()
+    tokenizer = None
     if name in BUILTIN:
         entry = BUILTIN[name]
         folder = _cached_folder(entry)
-        pipe = _pipeline_class(folder).from_pretrained(folder, dtype=torch_dtype)
+        if entry.text:
+            pipe, tokenizer = _load_text_model(folder, torch_dtype)
+        else:
+            pipe = _pipeline_class(folder).from_pretrained(folder, dtype=torch_dtype)
     elif Path(name).exists():
         folder = Path(name)
         if not folder.is_dir():
             raise ValueError(f"--model {name} is a file; give a diffusers pipeline folder (with model_index.json)")
-        pipe = _pipeline_class(folder).from_pretrained(folder, dtype=torch_dtype)
-        entry = generic_entry(pipe, folder.name)
+        if not (folder / "model_index.json").exists() and (folder / "config.json").exists():
+            pipe, tokenizer = _load_text_model(folder, torch_dtype)
+            entry = ModelEntry(name=folder.name, video=False, default_size=None, steps=64, text=True,
+                               call_kwargs={"gen_length": 64, "block_length": 32})  # fmt: skip
+        else:
+            pipe = _pipeline_class(folder).from_pretrained(folder, dtype=torch_dtype)
+            entry = generic_entry(pipe, folder.name)
     elif name.count("/") == 1 and not name.startswith((".", "/", "~")):
         from diffusers import DiffusionPipeline
 
@@ -187,8 +232,9 @@ def load_model(name: str, torch_dtype: torch.dtype = torch.float32) -> LoadedMod
             f"{what}; give a built-in model ({', '.join(known_models())}), a local pipeline folder, "
             "or a diffusers model id such as Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
         )
-    pipe.set_progress_bar_config(leave=False)
-    return LoadedModel(pipe, entry, time.perf_counter() - start)
+    if tokenizer is None:
+        pipe.set_progress_bar_config(leave=False)
+    return LoadedModel(pipe, entry, time.perf_counter() - start, tokenizer)
 
 
 def _call_defaults(pipe) -> dict:

@@ -191,7 +191,7 @@ def generate_cmd(
     model: Annotated[
         str | None, typer.Option(help="built-in name, local pipeline folder or diffusers model id")
     ] = None,
-    method: Annotated[str | None, typer.Option(help="sparse method or preset: dense, window")] = None,
+    method: Annotated[str | None, typer.Option(help="sparse method or preset: dense, window, sparsed (text)")] = None,
     config: Annotated[str | None, typer.Option(help="sparse config: preset name or JSON file")] = None,
     density: Annotated[float | None, typer.Option(help="fraction of attention kept, for any method")] = None,
     steps: Annotated[int | None, typer.Option(help="denoising steps (default: the model's)")] = None,
@@ -201,6 +201,8 @@ def generate_cmd(
     height: Annotated[int | None, typer.Option(help="height in pixels")] = None,
     width: Annotated[int | None, typer.Option(help="width in pixels")] = None,
     out: Annotated[Path | None, typer.Option(help="output file: .mp4, .gif or .png")] = None,
+    gen_length: Annotated[int | None, typer.Option(help="answer tokens (text models)")] = None,
+    block_length: Annotated[int | None, typer.Option(help="semi-autoregressive block (text models)")] = None,
     compare: Annotated[bool, typer.Option("--compare", help="also run dense; report speedup and quality")] = False,
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16")] = "float32",
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice)")] = None,
@@ -218,6 +220,10 @@ def generate_cmd(
     try:
         loaded = load_model(model, DTYPES[dtype])
         entry = loaded.entry
+        if entry.text:
+            _generate_text(loaded, prompt, steps, gen_length, block_length, seed, method, config, density, compare,
+                           json_out)  # fmt: skip
+            return
         d = entry.default_size
         size = Size(num_frames or (d.frames if entry.video else 1), height or d.height, width or d.width)
         request = Request(
@@ -322,6 +328,30 @@ def _cost_model_json(path: Path) -> dict:
     except (OSError, json.JSONDecodeError) as err:
         raise ValueError(f"cannot read --cost-model {path}: {err}") from err
     return (data.get("search") or {}).get("cost_model", data)
+
+
+def _generate_text(loaded, prompt, steps, gen_length, block_length, seed, method, config, density, compare,
+                   json_out) -> None:  # fmt: skip
+    """`generate` for a diffusion language model: print the answer, timings and (with --compare) agreement."""
+    from sparsediff.generate import TextRequest, compare_text, generate_text_one, resolve_config
+
+    entry = loaded.entry
+    gen = gen_length or entry.call_kwargs.get("gen_length", 64)
+    request = TextRequest(prompt, gen, steps or entry.steps, block_length or min(gen, entry.call_kwargs.get(
+        "block_length", gen)), seed)  # fmt: skip
+    sparse_config = resolve_config(entry, method, config, density)
+    summary = compare_text(loaded, request, sparse_config) if compare else generate_text_one(
+        loaded, request, sparse_config)  # fmt: skip
+    if json_out:
+        print(json.dumps(summary), flush=True)
+        return
+    table = Table(show_header=False, title=f"sparsediff generate ({entry.name})")
+    for key, value in summary.items():
+        if key != "attention_calls":
+            table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
+    console.print(table)
+    if entry.random_weights:
+        console.print("[yellow]random weights: the answers are noise; timings and agreement are still real[/yellow]")
 
 
 def _print_summary(summary: dict) -> None:

@@ -44,12 +44,13 @@ class Run:
 
 
 def resolve_config(entry: ModelEntry, method: str | None, config: str | None, density: float | None) -> SparseConfig:
-    """--config, else --method, else the model's shipped config, else the `window` preset."""
+    """--config, else --method, else the model's shipped config, else `window` (`sparsed` for text)."""
     if method and config:
         raise ValueError("give --method or --config, not both")
     source = config or method
     if source is None:
-        source = str(entry.config) if entry.config is not None and entry.config.exists() else "window"
+        shipped = entry.config is not None and entry.config.exists()
+        source = str(entry.config) if shipped else "sparsed" if entry.text else "window"
     overrides = {"density": density} if density is not None else {}
     return SparseConfig.load(source, **overrides)
 
@@ -218,3 +219,73 @@ def generate_one(loaded: LoadedModel, request: Request, config: SparseConfig, ou
     if loaded.entry.judge is not None:
         summary["judge_sparse"] = loaded.entry.judge(result.frames, request.prompt)
     return summary
+
+
+@dataclass(frozen=True)
+class TextRequest:
+    prompt: str
+    gen_length: int
+    steps: int
+    block_length: int
+    seed: int = 0
+
+
+def _decode_text(loaded: LoadedModel, request: TextRequest) -> tuple[str, torch.Tensor, float]:
+    from sparsediff.pipelines.dllm import masked_diffusion_generate
+
+    tokenizer = loaded.tokenizer
+    if tokenizer.mask_token_id is None:
+        raise ValueError(f"{loaded.entry.name}'s tokenizer has no mask token; masked diffusion needs one")
+    ids = tokenizer(request.prompt, add_special_tokens=False).input_ids
+    start = time.perf_counter()
+    out = masked_diffusion_generate(
+        loaded.pipe, [ids], mask_id=tokenizer.mask_token_id, pad_id=tokenizer.pad_token_id or 0,
+        gen_length=request.gen_length, steps=request.steps, block_length=request.block_length, seed=request.seed,
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    answer = out[0, -request.gen_length :]
+    return tokenizer.decode(answer, skip_special_tokens=True), answer, seconds
+
+
+def compare_text(loaded: LoadedModel, request: TextRequest, config: SparseConfig) -> dict:
+    """Dense and SparseD decoding of one prompt; what `--json` prints for text models."""
+    with torch.no_grad():  # warm-up forward at the full length, untimed
+        ids = loaded.tokenizer(request.prompt, add_special_tokens=False).input_ids
+        loaded.pipe(input_ids=torch.tensor([ids + [loaded.tokenizer.mask_token_id] * request.gen_length]))
+    dense_text, dense_ids, dense_s = _decode_text(loaded, request)
+    with sparse(loaded.pipe, config) as state:
+        sparse_text, sparse_ids, sparse_s = _decode_text(loaded, request)
+    return {
+        "model": loaded.entry.name,
+        "prompt": request.prompt,
+        "answer_dense": dense_text,
+        "answer_sparse": sparse_text,
+        "dense_s": dense_s,
+        "sparse_s": sparse_s,
+        "speedup": dense_s / sparse_s,
+        "density": state.density(),
+        "token_agreement": float((dense_ids == sparse_ids).float().mean()),
+        "context_tokens": len(ids) + request.gen_length,
+        "steps": request.steps,
+        "method": config.method,
+        "load_s": loaded.load_s,
+        "random_weights": loaded.entry.random_weights,
+        "attention_calls": dict(state.calls),
+        "pattern_computations": state.pattern_computations,
+    }
+
+
+def generate_text_one(loaded: LoadedModel, request: TextRequest, config: SparseConfig) -> dict:
+    with sparse(loaded.pipe, config) as state:
+        text, _, seconds = _decode_text(loaded, request)
+    return {
+        "model": loaded.entry.name,
+        "prompt": request.prompt,
+        "answer_sparse": text,
+        "sparse_s": seconds,
+        "density": state.density(),
+        "method": config.method,
+        "load_s": loaded.load_s,
+        "random_weights": loaded.entry.random_weights,
+        "attention_calls": dict(state.calls),
+    }

@@ -208,3 +208,37 @@ def test_diffusion_gemma_generate_gets_sparsed_through_its_attention(gemma):
     assert out.shape == native.shape
     # Each canvas is a new sequence (keys grow by the encoded prompt): patterns taken once per canvas and layer.
     assert state.pattern_computations == 2 * 2 and state.calls["sparse"] == 2 * 2 * 2
+
+
+def test_generate_cli_for_text_models(tmp_path, monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    from sparsediff.cli import app
+
+    monkeypatch.setenv("SPARSEDIFF_CACHE", str(tmp_path / "cache"))
+    runner = CliRunner()
+    args = ["generate", "--model", "tiny-llada", "--prompt", "a = 3 ; a ?", "--gen-length", "16", "--steps", "8"]
+    result = runner.invoke(app, [*args, "--compare", "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output.strip().splitlines()[-1])
+    for key in ("dense_s", "sparse_s", "speedup", "density", "context_tokens", "answer_dense", "answer_sparse"):
+        assert key in record
+    assert record["context_tokens"] == 6 + 16 and record["method"] == "sparsed" and record["random_weights"]
+    result = runner.invoke(app, [*args, "--method", "dense", "--json"])
+    assert result.exit_code == 0 and json.loads(result.output.strip().splitlines()[-1])["method"] == "dense"
+    # A local folder (model + tokenizer saved with save_pretrained) loads as a text model.
+    from sparsediff.pipelines.registry import load_model
+
+    loaded = load_model("tiny-llada")
+    loaded.pipe.save_pretrained(tmp_path / "my-dlm")
+    loaded.tokenizer.save_pretrained(tmp_path / "my-dlm")
+    result = runner.invoke(app, ["generate", "--model", str(tmp_path / "my-dlm"), "--prompt", "b ?", "--gen-length",
+                                 "8", "--steps", "4", "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    loaded.pipe.config.is_causal = True
+    loaded.pipe.save_pretrained(tmp_path / "causal")
+    loaded.tokenizer.save_pretrained(tmp_path / "causal")
+    result = runner.invoke(app, ["generate", "--model", str(tmp_path / "causal")])
+    assert result.exit_code == 2 and "masked diffusion needs a bidirectional one" in " ".join(result.output.split())
