@@ -58,17 +58,22 @@ class SparseConfig(BaseModel):
         `density`. `pattern`: `pattern` everywhere, or per-layer per-head `heads` (search output).
         `sparsed` (diffusion LMs): dense until the switch step (`schedule`), then per-head block
         patterns taken from that step's attention, keeping `density` of the KV blocks.
+        Per call, from pooled scores: `pyramid` (PSA levels full, /2, /4, /8, dropped, costing
+        `density` of dense) and `topk` (binary blocks). `hilbert`: windows in Hilbert order plus
+        coarse global tokens; `raster-window`: the same without the permutation.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     version: Literal[1] = CONFIG_VERSION
-    method: Literal["dense", "window", "pattern", "sparsed"] = "window"
+    method: Literal["dense", "window", "pattern", "sparsed", "pyramid", "topk", "hilbert", "raster-window"] = "window"
     density: float = Field(default=0.25, gt=0.0, le=1.0)
     pattern: PatternSpec | None = None
     heads: dict[str, list[PatternSpec]] = Field(default_factory=dict)
     block_size: int = Field(default=64, ge=1)
     recompute_every: int = Field(default=0, ge=0)  # sparsed: recompute patterns every k sparse steps (0: never)
+    order: Literal["hilbert", "hilbert-frame"] = "hilbert"  # hilbert: one 3-D curve, or a 2-D curve per frame
+    coarse_pool: int = Field(default=16, ge=2)  # hilbert / raster-window: tokens per coarse global token
     backend: str = "auto"
     schedule: Schedule = Schedule()
     model: ModelSignature | None = None
@@ -118,6 +123,7 @@ PRESETS: dict[str, dict] = {
     "dense": {"method": "dense"},
     "window": {"method": "window", "density": 0.25},
     "sparsed": {"method": "sparsed", "density": 0.3, "schedule": {"dense_fraction": 0.2}},
+    **{name: {"method": name, "density": 0.25} for name in ("pyramid", "topk", "hilbert", "raster-window")},
 }
 
 

@@ -36,7 +36,7 @@ from sparsediff.attention import sparse_attention
 from sparsediff.config import ModelSignature, SparseConfig
 from sparsediff.integrations.families import Family, family_of
 from sparsediff.layout import TokenLayout
-from sparsediff.methods import layer_patterns
+from sparsediff.methods import DYNAMIC, layer_patterns
 from sparsediff.patterns import Full, Skip, build_plan
 from sparsediff.plan import BlockPlan
 
@@ -90,6 +90,7 @@ class SparseState:
     calls: Counter = field(default_factory=Counter)  # how attention calls were served
     fixed_layout: TokenLayout | None = None
     plan_seconds: float = 0.0  # one-off time spent building plans (cached per layer and layout)
+    _dynamic_density: list = field(default_factory=list)  # per call, for methods planned per call
     _warned: set = field(default_factory=set)
     _layouts: dict = field(default_factory=dict)  # (grid, n) -> TokenLayout | None
     _layer_index: dict = field(init=False)
@@ -149,9 +150,10 @@ class SparseState:
         return self.plans[key]
 
     def density(self) -> float | None:
-        """Mean density of the sparse plans built so far (None before any sparse call)."""
-        plans = [p for (_, _, _, allow_skip), p in self.plans.items() if allow_skip]
-        return sum(p.density for p in plans) / len(plans) if plans else None
+        """Mean density of the sparse plans built (or, for per-call methods, the calls run) so far."""
+        plans = [p.density for (_, _, _, allow_skip), p in self.plans.items() if allow_skip]
+        values = plans or self._dynamic_density
+        return sum(values) / len(values) if values else None
 
     def attend(
         self,
@@ -186,6 +188,15 @@ class SparseState:
                 return dense("dense: schedule")
             self.calls["sparse: padded text"] += 1
             return self._attend_padded(layer, query, key, value, layout, groups, scale)
+        if self.config.method in DYNAMIC:
+            if self.dense_now(layer):
+                return dense("dense: schedule")
+            out, density = DYNAMIC[self.config.method](
+                query, key, value, layout, self.config, query.shape[-1] ** -0.5 if scale is None else scale
+            )
+            self.calls["sparse"] += 1
+            self._dynamic_density.append(density)
+            return out
         heads = query.shape[1]
         # Layers with skipped heads keep their last output (per CFG branch) for reuse.
         keeps_output = bool(self.plan(layer, layout, heads, allow_skip=True).skipped_heads.any())

@@ -1,6 +1,37 @@
-"""Methods turn a SparseConfig into per-head patterns for one attention call's layout."""
+"""Methods turn a SparseConfig into attention for one call's layout.
 
+Static methods (`dense`, `window`, `pattern`) give per-head patterns, planned once per layer and
+layout; dynamic methods (`pyramid`, `topk`, `hilbert`, `raster-window`) look at each call's
+queries and keys (or permute them) and run through `DYNAMIC`.
+"""
+
+from __future__ import annotations
+
+from sparsediff.methods.hilbert import local_global_attention
+from sparsediff.methods.pyramid import pyramid_attention, topk_attention
 from sparsediff.methods.resolve import layer_patterns
 from sparsediff.methods.window import window_pattern
 
-__all__ = ["layer_patterns", "window_pattern"]
+
+def _hilbert(q, k, v, layout, config, scale):
+    return local_global_attention(q, k, v, layout, config.density, config.block_size, config.backend, scale,
+                                  order=config.order, pool=config.coarse_pool)  # fmt: skip
+
+
+def _raster_window(q, k, v, layout, config, scale):
+    return local_global_attention(q, k, v, layout, config.density, config.block_size, config.backend, scale,
+                                  order="raster", pool=config.coarse_pool)  # fmt: skip
+
+
+def _pyramid(q, k, v, layout, config, scale):
+    return pyramid_attention(q, k, v, layout, config.density, config.block_size, config.backend, scale)
+
+
+def _topk(q, k, v, layout, config, scale):
+    return topk_attention(q, k, v, layout, config.density, config.block_size, config.backend, scale)
+
+
+# name -> f(q, k, v, layout, config, scale) -> (output, density of this call)
+DYNAMIC = {"pyramid": _pyramid, "topk": _topk, "hilbert": _hilbert, "raster-window": _raster_window}
+
+__all__ = ["DYNAMIC", "layer_patterns", "window_pattern"]

@@ -1,0 +1,62 @@
+"""Attention over a KV bank: the original keys plus pooled keys whose logits get + log(pool size).
+
+PSA's pyramid levels and Scale-DiT's coarse global tokens are both extra, pooled keys with a
+log-size bias (a pooled key stands for `size` similar keys). The existing block-sparse backends
+take the bias without a kernel change: one extra feature, 1 on every query and bias / scale on
+every key, adds exactly `bias` to each logit. Padding slots get a bias of -1000 (zero weight).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from sparsediff.attention import sparse_attention
+from sparsediff.plan import BlockPlan
+
+Tensor = torch.Tensor
+MASKED = -1000.0  # bias of padding slots: exp(-1000) is 0 in every float type
+
+
+def pool_blocks(x: Tensor, valid: int, size: int) -> tuple[Tensor, Tensor]:
+    """Mean-pool groups of `size` consecutive tokens (groups never cross a block when size divides it).
+
+    x: [B, H, N, D] with N >= valid, a multiple of `size`; tokens at or past `valid` are padding.
+    Returns pooled [B, H, N / size, D] and bias [N / size] = log(valid tokens in the group), or
+    MASKED where a group holds none.
+    """
+    n = x.shape[2]
+    counts = (torch.arange(n, device=x.device) < valid).to(x.dtype).view(n // size, size).sum(-1)
+    sums = x.reshape(*x.shape[:2], n // size, size, x.shape[-1]).sum(3)
+    pooled = sums / counts.clamp_min(1)[:, None]
+    bias = torch.where(counts > 0, counts.clamp_min(1).log(), torch.full_like(counts, MASKED))
+    return pooled, bias
+
+
+def pad_to(x: Tensor, length: int) -> Tensor:
+    return torch.nn.functional.pad(x, (0, 0, 0, length - x.shape[2]))
+
+
+def bank_attention(
+    q: Tensor, k_bank: Tensor, v_bank: Tensor, bias: Tensor, plan: BlockPlan, backend: str, scale: float
+) -> Tensor:
+    """Block-sparse attention over the bank with a per-key logit bias [N_bank]."""
+    ones = q.new_ones(*q.shape[:3], 1)
+    key_bias = (bias / scale).to(k_bank.dtype).expand(*k_bank.shape[:2], -1)[..., None]
+    q_aug = torch.cat([q, ones], -1)
+    k_aug = torch.cat([k_bank, key_bias], -1)
+    v_aug = torch.cat([v_bank, torch.zeros_like(key_bias)], -1)
+    return sparse_attention(q_aug, k_aug, v_aug, plan, backend, scale=scale)[..., :-1]
+
+
+def bank_attention_reference(
+    q: Tensor, k_bank: Tensor, v_bank: Tensor, bias: Tensor, token_mask: Tensor, scale: float
+) -> Tensor:
+    """The definition: dense softmax over allowed bank keys [H, N_q, N_bank] with the bias, in fp64."""
+    if k_bank.shape[1] != q.shape[1]:
+        k_bank = k_bank.repeat_interleave(q.shape[1] // k_bank.shape[1], 1)
+        v_bank = v_bank.repeat_interleave(q.shape[1] // v_bank.shape[1], 1)
+    scores = q.double() @ k_bank.double().transpose(-1, -2) * scale + bias.double()
+    scores = scores.masked_fill(~token_mask, -math.inf)
+    return (scores.softmax(-1) @ v_bank.double()).to(q.dtype)
