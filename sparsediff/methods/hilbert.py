@@ -84,4 +84,4 @@ def local_global_attention(
     bank_k = torch.cat([pad_to(kp, padded), pad_to(coarse_k, coarse)], 2)
     bank_v = torch.cat([pad_to(vp, padded), pad_to(coarse_v, coarse)], 2)
     out = bank_attention(qp, bank_k, bank_v, bias, plan, backend, scale)
-    return ordered.unpermute(out), plan.density * plan.seq_len_kv / n
+    return ordered.unpermute(out), plan.density * plan.seq_len_kv / padded  # vs dense over whole blocks

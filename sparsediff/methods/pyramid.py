@@ -58,7 +58,7 @@ def assign_levels(mass: Tensor, budget: float, forced: Tensor) -> Tensor:
     flat = value.reshape(heads, q_blocks, kv_blocks * 4)
     order = flat.argsort(dim=-1, descending=True, stable=True)  # a block's steps stay in order
     step_cost = cost.repeat(kv_blocks)[order]
-    taken = (step_cost.cumsum(-1) <= spare[None, :, None]) & (flat.gather(-1, order) >= 0)
+    taken = (step_cost.cumsum(-1) <= spare[None, :, None]) & (flat.gather(-1, order) > 0)
     chosen = torch.zeros_like(flat, dtype=torch.bool).scatter_(-1, order, taken)
     levels = chosen.view(heads, q_blocks, kv_blocks, 4).sum(-1)
     return torch.where(forced[None], 4, levels)
@@ -98,20 +98,20 @@ def _check(layout: TokenLayout, q: Tensor, block: int) -> None:
 def pyramid_attention(
     q: Tensor, k: Tensor, v: Tensor, layout: TokenLayout, budget: float, block: int, backend: str, scale: float
 ) -> tuple[Tensor, float]:
-    """(output, density = computed / dense attention FLOPs)."""
+    """(output, density = computed / dense attention FLOPs, whole blocks counted)."""
     _check(layout, q, block)
     levels = assign_levels(pooled_mass(q, k, block, scale), budget, forced_full(layout, block))
     plan = pyramid_bank_plan(levels, block, q.shape[2], k.shape[2])
     bank_k, bank_v, bias = pyramid_bank(k, v, block)
     out = bank_attention(q, bank_k, bank_v, bias, plan, backend, scale)
-    return out, plan.density * plan.seq_len_kv / k.shape[2]
+    return out, plan.density * plan.seq_len_kv / bank_k.shape[2] * 15 / 8  # vs dense over the padded keys
 
 
 def topk_plan(mass: Tensor, density: float, forced: Tensor, n_q: int, n_kv: int, block: int) -> BlockPlan:
     kv_blocks = mass.shape[-1]
-    keep = max(math.ceil(density * kv_blocks), int(forced.sum(-1).max()))
+    keep = min(math.ceil(density * kv_blocks), kv_blocks)  # forced blocks count first, and always stay
     ranked = torch.where(forced[None], torch.inf, mass)
-    top = ranked.topk(min(keep, kv_blocks), -1).indices
+    top = ranked.topk(keep, -1).indices
     mask = torch.zeros_like(mass, dtype=torch.bool).scatter_(-1, top, True) | forced[None]
     return BlockPlan.from_block_mask(mask, block, seq_len=(n_q, n_kv))
 

@@ -87,8 +87,8 @@ def sparsed_plan(mass: Tensor, keep_ratio: float, block: int, n_q: int, n_kv: in
         raise ValueError(f"keep ratio must be in (0, 1], got {keep_ratio}")
     heads, q_blocks, kv_blocks = mass.shape
     forced = forced_blocks(q_blocks, kv_blocks, n_q, n_kv, block)
-    keep = max(math.ceil(keep_ratio * kv_blocks), int(forced.sum(-1).max()))
+    keep = min(math.ceil(keep_ratio * kv_blocks), kv_blocks)  # forced blocks count first, and always stay
     ranked = torch.where(forced, torch.inf, mass)
-    top = ranked.topk(min(keep, kv_blocks), dim=-1).indices
-    mask = torch.zeros(heads, q_blocks, kv_blocks, dtype=torch.bool).scatter_(-1, top, True)
+    top = ranked.topk(keep, dim=-1).indices
+    mask = torch.zeros(heads, q_blocks, kv_blocks, dtype=torch.bool).scatter_(-1, top, True) | forced
     return BlockPlan.from_block_mask(mask, block, seq_len=(n_q, n_kv))

@@ -1,0 +1,139 @@
+"""Per-call methods (pyramid, topk, hilbert, raster-window) against their references."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import sparsediff
+from sparsediff import TokenLayout, sparse_attention
+from sparsediff.methods.bank import bank_attention, bank_attention_reference, pool_blocks
+from sparsediff.methods.hilbert import local_global_attention, local_global_plan
+from sparsediff.methods.pyramid import (
+    assign_levels,
+    forced_full,
+    pooled_mass,
+    pyramid_attention,
+    pyramid_bank,
+    pyramid_bank_plan,
+    topk_attention,
+    topk_plan,
+)
+
+layouts = st.builds(
+    TokenLayout,
+    frames=st.integers(1, 3),
+    height=st.integers(1, 9),
+    width=st.integers(1, 9),
+    text_prefix=st.sampled_from([0, 3]),
+    text_suffix=st.sampled_from([0, 5]),
+)
+
+
+def _qkv(layout, seed, heads=2, kv_heads=2, dim=8):
+    gen = torch.Generator().manual_seed(seed)
+    n = layout.num_tokens
+    return (torch.randn(2, heads, n, dim, generator=gen) * 2, torch.randn(2, kv_heads, n, dim, generator=gen) * 2,
+            torch.randn(2, kv_heads, n, dim, generator=gen))  # fmt: skip
+
+
+@given(layouts, st.sampled_from([8, 16]), st.floats(0.1, 0.9), st.integers(0, 10))
+def test_pyramid_matches_its_reference(layout, block, budget, seed):
+    q, k, v = _qkv(layout, seed)
+    out, density = pyramid_attention(q, k, v, layout, budget, block, "torch", 0.3)
+    levels = assign_levels(pooled_mass(q, k, block, 0.3), budget, forced_full(layout, block))
+    plan = pyramid_bank_plan(levels, block, q.shape[2], k.shape[2])
+    bank_k, bank_v, bias = pyramid_bank(k, v, block)
+    expected = bank_attention_reference(q, bank_k, bank_v, bias, plan.to_token_mask(), 0.3)
+    assert (out - expected).abs().max() <= 1e-4
+    assert 0 < density <= 1.0001
+
+
+def test_pyramid_levels_spend_the_budget_on_the_heaviest_blocks():
+    mass = torch.tensor([[[0.5, 0.3, 0.1, 0.05, 0.03, 0.02, 0.0, 0.0]]])
+    forced = torch.zeros(1, 8, dtype=torch.bool)
+    levels = assign_levels(mass, budget=0.25, forced=forced)[0, 0].tolist()  # 2 block units to spend
+    assert levels == sorted(levels, reverse=True)  # heavier blocks never get a coarser level
+    cost = sum({0: 0, 1: 1 / 8, 2: 1 / 4, 3: 1 / 2, 4: 1}[lv] for lv in levels)
+    assert cost <= 0.25 * 8 and levels[0] >= 3 and levels[-1] == 0
+    assert assign_levels(mass, budget=1.0, forced=forced)[0, 0].tolist() == [4] * 6 + [0, 0]  # no mass: no gain
+
+
+def test_pooling_and_bias():
+    x = torch.arange(12.0).view(1, 1, 6, 2)
+    pooled, bias = pool_blocks(torch.nn.functional.pad(x, (0, 0, 0, 2)), valid=6, size=4)
+    assert torch.allclose(pooled[0, 0], torch.tensor([[3.0, 4.0], [9.0, 10.0]]))
+    assert torch.allclose(bias, torch.tensor([math.log(4), math.log(2)]))
+    # The bias makes a pooled key act as `size` copies: one key repeated 4 times == its pooled form.
+    q = torch.randn(1, 1, 3, 2)
+    key = torch.randn(1, 1, 1, 2)
+    other = torch.randn(1, 1, 1, 2)
+    dense = torch.nn.functional.scaled_dot_product_attention(q, torch.cat([key] * 4 + [other], 2),
+                                                             torch.cat([key] * 4 + [other], 2))  # fmt: skip
+    from sparsediff.plan import BlockPlan
+
+    plan = BlockPlan.from_block_mask(torch.ones(1, 1, 1, dtype=torch.bool), (3, 2), seq_len=(3, 2))
+    bank = torch.cat([key, other], 2)
+    out = bank_attention(q, bank, bank, torch.tensor([math.log(4), 0.0]), plan, "torch", 2**-0.5)
+    assert torch.allclose(out, dense, atol=1e-5)
+
+
+@given(layouts, st.sampled_from([8, 16]), st.floats(0.1, 0.9), st.integers(0, 10))
+def test_topk_keeps_the_heaviest_blocks_and_matches_reference(layout, block, density, seed):
+    q, k, v = _qkv(layout, seed, heads=4, kv_heads=2)
+    out, _ = topk_attention(q, k, v, layout, density, block, "torch", 0.3)
+    mass = pooled_mass(q, k, block, 0.3)
+    plan = topk_plan(mass, density, forced_full(layout, block), q.shape[2], k.shape[2], block)
+    assert (out - sparse_attention(q, k, v, plan, "reference", scale=0.3)).abs().max() <= 1e-4
+    kept, forced = plan.to_dense_mask(), forced_full(layout, block)
+    worst_kept = torch.where(kept & ~forced, mass, torch.inf).amin(-1)  # of the blocks chosen by mass
+    best_dropped = torch.where(kept, -torch.inf, mass).amax(-1)
+    assert (best_dropped <= worst_kept + 1e-6).all()
+
+
+@given(layouts, st.sampled_from(["hilbert", "hilbert-frame", "raster"]), st.sampled_from([4, 16]), st.integers(0, 10))
+def test_local_global_matches_reference_and_unpermutes(layout, order, pool, seed):
+    q, k, v = _qkv(layout, seed)
+    out, density = local_global_attention(q, k, v, layout, 0.4, 8, "torch", 0.3, order=order, pool=pool)
+    ordered = layout.to_order(order)
+    qp, kp, vp = (ordered.permute(t) for t in (q, k, v))
+    plan, _ = local_global_plan(ordered, 0.4, 8, pool)
+    n, visual = layout.num_tokens, ordered.visual_slice
+    padded = math.ceil(n / 8) * 8
+    # Reference bank built independently: each coarse token is the mean of `pool` consecutive visual tokens.
+    groups = [list(range(s, min(s + pool, layout.num_visual))) for s in range(0, layout.num_visual, pool)]
+    coarse_k = torch.stack([kp[:, :, visual][:, :, g].mean(2) for g in groups], 2)
+    coarse_v = torch.stack([vp[:, :, visual][:, :, g].mean(2) for g in groups], 2)
+    extra = plan.seq_len_kv - padded - len(groups)
+    pad = lambda t, m: torch.nn.functional.pad(t, (0, 0, 0, m))  # noqa: E731
+    bank_k = torch.cat([pad(kp, padded - n), pad(coarse_k, extra)], 2)
+    bank_v = torch.cat([pad(vp, padded - n), pad(coarse_v, extra)], 2)
+    bias = torch.tensor([0.0] * n + [-1e9] * (padded - n) + [math.log(len(g)) for g in groups] + [-1e9] * extra)
+    expected = bank_attention_reference(qp, bank_k, bank_v, bias, plan.to_token_mask(), 0.3)
+    assert (ordered.permute(out) - expected).abs().max() <= 1e-4
+    assert density > 0
+
+
+def test_hilbert_full_budget_with_every_key_in_window_is_close_to_dense():
+    layout = TokenLayout(frames=2, height=8, width=8)
+    q, k, v = _qkv(layout, 0)
+    out, _ = local_global_attention(q, k, v, layout, 1.0, 16, "torch", 0.3)
+    # The window covers every key, so the only difference from dense is the coarse tokens' extra weight.
+    assert out.shape == q.shape and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("method", ["pyramid", "topk", "hilbert", "raster-window"])
+def test_methods_run_inside_a_diffusers_model(method):
+    from sparsediff.pipelines.tiny import TINY_TRANSFORMERS
+
+    spec = TINY_TRANSFORMERS["hunyuanvideo"]
+    model = spec.build()
+    inputs = spec.make_inputs(1, 3, 16, 16, 8, 900, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        native = model(**inputs, return_dict=False)[0]
+        with sparsediff.sparse(model, method, density=0.3, block_size=16) as state:
+            out = model(**inputs, return_dict=False)[0]
+    assert state.calls["sparse"] == 2 and 0 < state.density() <= 1
+    assert out.shape == native.shape and (out - native).abs().max() > 1e-4
