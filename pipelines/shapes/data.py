@@ -127,8 +127,8 @@ def random_motion(
     radius = uniform(*RADIUS_PX)
     ux, uy = DIRECTIONS[caption.direction]
     margin = EXTENT[caption.shape] * radius + 1
-    longest = max(width, height) - 2 * margin
-    speed = min(uniform(*SPEED_PX), longest / max(frames - 1, 1))
+    room = min([size - 2 * margin for u, size in ((ux, width), (uy, height)) if u] or [float("inf")])
+    speed = min(uniform(*SPEED_PX), room / max(frames - 1, 1))
     start = []
     for u, size in ((ux, width), (uy, height)):
         travel = abs(u) * speed * (frames - 1)
