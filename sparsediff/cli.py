@@ -184,6 +184,59 @@ def bench_dllm_cmd(
         console.print(f"model: {r.model}; random weights, so the timings are real and the answers are not")
 
 
+@bench_app.command("methods")
+def bench_methods_cmd(
+    model: Annotated[
+        str | None, typer.Option(help="built-in name, local pipeline folder or diffusers model id")
+    ] = None,
+    method: Annotated[
+        list[str], typer.Option(help="methods to compare; repeat (default: all per-call and window)")
+    ] = [],  # noqa: B006
+    density: Annotated[float, typer.Option(help="the density every method targets")] = 0.25,
+    prompt: Annotated[list[str], typer.Option(help="prompt; repeat for several (same seeds for every method)")] = [],  # noqa: B006
+    steps: Annotated[int | None, typer.Option(help="denoising steps (default: the model's)")] = None,
+    num_frames: Annotated[int | None, typer.Option(help="frames (video models)")] = None,
+    height: Annotated[int | None, typer.Option(help="height in pixels")] = None,
+    width: Annotated[int | None, typer.Option(help="width in pixels")] = None,
+    dense_steps: Annotated[int, typer.Option(help="first steps kept dense for every method")] = 0,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice)")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="one JSON object per method, one per line")] = False,
+) -> None:
+    """Sparse methods side by side at one density: speed and quality vs dense on the same seeds."""
+    from sparsediff.generate import Request, compare_methods
+    from sparsediff.pipelines.registry import Size, default_model, load_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        loaded = load_model(model or default_model())
+        entry, d = loaded.entry, loaded.entry.default_size
+        size = Size(num_frames or (d.frames if entry.video else 1), height or d.height, width or d.width)
+        prompts = prompt or ["a red circle moving right"]
+        requests = [Request(p, size, steps or entry.steps, entry.guidance, seed=i) for i, p in enumerate(prompts)]
+        loaded.pipe.set_progress_bar_config(disable=True)
+        methods = method or ["window", "topk", "pyramid", "raster-window", "hilbert"]
+        dense_s, rows = compare_methods(loaded, requests, methods, density, schedule={"dense_steps": dense_steps})
+    except (ValueError, FileNotFoundError, FloatingPointError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
+    if json_out:
+        for r in rows:
+            print(json.dumps({**asdict(r), "dense_s": dense_s, "model": entry.name, "size": str(size)}), flush=True)
+        return
+    table = Table(
+        title=f"{entry.name} {size}, {requests[0].steps} steps, {len(requests)} prompt(s), dense {dense_s:.2f} s"
+    )
+    for col in ("method", "density", "sparse s", "speedup", "PSNR dB", "SSIM", "judge"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        judge = "-" if r.judge is None else f"{r.judge['colour_and_direction']:.2f}"
+        psnr_text = "identical" if r.psnr is None else f"{r.psnr:.2f}"
+        table.add_row(r.method, f"{r.density:.3f}", f"{r.seconds:.2f}", f"{r.speedup:.2f}x", psnr_text,
+                      f"{r.ssim:.4f}", judge)  # fmt: skip
+    console.print(table)
+
+
 @app.command("generate")
 def generate_cmd(
     prompt: Annotated[str, typer.Option(help="what to generate")] = "a red circle moving right",

@@ -289,3 +289,53 @@ def generate_text_one(loaded: LoadedModel, request: TextRequest, config: SparseC
         "random_weights": loaded.entry.random_weights,
         "attention_calls": dict(state.calls),
     }
+
+
+@dataclass
+class MethodResult:
+    method: str
+    density: float | None
+    seconds: float
+    speedup: float
+    psnr: float | None
+    ssim: float
+    judge: dict | None
+
+
+def compare_methods(
+    loaded: LoadedModel, requests: list[Request], methods: list[str], density: float, **overrides
+) -> tuple[float, list[MethodResult]]:
+    """Dense once per request, then every method on the same seeds: (dense seconds, one row per method).
+
+    PSNR/SSIM and seconds are averaged over the requests; the judge's score is the share of
+    requests whose colour and direction it reads right (where the model has a judge).
+    """
+    for request in requests:
+        check_size(loaded, request.size)
+    run(loaded, requests[0], steps=min(2, requests[0].steps), label="warm-up")
+    dense = [run(loaded, r, label="dense") for r in requests]
+    dense_s = sum(d.seconds for d in dense) / len(dense)
+    judge = loaded.entry.judge
+    rows = []
+    for method in methods:
+        config = SparseConfig.load(method, density=density, **overrides)
+        runs = [run_sparse(loaded, r, config) for r in requests]
+        psnrs = [psnr(d.frames, s.frames) for d, s in zip(dense, runs, strict=True)]
+        finite = [p for p in psnrs if math.isfinite(p)]
+        verdicts = [judge(s.frames, r.prompt) for s, r in zip(runs, requests, strict=True)] if judge else []
+        scored = [v for v in verdicts if v is not None]
+        seconds = sum(s.seconds for s in runs) / len(runs)
+        rows.append(
+            MethodResult(
+                method=method,
+                density=runs[0].density,
+                seconds=seconds,
+                speedup=dense_s / seconds,
+                psnr=sum(finite) / len(finite) if finite else None,
+                ssim=sum(ssim(d.frames, s.frames) for d, s in zip(dense, runs, strict=True)) / len(runs),
+                judge={"colour_and_direction": sum(v["colour_and_direction"] for v in scored) / len(scored)}
+                if scored
+                else None,
+            )
+        )
+    return dense_s, rows

@@ -1,0 +1,131 @@
+"""Where attention goes, per layer and head: the structure sparse methods exploit.
+
+During dense runs, sampled visual query rows of every self/joint attention call measure the
+attention mass on four key sets (Sparse-vDiT's strategies): the local 3-D neighbourhood
+(|dt| <= 1, |dh|, |dw| <= 1), the same position in other frames, text tokens, and the first
+frame. Each is compared with its share of the keys, the mass uniform attention would give it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+from sparsediff.config import SparseConfig
+from sparsediff.integrations.diffusers import SparseState, _mask_is_trivial, install, remove
+from sparsediff.layout import TokenLayout
+
+CATEGORIES = ("local 3-D", "same place, other frames", "text", "first frame")
+
+
+@dataclass
+class Structure:
+    rows: int
+    seed: int
+    sample_steps: frozenset[int]
+    mass: dict[str, torch.Tensor] = field(default_factory=dict)  # layer -> [heads, categories] summed mass
+    share: dict[str, torch.Tensor] = field(default_factory=dict)  # layer -> [categories] summed key share
+    counts: dict[str, int] = field(default_factory=dict)  # layer -> rows measured
+
+    def mean_mass(self, layer: str) -> torch.Tensor:
+        return self.mass[layer] / self.counts[layer]
+
+    def mean_share(self, layer: str) -> torch.Tensor:
+        return self.share[layer] / self.counts[layer]
+
+
+def _category_masks(layout: TokenLayout, rows: torch.Tensor) -> torch.Tensor:
+    """[categories, rows, N] bool."""
+    coords, text = layout.coords, layout.is_text
+    q, k = coords[rows][:, None, :], coords[None, :, :]
+    visual = ~text[rows][:, None] & ~text[None, :]
+    d = (q - k).abs()
+    local = visual & (d[..., 0] <= 1) & (d[..., 1:].amax(-1) <= 1)
+    same = visual & (d[..., 1:].amax(-1) == 0) & (d[..., 0] > 0)
+    first = visual & (k[..., 0] == 0) & (q[..., 0] > 0)
+    return torch.stack([local, same, text[None, :].expand(len(rows), -1), first])
+
+
+class StructureState(SparseState):
+    structure: Structure
+
+    def attend(self, layer, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+               enable_gqa=False):  # fmt: skip
+        out = F.scaled_dot_product_attention(
+            query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa
+        )
+        layout = self.layout_for(query.shape[-2]) if query.shape[-2] == key.shape[-2] else None
+        if layout is None or (attn_mask is not None and not _mask_is_trivial(attn_mask)):
+            return out
+        if self.tracker.step in self.structure.sample_steps:
+            with torch.no_grad():
+                self._measure(layer, query, key, layout, query.shape[-1] ** -0.5 if scale is None else scale)
+        return out
+
+    def _measure(self, layer, query, key, layout: TokenLayout, scale: float) -> None:
+        s = self.structure
+        gen = torch.Generator().manual_seed(s.seed)
+        count = min(s.rows, layout.num_visual)
+        rows = torch.randperm(layout.num_visual, generator=gen)[:count] + layout.text_prefix
+        if key.shape[1] != query.shape[1]:
+            key = key.repeat_interleave(query.shape[1] // key.shape[1], 1)
+        probs = (query[:, :, rows].float() @ key.float().transpose(-1, -2) * scale).softmax(-1)  # [B, H, R, N]
+        masks = _category_masks(layout, rows).float()  # [C, R, N]
+        mass = torch.einsum("bhrn,crn->hc", probs, masks) / probs.shape[0]
+        share = masks.sum(-1).sum(-1) / layout.num_tokens
+        s.mass[layer] = s.mass.get(layer, 0) + mass.double()
+        s.share[layer] = s.share.get(layer, 0) + share.double()
+        s.counts[layer] = s.counts.get(layer, 0) + count
+
+
+def attention_structure(pipe, prompts, *, num_inference_steps: int = 20, sample_steps=(0, 5, 10, 15), rows: int = 256,
+                        seed: int = 0, **call_kwargs) -> Structure:  # fmt: skip
+    """Run the pipeline densely on `prompts` and measure where attention mass goes."""
+    structure = Structure(rows=rows, seed=seed, sample_steps=frozenset(sample_steps))
+    state_class = type("BoundStructureState", (StructureState,), {"structure": structure})
+    install(pipe, SparseConfig(method="dense"), state_class)
+    try:
+        for i, prompt in enumerate(prompts):
+            pipe(prompt=prompt, num_inference_steps=num_inference_steps,
+                 generator=torch.Generator().manual_seed(seed + i), **call_kwargs)  # fmt: skip
+    finally:
+        remove(pipe)
+    if not structure.counts:
+        raise ValueError("no self/joint attention call with a known layout ran at the sampled steps")
+    return structure
+
+
+def structure_figure(structure: Structure, path: str | Path) -> Path:
+    """PNG: one panel per key set, layers x heads, cell = mass (and x uniform share)."""
+    layers = list(structure.counts)
+    heads = structure.mass[layers[0]].shape[0]
+    cell_w, cell_h, label_w, gap = 60, 30, 140, 24
+    panel_w = label_w + heads * cell_w
+    image = Image.new("RGB", (len(CATEGORIES) * (panel_w + gap), 40 + len(layers) * cell_h + 30), "white")
+    draw = ImageDraw.Draw(image)
+    for c, name in enumerate(CATEGORIES):
+        x0 = c * (panel_w + gap)
+        draw.text((x0 + 4, 6), f"{name}: attention mass (x uniform)", fill="black")
+        for i, layer in enumerate(layers):
+            y = 40 + i * cell_h
+            draw.text((x0 + 4, y + 8), layer, fill="black")
+            mass, share = structure.mean_mass(layer)[:, c], structure.mean_share(layer)[c]
+            for h in range(heads):
+                m = float(mass[h])
+                shade = int(255 * (1 - min(m, 1.0)))
+                x = x0 + label_w + h * cell_w
+                draw.rectangle((x, y, x + cell_w - 2, y + cell_h - 2), fill=(shade, shade, 255))
+                ratio = m / float(share) if share > 0 else 0.0
+                draw.text((x + 3, y + 2), f"{m:.2f}", fill="black" if m < 0.6 else "white")
+                draw.text((x + 3, y + 14), f"x{ratio:.1f}", fill="black" if m < 0.6 else "white")
+    draw.text((4, 40 + len(layers) * cell_h + 8), "columns: heads; darker: more mass", fill="black")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG")
+    tmp.replace(path)
+    return path
