@@ -237,6 +237,53 @@ def bench_methods_cmd(
     console.print(table)
 
 
+@app.command("structure")
+def structure_cmd(
+    out: Annotated[Path, typer.Option(help="figure to write (.png)")] = Path("outputs/attention-structure.png"),
+    model: Annotated[
+        str | None, typer.Option(help="built-in name, local pipeline folder or diffusers model id")
+    ] = None,
+    prompt: Annotated[list[str], typer.Option(help="prompt; repeat for several")] = [],  # noqa: B006
+    steps: Annotated[int | None, typer.Option(help="denoising steps (default: the model's)")] = None,
+    num_frames: Annotated[int | None, typer.Option(help="frames (video models)")] = None,
+    height: Annotated[int | None, typer.Option(help="height in pixels")] = None,
+    width: Annotated[int | None, typer.Option(help="width in pixels")] = None,
+    rows: Annotated[int, typer.Option(help="query rows sampled per attention call")] = 256,
+    json_out: Annotated[bool, typer.Option("--json", help="one JSON object per layer, one per line")] = False,
+) -> None:
+    """Where attention goes per layer and head: local 3-D, same place in other frames, text, first frame."""
+    from sparsediff.generate import Request, call_kwargs
+    from sparsediff.pipelines.registry import Size, check_size, default_model, load_model
+    from sparsediff.search.structure import CATEGORIES, attention_structure, structure_figure
+
+    try:
+        loaded = load_model(model or default_model())
+        entry, d = loaded.entry, loaded.entry.default_size
+        size = Size(num_frames or (d.frames if entry.video else 1), height or d.height, width or d.width)
+        check_size(loaded, size)
+        request = Request((prompt or ["a red circle moving right"])[0], size, steps or entry.steps, entry.guidance)
+        kwargs = call_kwargs(loaded.pipe, entry, request, request.steps)
+        for fixed in ("prompt", "num_inference_steps", "generator"):
+            kwargs.pop(fixed, None)
+        loaded.pipe.set_progress_bar_config(disable=True)
+        n = request.steps
+        sampled = sorted({round(i * (n - 1) / 3) for i in range(4)})
+        found = attention_structure(loaded.pipe, prompt or [request.prompt], num_inference_steps=n,
+                                    sample_steps=sampled, rows=rows, **kwargs)  # fmt: skip
+    except (ValueError, FileNotFoundError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
+    for layer in found.counts:
+        mass, share = found.mean_mass(layer), found.mean_share(layer)
+        record = {"layer": layer, **{c: [round(float(x), 4) for x in mass[:, i]] for i, c in enumerate(CATEGORIES)},
+                  "key_share": {c: round(float(share[i]), 4) for i, c in enumerate(CATEGORIES)}}  # fmt: skip
+        if json_out:
+            print(json.dumps(record), flush=True)
+    path = structure_figure(found, out)
+    if not json_out:
+        console.print(f"attention structure of {entry.name} at {size}, steps {sampled}: {path}")
+
+
 @app.command("generate")
 def generate_cmd(
     prompt: Annotated[str, typer.Option(help="what to generate")] = "a red circle moving right",

@@ -124,6 +124,7 @@ PRESETS: dict[str, dict] = {
     "window": {"method": "window", "density": 0.25},
     "sparsed": {"method": "sparsed", "density": 0.3, "schedule": {"dense_fraction": 0.2}},
     **{name: {"method": name, "density": 0.25} for name in ("pyramid", "topk", "hilbert", "raster-window")},
+    "hilbert-frame": {"method": "hilbert", "order": "hilbert-frame", "density": 0.25},
 }
 
 

@@ -108,7 +108,10 @@ def test_local_folder_loads_as_a_generic_pipeline(tmp_path):
         (["--model", "tiny-flux", "--num-frames", "3"], "makes images: --num-frames must be 1"),
         (["--model", "tiny-flux", "--out", "x.mp4"], "makes images; use a .png file name"),
         (["--model", "tiny-wan", "--out", "x.txt"], "use a .mp4, .gif or .png file name"),
-        (["--model", "tiny-wan", "--method", "turbo"], "neither a preset (dense, window, sparsed) nor a JSON file"),
+        (
+            ["--model", "tiny-wan", "--method", "turbo"],
+            "is neither a preset (dense, window, sparsed, pyramid, topk, hilbert, raster-window",
+        ),
         (["--model", "tiny-wan", "--method", "window", "--config", "dense"], "give --method or --config, not both"),
     ],
 )

@@ -137,3 +137,23 @@ def test_methods_run_inside_a_diffusers_model(method):
             out = model(**inputs, return_dict=False)[0]
     assert state.calls["sparse"] == 2 and 0 < state.density() <= 1
     assert out.shape == native.shape and (out - native).abs().max() > 1e-4
+
+
+def test_structure_measures_where_attention_goes(tmp_path):
+    from PIL import Image
+
+    from sparsediff.pipelines.tiny import tiny_pipeline
+    from sparsediff.search.structure import CATEGORIES, attention_structure, structure_figure
+
+    pipe = tiny_pipeline("wan")
+    pipe.set_progress_bar_config(disable=True)
+    found = attention_structure(pipe, ["a cat"], num_inference_steps=3, sample_steps=(0, 2), rows=32,
+                                num_frames=5, height=64, width=64, guidance_scale=1.0)  # fmt: skip
+    assert set(found.counts) == {"blocks.0.attn1", "blocks.1.attn1"}
+    for layer in found.counts:
+        mass, share = found.mean_mass(layer), found.mean_share(layer)
+        assert mass.shape == (2, len(CATEGORIES)) and ((mass >= 0) & (mass <= 1 + 1e-6)).all()
+        assert share[2] == 0  # Wan has no text inside self-attention
+        assert 0 < share[0] < 1
+    with Image.open(structure_figure(found, tmp_path / "s.png")) as image:
+        assert image.size[0] > 400
