@@ -441,7 +441,7 @@ def _generate_text(loaded, prompt, steps, gen_length, block_length, seed, method
         "block_length", gen)), seed)  # fmt: skip
     sparse_config = resolve_config(entry, method, config, density)
     summary = compare_text(loaded, request, sparse_config) if compare else generate_text_one(
-        loaded, request, sparse_config)  # fmt: skip
+        loaded, request, sparse_config)[0]  # fmt: skip
     if json_out:
         print(json.dumps(summary), flush=True)
         return

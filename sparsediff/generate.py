@@ -253,42 +253,35 @@ def compare_text(loaded: LoadedModel, request: TextRequest, config: SparseConfig
         ids = loaded.tokenizer(request.prompt, add_special_tokens=False).input_ids
         loaded.pipe(input_ids=torch.tensor([ids + [loaded.tokenizer.mask_token_id] * request.gen_length]))
     dense_text, dense_ids, dense_s = _decode_text(loaded, request)
-    with sparse(loaded.pipe, config) as state:
-        sparse_text, sparse_ids, sparse_s = _decode_text(loaded, request)
+    summary, sparse_ids = generate_text_one(loaded, request, config)
     return {
-        "model": loaded.entry.name,
-        "prompt": request.prompt,
+        **summary,
         "answer_dense": dense_text,
-        "answer_sparse": sparse_text,
         "dense_s": dense_s,
-        "sparse_s": sparse_s,
-        "speedup": dense_s / sparse_s,
-        "density": state.density(),
+        "speedup": dense_s / summary["sparse_s"],
         "token_agreement": float((dense_ids == sparse_ids).float().mean()),
         "context_tokens": len(ids) + request.gen_length,
-        "steps": request.steps,
-        "method": config.method,
-        "load_s": loaded.load_s,
-        "random_weights": loaded.entry.random_weights,
-        "attention_calls": dict(state.calls),
-        "pattern_computations": state.pattern_computations,
     }
 
 
-def generate_text_one(loaded: LoadedModel, request: TextRequest, config: SparseConfig) -> dict:
+def generate_text_one(loaded: LoadedModel, request: TextRequest, config: SparseConfig) -> tuple[dict, torch.Tensor]:
+    """One SparseD decoding: (what `--json` prints, the answer's token ids)."""
     with sparse(loaded.pipe, config) as state:
-        text, _, seconds = _decode_text(loaded, request)
-    return {
+        text, answer_ids, seconds = _decode_text(loaded, request)
+    summary = {
         "model": loaded.entry.name,
         "prompt": request.prompt,
         "answer_sparse": text,
         "sparse_s": seconds,
         "density": state.density(),
         "method": config.method,
+        "steps": request.steps,
         "load_s": loaded.load_s,
         "random_weights": loaded.entry.random_weights,
         "attention_calls": dict(state.calls),
+        "pattern_computations": state.pattern_computations,
     }
+    return summary, answer_ids
 
 
 @dataclass

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
-from sparsediff.integrations.diffusers import SparseState, _mask_is_trivial
+from sparsediff.config import SparseConfig
+from sparsediff.integrations.diffusers import SparseState, _mask_is_trivial, install, remove
 from sparsediff.layout import TokenLayout
 from sparsediff.patterns import Full, Pattern, Skip, build_plan
 from sparsediff.search.candidates import default_candidates
@@ -118,6 +120,18 @@ class CalibrationState(SparseState):
                 probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
                 approx = (probs @ value[:, h0:h1].float()).double()
                 stats.err[h0:h1, c] += (approx - exact[:, h0:h1]).square().sum(dim=(0, 2, 3))
+
+
+def watched_dense_runs(pipe, state_class: type[SparseState], prompts, block_size: int, seed: int,
+                       num_inference_steps: int, progress: bool = False, **call_kwargs) -> None:  # fmt: skip
+    """Run the pipeline once per prompt (seed + i) with `state_class` watching every attention call."""
+    install(pipe, SparseConfig(method="dense", block_size=block_size), state_class)
+    try:
+        for i, prompt in enumerate(tqdm(prompts, desc="dense runs", disable=not progress)):
+            pipe(prompt=prompt, num_inference_steps=num_inference_steps,
+                 generator=torch.Generator().manual_seed(seed + i), **call_kwargs)  # fmt: skip
+    finally:
+        remove(pipe)
 
 
 def _rows(cal: Calibration, layout: TokenLayout) -> Tensor:

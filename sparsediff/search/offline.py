@@ -11,13 +11,12 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.table import Table
-from tqdm import tqdm
 
 from sparsediff.config import Schedule, SparseConfig
-from sparsediff.integrations.diffusers import _transformers_of, install, model_signature, remove
+from sparsediff.integrations.diffusers import _transformers_of, model_signature
 from sparsediff.layout import TokenLayout
 from sparsediff.patterns import Full, Pattern, Skip, build_plan
-from sparsediff.search.calibrate import Calibration, CalibrationState
+from sparsediff.search.calibrate import Calibration, CalibrationState, watched_dense_runs
 from sparsediff.search.cost import CostModel, measure
 from sparsediff.search.report import heatmap, short_name
 from sparsediff.search.solver import Choices, solve_budget, solve_max_error
@@ -114,13 +113,7 @@ def search(
         rows=rows,
         seed=seed,
     )
-    install(pipe, SparseConfig(method="dense", block_size=block_size), _state_class(cal))
-    try:
-        for i, prompt in enumerate(tqdm(prompts, desc="calibrating (dense runs)", disable=not progress)):
-            pipe(prompt=prompt, num_inference_steps=num_inference_steps,
-                 generator=torch.Generator().manual_seed(seed + i), **call_kwargs)  # fmt: skip
-    finally:
-        remove(pipe)
+    watched_dense_runs(pipe, _state_class(cal), prompts, block_size, seed, num_inference_steps, progress, **call_kwargs)
     if not cal.errors:
         raise ValueError("no self/joint attention call had a known layout: nothing to search (see the log's warnings)")
     layout = next(iter(cal.layouts.values()))

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from sparsediff.config import SparseConfig
-from sparsediff.integrations.diffusers import SparseState, _mask_is_trivial, install, remove
+from sparsediff.integrations.diffusers import SparseState, _mask_is_trivial
 from sparsediff.layout import TokenLayout
+from sparsediff.search.calibrate import watched_dense_runs
 
 CATEGORIES = ("local 3-D", "same place, other frames", "text", "first frame")
 
@@ -87,13 +87,7 @@ def attention_structure(pipe, prompts, *, num_inference_steps: int = 20, sample_
     """Run the pipeline densely on `prompts` and measure where attention mass goes."""
     structure = Structure(rows=rows, seed=seed, sample_steps=frozenset(sample_steps))
     state_class = type("BoundStructureState", (StructureState,), {"structure": structure})
-    install(pipe, SparseConfig(method="dense"), state_class)
-    try:
-        for i, prompt in enumerate(prompts):
-            pipe(prompt=prompt, num_inference_steps=num_inference_steps,
-                 generator=torch.Generator().manual_seed(seed + i), **call_kwargs)  # fmt: skip
-    finally:
-        remove(pipe)
+    watched_dense_runs(pipe, state_class, prompts, 64, seed, num_inference_steps, **call_kwargs)
     if not structure.counts:
         raise ValueError("no self/joint attention call with a known layout ran at the sampled steps")
     return structure
