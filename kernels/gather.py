@@ -148,7 +148,7 @@ def block_sparse_attention_gather(
     budget: int | None = None,
 ) -> Tensor:
     cache = {} if cache is None else cache
-    budget = budget or CHUNK_BLOCK_PAIRS
+    budget = budget or CHUNK_BLOCK_PAIRS * max(1, 64 // block_kv)  # the same keys per chunk for small KV blocks
     batch, heads, n_q, dim = q.shape
     key = ("gather_schedule", q.device, k.shape[1], k.shape[2], budget)
     if key not in cache:
