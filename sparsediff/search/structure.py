@@ -8,6 +8,7 @@ frame. Each is compared with its share of the keys, the mass uniform attention w
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,7 +98,8 @@ def structure_figure(structure: Structure, path: str | Path) -> Path:
     """PNG: one panel per key set, layers x heads, cell = mass (and x uniform share)."""
     layers = list(structure.counts)
     heads = structure.mass[layers[0]].shape[0]
-    cell_w, cell_h, label_w, gap = 60, 30, 140, 24
+    cell_w, cell_h, gap = 60, 30, 24
+    label_w = 8 + 7 * max(len(name) for name in layers)
     panel_w = label_w + heads * cell_w
     image = Image.new("RGB", (len(CATEGORIES) * (panel_w + gap), 40 + len(layers) * cell_h + 30), "white")
     draw = ImageDraw.Draw(image)
@@ -110,13 +112,16 @@ def structure_figure(structure: Structure, path: str | Path) -> Path:
             mass, share = structure.mean_mass(layer)[:, c], structure.mean_share(layer)[c]
             for h in range(heads):
                 m = float(mass[h])
-                shade = int(255 * (1 - min(m, 1.0)))
+                ratio = m / float(share) if share > 0 else 0.0
+                strength = min(max(math.log10(max(ratio, 1e-9)) / math.log10(30), 0.0), 1.0)  # x1 white .. x30 dark
+                shade = int(255 * (1 - 0.8 * strength))
                 x = x0 + label_w + h * cell_w
                 draw.rectangle((x, y, x + cell_w - 2, y + cell_h - 2), fill=(shade, shade, 255))
-                ratio = m / float(share) if share > 0 else 0.0
-                draw.text((x + 3, y + 2), f"{m:.2f}", fill="black" if m < 0.6 else "white")
-                draw.text((x + 3, y + 14), f"x{ratio:.1f}", fill="black" if m < 0.6 else "white")
-    draw.text((4, 40 + len(layers) * cell_h + 8), "columns: heads; darker: more mass", fill="black")
+                ink = "black" if strength < 0.6 else "white"
+                draw.text((x + 3, y + 2), f"{m:.2f}", fill=ink)
+                draw.text((x + 3, y + 14), f"x{ratio:.1f}", fill=ink)
+    note = "columns: heads; cell: mass and mass / uniform share; darker: more concentrated (x30 darkest)"
+    draw.text((4, 40 + len(layers) * cell_h + 8), note, fill="black")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
