@@ -242,3 +242,23 @@ def test_generate_cli_for_text_models(tmp_path, monkeypatch):
     loaded.tokenizer.save_pretrained(tmp_path / "causal")
     result = runner.invoke(app, ["generate", "--model", str(tmp_path / "causal")])
     assert result.exit_code == 2 and "masked diffusion needs a bidirectional one" in " ".join(result.output.split())
+
+
+def test_needle_task_is_seeded_and_answerable():
+    from sparsediff.pipelines.needles import CURRICULUM, HELD_OUT_SEED, Level, sample, task_tokenizer
+
+    tok = task_tokenizer()
+    for level in CURRICULUM:
+        prompts, answers = sample(tok, level, 4, seed=1)
+        again, _ = sample(tok, level, 4, seed=1)
+        assert torch.equal(prompts, again) and prompts.shape == (4, level.context)
+        assert answers.shape == (4, level.queries)
+        for p, a in zip(prompts.tolist(), answers.tolist(), strict=True):
+            words = tok.convert_ids_to_tokens(p)
+            asked = words[words.index("?") + 1 :]
+            # The answer is the token right after each queried marker's only occurrence.
+            assert [tok.convert_tokens_to_ids(words[words.index(m) + 1]) for m in asked] == a
+    held, _ = sample(tok, CURRICULUM[0], 4, seed=HELD_OUT_SEED)
+    assert not torch.equal(held, sample(tok, CURRICULUM[0], 4, seed=0)[0])
+    with pytest.raises(ValueError, match="context too short"):
+        sample(tok, Level(8, 4, 2, 0.0), 1, seed=0)

@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
-import os
-import signal
 import time
 from pathlib import Path
 
@@ -27,6 +24,7 @@ from tqdm import tqdm
 from sparsediff.pipelines.shapes.data import HELD_OUT, sample_batch
 from sparsediff.pipelines.shapes.judge import prompt_accuracy
 from sparsediff.pipelines.shapes.pipeline import ShapesT2VPipeline, build_pipeline
+from sparsediff.pipelines.training import log, save_atomic, save_on_sigterm
 
 CAPTION_DROPOUT = 0.1  # empty prompts teach the unconditional branch for guidance
 
@@ -81,21 +79,6 @@ def evaluate(pipe: ShapesT2VPipeline, size: tuple[int, int, int], prompts: int, 
     return prompt_accuracy(frames, captions)
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
-def save_atomic(obj, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def log(run: Path, record: dict) -> None:
-    with open(run / "log.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
 def train(args) -> None:
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
@@ -126,7 +109,7 @@ def train(args) -> None:
     losses: list[float] = []
     bar = tqdm(desc="shapes-t2v", unit="step", initial=step)
     model.train()
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` saves like Ctrl-C: finished steps are never lost
+    save_on_sigterm()
     try:
         while time.monotonic() - start < args.minutes * 60:
             noisy, t, prompts, target = training_batch(pipe, step, args)

@@ -1,0 +1,158 @@
+"""Train the tiny diffusion LM on needle retrieval with the masked-diffusion objective; resumable.
+
+    python -m sparsediff.pipelines.train_dlm --run runs/tiny-dlm --minutes 60
+    python -m sparsediff.pipelines.train_dlm --run runs/tiny-dlm --export assets/tiny-dlm
+
+Objective (LLaDA's SFT form): the prompt stays visible; each answer token is masked with
+probability t ~ U(0.05, 1) (at least one per example) and the loss is the cross-entropy on the
+masked tokens weighted by 1/t. Every `--eval-every` steps the model decodes held-out examples of
+the current curriculum level with the sampler; at `--promote-at` exact accuracy it moves to the
+next level (longer contexts, more needles, more distractors). Batches are fixed by (seed, step),
+so a resumed run sees what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from sparsediff.pipelines.dllm import masked_diffusion_generate, tiny_dlm
+from sparsediff.pipelines.needles import CURRICULUM, HELD_OUT_SEED, Level, sample, task_tokenizer
+from sparsediff.pipelines.training import log, save_atomic, save_on_sigterm
+
+
+def masked_batch(tokenizer, level: Level, args, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(inputs with masked answer tokens, targets, per-token loss weights 1/t on masked tokens)."""
+    prompts, answers = sample(tokenizer, level, args.batch, seed=args.seed * 1_000_003 + step)
+    gen = torch.Generator().manual_seed(args.seed * 7_919 + step)
+    t = 0.05 + 0.95 * torch.rand(args.batch, 1, generator=gen)
+    masked = torch.rand(answers.shape, generator=gen) < t
+    masked[torch.arange(args.batch), torch.randint(answers.shape[1], (args.batch,), generator=gen)] = True
+    inputs = torch.cat([prompts, torch.where(masked, tokenizer.mask_token_id, answers)], 1)
+    targets = torch.cat([torch.full_like(prompts, -100), torch.where(masked, answers, -100)], 1)
+    weights = torch.cat([torch.zeros_like(prompts, dtype=torch.float), masked / t], 1)
+    return inputs, targets, weights
+
+
+def exact_accuracy(model, tokenizer, level: Level, count: int, seed: int = HELD_OUT_SEED) -> float:
+    """Share of held-out examples whose whole answer the sampler decodes right."""
+    prompts, answers = sample(tokenizer, level, count, seed)
+    model.eval()
+    out = masked_diffusion_generate(
+        model, prompts.tolist(), mask_id=tokenizer.mask_token_id, gen_length=level.queries, steps=level.queries,
+        progress=False,
+    )  # fmt: skip
+    model.train()
+    return float((out[:, -level.queries :] == answers).all(1).float().mean())
+
+
+def train(args) -> None:
+    run = Path(args.run)
+    run.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    tokenizer = task_tokenizer()
+    model = tiny_dlm(len(tokenizer), hidden=args.hidden, layers=args.layers, heads=args.heads, kv_heads=args.heads,
+                     context=1024, seed=args.seed)  # fmt: skip
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    step, level_index, ckpt_path = 0, 0, run / "ckpt.pt"
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["opt"])
+        step, level_index = ckpt["step"], ckpt["level"]
+        print(f"resumed {ckpt_path} at step {step}, level {level_index}")
+    log(run, {"step": step, "start": {k: v for k, v in vars(args).items() if k != "export"}})
+
+    def checkpoint() -> None:
+        save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "level": level_index},
+                    ckpt_path)  # fmt: skip
+
+    start = last_ckpt = time.monotonic()
+    losses: list[float] = []
+    bar = tqdm(desc="tiny-dlm", unit="step", initial=step)
+    model.train()
+    save_on_sigterm()
+    try:
+        while time.monotonic() - start < args.minutes * 60:
+            level = CURRICULUM[level_index]
+            inputs, targets, weights = masked_batch(tokenizer, level, args, step)
+            logits = model(input_ids=inputs).logits
+            per_token = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
+            loss = (per_token * weights).sum() / (args.batch * level.queries)
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr and resume")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            for group in opt.param_groups:
+                group["lr"] = args.lr * min(1.0, (step + 1) / args.warmup)
+            opt.step()
+            step += 1
+            losses.append(loss.item())
+            bar.update()
+            if step % 50 == 0:
+                mean = sum(losses) / len(losses)
+                losses.clear()
+                bar.set_postfix(loss=f"{mean:.3f}", level=level_index)
+                log(run, {"step": step, "loss": mean, "level": level_index})
+            if step % args.eval_every == 0:
+                accuracy = exact_accuracy(model, tokenizer, level, args.eval_examples)
+                log(run, {"step": step, "level": level_index, "accuracy": accuracy, "context": level.context})
+                bar.write(f"step {step}: level {level_index} {level}: exact accuracy {accuracy:.3f}")
+                if accuracy >= args.promote_at and level_index + 1 < len(CURRICULUM):
+                    level_index += 1
+                    log(run, {"step": step, "promoted_to": level_index})
+            if time.monotonic() - last_ckpt > args.ckpt_minutes * 60:
+                checkpoint()
+                last_ckpt = time.monotonic()
+    except KeyboardInterrupt:
+        bar.write(f"interrupted at step {step}; saving")
+    finally:
+        checkpoint()
+        bar.close()
+
+
+def export(args) -> None:
+    """The model (safetensors) and tokenizer, loadable with from_pretrained, plus the training log."""
+    tokenizer = task_tokenizer()
+    model = tiny_dlm(len(tokenizer), hidden=args.hidden, layers=args.layers, heads=args.heads, kv_heads=args.heads,
+                     context=1024)  # fmt: skip
+    ckpt = torch.load(Path(args.run) / "ckpt.pt", weights_only=False)
+    model.load_state_dict(ckpt["model"])
+    model.save_pretrained(args.export)
+    tokenizer.save_pretrained(args.export)
+    log_src = Path(args.run) / "log.jsonl"
+    if log_src.exists():
+        (Path(args.export) / "training_log.jsonl").write_text(log_src.read_text())
+    print(f"exported step {ckpt['step']} (level {ckpt['level']}) to {args.export}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, help="run folder (checkpoint and log)")
+    parser.add_argument("--minutes", type=float, default=60.0)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1, help="1 was fastest for small models here")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-every", type=int, default=250)
+    parser.add_argument("--eval-examples", type=int, default=128)
+    parser.add_argument("--promote-at", type=float, default=0.9)
+    parser.add_argument("--ckpt-minutes", type=float, default=10.0)
+    parser.add_argument("--export", help="write the model and tokenizer to this folder instead of training")
+    args = parser.parse_args()
+    export(args) if args.export else train(args)
+
+
+if __name__ == "__main__":
+    main()
