@@ -230,3 +230,6 @@ def test_padded_text_stays_sparse_and_exact(models, family):
     with sparsediff.sparse(model, "window", density=0.3, block_size=16, backend="torch"):
         single = _run(model, alone)
     assert (single[0] - outputs["torch"][0]).abs().max() <= 1e-4
+    for method in ("pyramid", "hilbert"):  # per-call methods run on the valid tokens too
+        with sparsediff.sparse(model, method, density=0.3, block_size=16) as state:
+            assert torch.isfinite(_run(model, inputs)).all() and state.calls["sparse: padded text"] > 0

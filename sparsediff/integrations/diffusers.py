@@ -230,7 +230,15 @@ class SparseState:
             q, k, v = (t[samples][:, :, keep] for t in (query, key, value))
             text = keep.numel() - layout.num_visual
             sub = replace(layout, **({"text_prefix": text} if layout.text_prefix else {"text_suffix": text}))
-            result = sparse_attention(q, k, v, self.plan(layer, sub, heads, False), self.config.backend, scale=scale)
+            if self.config.method in DYNAMIC:
+                result, density = DYNAMIC[self.config.method](
+                    q, k, v, sub, self.config, q.shape[-1] ** -0.5 if scale is None else scale
+                )
+                self._dynamic_density.append(density)
+            else:
+                result = sparse_attention(
+                    q, k, v, self.plan(layer, sub, heads, False), self.config.backend, scale=scale
+                )
             padded = (
                 F.scaled_dot_product_attention(query[samples][:, :, pad], k, v, scale=scale) if pad.numel() else None
             )
