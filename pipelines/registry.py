@@ -57,6 +57,11 @@ class ModelEntry:
     config: Path | None = None  # shipped sparse config, used when no method is given
     text: bool = False  # a diffusion language model (transformers), not a diffusers pipeline
 
+    def size(self, num_frames: int | None, height: int | None, width: int | None) -> Size:
+        """The requested size, defaults filled in from this entry (images have one frame)."""
+        d = self.default_size
+        return Size(num_frames or (d.frames if self.video else 1), height or d.height, width or d.width)
+
 
 def _tiny_llada():
     from sparsediff.pipelines.dllm import dlm_tokenizer, tiny_dlm

@@ -204,14 +204,14 @@ def bench_methods_cmd(
 ) -> None:
     """Sparse methods side by side at one density: speed and quality vs dense on the same seeds."""
     from sparsediff.generate import Request, compare_methods
-    from sparsediff.pipelines.registry import Size, default_model, load_model
+    from sparsediff.pipelines.registry import default_model, load_model
 
     if threads:
         torch.set_num_threads(threads)
     try:
         loaded = load_model(model or default_model())
-        entry, d = loaded.entry, loaded.entry.default_size
-        size = Size(num_frames or (d.frames if entry.video else 1), height or d.height, width or d.width)
+        entry = loaded.entry
+        size = entry.size(num_frames, height, width)
         prompts = prompt or ["a red circle moving right"]
         requests = [Request(p, size, steps or entry.steps, entry.guidance, seed=i) for i, p in enumerate(prompts)]
         loaded.pipe.set_progress_bar_config(disable=True)
@@ -252,19 +252,17 @@ def structure_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per layer, one per line")] = False,
 ) -> None:
     """Where attention goes per layer and head: local 3-D, same place in other frames, text, first frame."""
-    from sparsediff.generate import Request, call_kwargs
-    from sparsediff.pipelines.registry import Size, check_size, default_model, load_model
+    from sparsediff.generate import Request, shared_call_kwargs
+    from sparsediff.pipelines.registry import check_size, default_model, load_model
     from sparsediff.search.structure import CATEGORIES, attention_structure, structure_figure
 
     try:
         loaded = load_model(model or default_model())
-        entry, d = loaded.entry, loaded.entry.default_size
-        size = Size(num_frames or (d.frames if entry.video else 1), height or d.height, width or d.width)
+        entry = loaded.entry
+        size = entry.size(num_frames, height, width)
         check_size(loaded, size)
         request = Request((prompt or ["a red circle moving right"])[0], size, steps or entry.steps, entry.guidance)
-        kwargs = call_kwargs(loaded.pipe, entry, request, request.steps)
-        for fixed in ("prompt", "num_inference_steps", "generator"):
-            kwargs.pop(fixed, None)
+        kwargs = shared_call_kwargs(loaded, request)
         loaded.pipe.set_progress_bar_config(disable=True)
         n = request.steps
         sampled = sorted({round(i * (n - 1) / 3) for i in range(4)})
@@ -311,7 +309,7 @@ def generate_cmd(
     """Generate an image or video with sparse attention; --compare puts it beside dense."""
     from sparsediff.generate import Request, generate_one, resolve_config
     from sparsediff.generate import compare as run_compare
-    from sparsediff.pipelines.registry import Size, default_model, load_model
+    from sparsediff.pipelines.registry import default_model, load_model
 
     _choice(dtype, DTYPES, "dtype")
     if threads:
@@ -324,8 +322,7 @@ def generate_cmd(
             _generate_text(loaded, prompt, steps, gen_length, block_length, seed, method, config, density, compare,
                            json_out)  # fmt: skip
             return
-        d = entry.default_size
-        size = Size(num_frames or (d.frames if entry.video else 1), height or d.height, width or d.width)
+        size = entry.size(num_frames, height, width)
         request = Request(
             prompt, size, steps or entry.steps, entry.guidance if guidance is None else guidance, seed, negative_prompt
         )
@@ -377,8 +374,8 @@ def search_cmd(
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice)")] = None,
 ) -> None:
     """Offline head search: the cheapest pattern per layer and head, within an error bound or a budget."""
-    from sparsediff.generate import Request, call_kwargs
-    from sparsediff.pipelines.registry import Size, check_size, default_model, load_model
+    from sparsediff.generate import Request, shared_call_kwargs
+    from sparsediff.pipelines.registry import check_size, default_model, load_model
     from sparsediff.search import CostModel, search
 
     if threads:
@@ -388,13 +385,11 @@ def search_cmd(
         if not texts:
             raise ValueError("give calibration prompts: --prompt TEXT (repeatable) or --prompts FILE")
         loaded = load_model(model or default_model())
-        entry, d = loaded.entry, loaded.entry.default_size
-        size = Size(num_frames or (d.frames if entry.video else 1), height or d.height, width or d.width)
+        entry = loaded.entry
+        size = entry.size(num_frames, height, width)
         check_size(loaded, size)
         request = Request(texts[0], size, steps or entry.steps, entry.guidance if guidance is None else guidance)
-        kwargs = call_kwargs(loaded.pipe, entry, request, request.steps)
-        for fixed in ("prompt", "num_inference_steps", "generator"):
-            kwargs.pop(fixed, None)
+        kwargs = shared_call_kwargs(loaded, request)
         costs = CostModel.model_validate(_cost_model_json(cost_model)) if cost_model else None
         loaded.pipe.set_progress_bar_config(disable=True)
         result = search(

@@ -72,6 +72,14 @@ def call_kwargs(pipe, entry: ModelEntry, request: Request, steps: int) -> dict:
     return {k: v for k, v in wanted.items() if k in params and v is not None}
 
 
+def shared_call_kwargs(loaded: LoadedModel, request: Request) -> dict:
+    """`call_kwargs` without prompt, steps and generator: for runners that set those per prompt."""
+    kwargs = call_kwargs(loaded.pipe, loaded.entry, request, request.steps)
+    for own in ("prompt", "num_inference_steps", "generator"):
+        kwargs.pop(own, None)
+    return kwargs
+
+
 def _frames(output) -> np.ndarray:
     """(F, H, W, 3) in [0, 1] from a pipeline output (video `.frames` or image `.images`)."""
     data = getattr(output, "frames", None)
@@ -97,6 +105,11 @@ def run(loaded: LoadedModel, request: Request, steps: int | None = None, label: 
             "fewer dense-to-sparse changes, or another seed"
         )
     return Run(frames, seconds)
+
+
+def warm_up(loaded: LoadedModel, request: Request) -> Run:
+    """A short run that pays one-off costs first (two steps: some multistep schedulers cannot run one)."""
+    return run(loaded, request, steps=min(2, request.steps), label="warm-up")
 
 
 def run_sparse(loaded: LoadedModel, request: Request, config: SparseConfig) -> Run:
@@ -146,9 +159,8 @@ def check_out(entry: ModelEntry, out: Path) -> None:
         raise ValueError(f"--out {out}: {entry.name} makes images; use a .png file name")
 
 
-def output_paths(out: Path, compare: bool) -> dict[str, Path]:
-    if not compare:
-        return {"sparse": out}
+def compare_paths(out: Path) -> dict[str, Path]:
+    """`out` holds the side-by-side; dense and sparse go next to it."""
     return {
         "compare": out,
         "dense": out.with_name(f"{out.stem}.dense{out.suffix}"),
@@ -160,11 +172,10 @@ def compare(loaded: LoadedModel, request: Request, config: SparseConfig, out: Pa
     """Dense and sparse from the same seed; writes both and a side-by-side next to `out`."""
     check_size(loaded, request.size)
     check_out(loaded.entry, out)
-    paths = output_paths(out, compare=True)
+    paths = compare_paths(out)
     for path in paths.values():
         check_writable(path)
-    # Two steps: some multistep schedulers cannot run one.
-    warmup = run(loaded, request, steps=min(2, request.steps), label="warm-up")
+    warmup = warm_up(loaded, request)
     dense = run(loaded, request, label="dense")
     sparse_run = run_sparse(loaded, request, config)
     write_frames(dense.frames, paths["dense"])
@@ -305,7 +316,7 @@ def compare_methods(
     """
     for request in requests:
         check_size(loaded, request.size)
-    run(loaded, requests[0], steps=min(2, requests[0].steps), label="warm-up")
+    warm_up(loaded, requests[0])
     dense = [run(loaded, r, label="dense") for r in requests]
     dense_s = sum(d.seconds for d in dense) / len(dense)
     judge = loaded.entry.judge

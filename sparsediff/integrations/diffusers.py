@@ -191,12 +191,8 @@ class SparseState:
         if self.config.method in DYNAMIC:
             if self.dense_now(layer):
                 return dense("dense: schedule")
-            out, density = DYNAMIC[self.config.method](
-                query, key, value, layout, self.config, query.shape[-1] ** -0.5 if scale is None else scale
-            )
             self.calls["sparse"] += 1
-            self._dynamic_density.append(density)
-            return out
+            return self._per_call(query, key, value, layout, scale)
         heads = query.shape[1]
         # Layers with skipped heads keep their last output (per CFG branch) for reuse.
         keeps_output = bool(self.plan(layer, layout, heads, allow_skip=True).skipped_heads.any())
@@ -212,6 +208,13 @@ class SparseState:
             self.calls["sparse"] += 1
         if keeps_output:
             self.reuse[reuse_key] = out
+        return out
+
+    def _per_call(self, query: Tensor, key: Tensor, value: Tensor, layout: TokenLayout, scale) -> Tensor:
+        """A method planned per call (pyramid, topk, hilbert, raster-window); records its density."""
+        scale = query.shape[-1] ** -0.5 if scale is None else scale
+        out, density = DYNAMIC[self.config.method](query, key, value, layout, self.config, scale)
+        self._dynamic_density.append(density)
         return out
 
     def _attend_padded(
@@ -231,10 +234,7 @@ class SparseState:
             text = keep.numel() - layout.num_visual
             sub = replace(layout, **({"text_prefix": text} if layout.text_prefix else {"text_suffix": text}))
             if self.config.method in DYNAMIC:
-                result, density = DYNAMIC[self.config.method](
-                    q, k, v, sub, self.config, q.shape[-1] ** -0.5 if scale is None else scale
-                )
-                self._dynamic_density.append(density)
+                result = self._per_call(q, k, v, sub, scale)
             else:
                 result = sparse_attention(
                     q, k, v, self.plan(layer, sub, heads, False), self.config.backend, scale=scale

@@ -69,9 +69,6 @@ class SparseDState:
             logger.warning("sparsediff: the number of denoising steps is unknown, so dense_fraction is ignored")
         return schedule.dense_step_count(total)
 
-    def switch_step(self) -> int:
-        return self.dense_steps()
-
     def observe_input(self, input_ids: Tensor | None) -> None:
         """More mask tokens than last forward: a new request (the sequence only loses masks)."""
         if input_ids is not None and self.mask_token_id is not None:
@@ -113,7 +110,7 @@ class SparseDState:
             self._count_step(shape)
         if self.config.method == "dense":
             return dense("dense: preset", mask=None, k=key, v=value)
-        step, switch = self.step, self.switch_step()
+        step, switch = self.step, self.dense_steps()  # the first sparse step takes the pattern
         every = self.config.recompute_every
         recompute = every and step > switch and (step - switch) % every == 0
         plan_key = (layer, *shape)

@@ -34,6 +34,11 @@ def pool_blocks(x: Tensor, valid: int, size: int) -> tuple[Tensor, Tensor]:
     return pooled, bias
 
 
+def padding_bias(valid: int, length: int, device, dtype) -> Tensor:
+    """[length] bias of a padded key run: 0 for the first `valid` keys, MASKED for the padding."""
+    return torch.where(torch.arange(length, device=device) < valid, 0.0, MASKED).to(dtype)
+
+
 def pad_to(x: Tensor, length: int) -> Tensor:
     return torch.nn.functional.pad(x, (0, 0, 0, length - x.shape[2]))
 

@@ -17,7 +17,7 @@ from functools import lru_cache
 import torch
 
 from sparsediff.layout import TokenLayout
-from sparsediff.methods.bank import MASKED, bank_attention, pad_to, pool_blocks
+from sparsediff.methods.bank import MASKED, bank_attention, pad_to, padding_bias, pool_blocks
 from sparsediff.patterns import Window, build_plan
 from sparsediff.plan import BlockPlan
 
@@ -78,7 +78,7 @@ def local_global_attention(
     coarse_v, _ = pool_blocks(pad_to(vp[:, :, visual], groups), n_visual, pool)
     coarse = plan.seq_len_kv - padded
     bias = torch.cat([
-        torch.where(torch.arange(padded, device=q.device) < n, 0.0, MASKED),
+        padding_bias(n, padded, q.device, coarse_bias.dtype),
         torch.nn.functional.pad(coarse_bias, (0, coarse - coarse_bias.shape[0]), value=MASKED),
     ]).to(q.dtype)  # fmt: skip
     bank_k = torch.cat([pad_to(kp, padded), pad_to(coarse_k, coarse)], 2)

@@ -18,8 +18,9 @@ import math
 
 import torch
 
+from sparsediff.attention import sparse_attention
 from sparsediff.layout import TokenLayout
-from sparsediff.methods.bank import MASKED, bank_attention, pad_to, pool_blocks
+from sparsediff.methods.bank import bank_attention, pad_to, padding_bias, pool_blocks
 from sparsediff.plan import BlockPlan
 
 Tensor = torch.Tensor
@@ -79,7 +80,7 @@ def pyramid_bank(k: Tensor, v: Tensor, block: int) -> tuple[Tensor, Tensor, Tens
     n = k.shape[2]
     padded = math.ceil(n / block) * block
     keys, values = [pad_to(k, padded)], [pad_to(v, padded)]
-    biases = [torch.where(torch.arange(padded, device=k.device) < n, 0.0, MASKED).to(k.dtype)]
+    biases = [padding_bias(n, padded, k.device, k.dtype)]
     for pool in POOLS:
         pk, bias = pool_blocks(keys[0], n, pool)
         pv, _ = pool_blocks(values[0], n, pool)
@@ -108,6 +109,7 @@ def pyramid_attention(
 
 
 def topk_plan(mass: Tensor, density: float, forced: Tensor, n_q: int, n_kv: int, block: int) -> BlockPlan:
+    """Per head and query block the heaviest `density` of KV blocks by mass; `forced` [Qb, Kb] always in."""
     kv_blocks = mass.shape[-1]
     keep = min(math.ceil(density * kv_blocks), kv_blocks)  # forced blocks count first, and always stay
     ranked = torch.where(forced[None], torch.inf, mass)
@@ -124,6 +126,4 @@ def topk_attention(
     plan = topk_plan(
         pooled_mass(q, k, block, scale), density, forced_full(layout, block), q.shape[2], k.shape[2], block
     )
-    from sparsediff.attention import sparse_attention
-
     return sparse_attention(q, k, v, plan, backend, scale=scale), plan.density

@@ -13,6 +13,7 @@ import math
 
 import torch
 
+from sparsediff.methods.pyramid import topk_plan
 from sparsediff.plan import BlockPlan
 
 Tensor = torch.Tensor
@@ -85,10 +86,5 @@ def sparsed_plan(mass: Tensor, keep_ratio: float, block: int, n_q: int, n_kv: in
     """Per head and query block: the top `keep_ratio` KV blocks by mass, the sink and the band always in."""
     if not 0 < keep_ratio <= 1:
         raise ValueError(f"keep ratio must be in (0, 1], got {keep_ratio}")
-    heads, q_blocks, kv_blocks = mass.shape
-    forced = forced_blocks(q_blocks, kv_blocks, n_q, n_kv, block)
-    keep = min(math.ceil(keep_ratio * kv_blocks), kv_blocks)  # forced blocks count first, and always stay
-    ranked = torch.where(forced, torch.inf, mass)
-    top = ranked.topk(keep, dim=-1).indices
-    mask = torch.zeros(heads, q_blocks, kv_blocks, dtype=torch.bool).scatter_(-1, top, True) | forced
-    return BlockPlan.from_block_mask(mask, block, seq_len=(n_q, n_kv))
+    _, q_blocks, kv_blocks = mass.shape
+    return topk_plan(mass, keep_ratio, forced_blocks(q_blocks, kv_blocks, n_q, n_kv, block), n_q, n_kv, block)

@@ -11,6 +11,7 @@ and per call the extra work is about candidates x rows / tokens of one dense att
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -51,14 +52,11 @@ class Calibration:
     layouts: dict[str, TokenLayout] = field(default_factory=dict)  # the layout each layer was scored at
     head_dims: dict[str, int] = field(default_factory=dict)
     _previous: dict = field(default_factory=dict)  # (layer, call_in_step) -> exact rows of the last step
-    _row_index: dict = field(default_factory=dict)
     _key_masks: dict = field(default_factory=dict)
 
 
-class CalibrationState(SparseState):
-    """Serves every attention call densely and, at sampled steps, scores the candidates."""
-
-    calibration: Calibration  # set by `calibrating`
+class DenseWatcher(SparseState):
+    """Serves every attention call densely; self/joint calls with a known layout also go to `watch`."""
 
     def attend(self, layer, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                enable_gqa=False):  # fmt: skip
@@ -70,18 +68,29 @@ class CalibrationState(SparseState):
         if attn_mask is not None and not _mask_is_trivial(attn_mask):
             return out
         layout = self.layout_for(query.shape[-2])
-        if layout is None:
-            return out
-        self.calls["calibration: dense"] += 1
-        with torch.no_grad():
-            self._score(layer, query, key, value, out, layout, query.shape[-1] ** -0.5 if scale is None else scale)
+        if layout is not None:
+            with torch.no_grad():
+                self.watch(layer, query, key, value, out, layout, query.shape[-1] ** -0.5 if scale is None else scale)
         return out
+
+    def watch(self, layer, query, key, value, out, layout: TokenLayout, scale: float) -> None:
+        raise NotImplementedError
+
+
+class CalibrationState(DenseWatcher):
+    """At sampled steps, scores every candidate against the dense output."""
+
+    calibration: Calibration  # set by the search on a bound subclass
+
+    def watch(self, layer, query, key, value, out, layout: TokenLayout, scale: float) -> None:
+        self.calls["calibration: dense"] += 1
+        self._score(layer, query, key, value, out, layout, scale)
 
     def _score(self, layer, query, key, value, out, layout: TokenLayout, scale: float) -> None:
         cal = self.calibration
         if not cal.candidates:  # in layout units, from the first layout seen
             cal.candidates.extend(default_candidates(layout))
-        rows = _rows(cal, layout)
+        rows = sample_rows(layout, cal.rows, cal.seed)
         exact = out[:, :, rows].double()
         prev_key = (layer, self.tracker.call_in_step)
         previous = cal._previous.get(prev_key)
@@ -134,14 +143,12 @@ def watched_dense_runs(pipe, state_class: type[SparseState], prompts, block_size
         remove(pipe)
 
 
-def _rows(cal: Calibration, layout: TokenLayout) -> Tensor:
-    """A fixed, seeded sample of visual query rows for this layout (sorted)."""
-    if layout not in cal._row_index:
-        gen = torch.Generator().manual_seed(cal.seed)
-        count = min(cal.rows, layout.num_visual)
-        picked = torch.randperm(layout.num_visual, generator=gen)[:count].sort().values
-        cal._row_index[layout] = picked + layout.text_prefix
-    return cal._row_index[layout]
+@lru_cache(maxsize=64)
+def sample_rows(layout: TokenLayout, rows: int, seed: int) -> Tensor:
+    """A fixed, seeded sample of visual query rows of this layout (sorted positions)."""
+    gen = torch.Generator().manual_seed(seed)
+    count = min(rows, layout.num_visual)
+    return torch.randperm(layout.num_visual, generator=gen)[:count].sort().values + layout.text_prefix
 
 
 def _key_mask(cal: Calibration, pattern: Pattern, layout: TokenLayout, block: int, rows: Tensor) -> Tensor:

@@ -176,10 +176,17 @@ def _dense_where_faster(choices: Choices, cal: Calibration, block: int, cost_mod
     out = {}
     for layer, picks in choices.items():
         plan = build_plan(cal.layouts[layer], [cal.candidates[c] for c in picks], block)
-        dense_ms = cost_model.dense_ms * len(picks) / cost_model.heads
-        sparse_ms = cost_model.predict_ms(float(plan.kv_counts.sum()), len(plan.head_groups))
-        out[layer] = [full] * len(picks) if not plan.is_full and sparse_ms >= dense_ms else picks
+        dense_ms, sparse_ms = _layer_ms(plan, cost_model)
+        out[layer] = [full] * len(picks) if sparse_ms >= dense_ms and not plan.is_full else picks
     return out
+
+
+def _layer_ms(plan, cost_model: CostModel) -> tuple[float, float]:
+    """(dense SDPA ms, predicted ms of the plan) for one layer; a full plan runs SDPA."""
+    dense_ms = cost_model.dense_ms * plan.num_heads / cost_model.heads
+    if plan.is_full:
+        return dense_ms, dense_ms
+    return dense_ms, cost_model.predict_ms(float(plan.kv_counts.sum()), len(plan.head_groups))
 
 
 def _full_index(candidates: list[Pattern]) -> int:
@@ -200,13 +207,10 @@ def _predict(per_head: dict, layouts: dict, block: int, cost_model: CostModel) -
     sparse_ms = dense_ms = density = 0.0
     for layer, patterns in per_head.items():
         plan = build_plan(layouts[layer], patterns, block)
-        heads_dense = cost_model.dense_ms * len(patterns) / cost_model.heads
-        dense_ms += heads_dense
+        layer_dense, layer_sparse = _layer_ms(plan, cost_model)
+        dense_ms += layer_dense
+        sparse_ms += layer_sparse
         density += plan.density
-        if plan.is_full:
-            sparse_ms += heads_dense
-        else:
-            sparse_ms += cost_model.predict_ms(float(plan.kv_counts.sum()), len(plan.head_groups))
     return {
         "density": round(density / len(per_head), 4),
         "attention_ms": round(sparse_ms, 3),

@@ -13,12 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from sparsediff.integrations.diffusers import SparseState, _mask_is_trivial
 from sparsediff.layout import TokenLayout
-from sparsediff.search.calibrate import watched_dense_runs
+from sparsediff.search.calibrate import DenseWatcher, sample_rows, watched_dense_runs
 
 CATEGORIES = ("local 3-D", "same place, other frames", "text", "first frame")
 
@@ -51,27 +49,17 @@ def _category_masks(layout: TokenLayout, rows: torch.Tensor) -> torch.Tensor:
     return torch.stack([local, same, text[None, :].expand(len(rows), -1), first])
 
 
-class StructureState(SparseState):
+class StructureState(DenseWatcher):
     structure: Structure
 
-    def attend(self, layer, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
-               enable_gqa=False):  # fmt: skip
-        out = F.scaled_dot_product_attention(
-            query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa
-        )
-        layout = self.layout_for(query.shape[-2]) if query.shape[-2] == key.shape[-2] else None
-        if layout is None or (attn_mask is not None and not _mask_is_trivial(attn_mask)):
-            return out
+    def watch(self, layer, query, key, value, out, layout: TokenLayout, scale: float) -> None:
         if self.tracker.step in self.structure.sample_steps:
-            with torch.no_grad():
-                self._measure(layer, query, key, layout, query.shape[-1] ** -0.5 if scale is None else scale)
-        return out
+            self._measure(layer, query, key, layout, scale)
 
     def _measure(self, layer, query, key, layout: TokenLayout, scale: float) -> None:
         s = self.structure
-        gen = torch.Generator().manual_seed(s.seed)
-        count = min(s.rows, layout.num_visual)
-        rows = torch.randperm(layout.num_visual, generator=gen)[:count] + layout.text_prefix
+        rows = sample_rows(layout, s.rows, s.seed)
+        count = rows.numel()
         if key.shape[1] != query.shape[1]:
             key = key.repeat_interleave(query.shape[1] // key.shape[1], 1)
         probs = (query[:, :, rows].float() @ key.float().transpose(-1, -2) * scale).softmax(-1)  # [B, H, R, N]
