@@ -36,6 +36,7 @@ DIRECTIONS: dict[str, tuple[int, int]] = {
 }
 SPEED_PX = (1.75, 2.5)  # per frame, on each moving axis
 RADIUS_PX = (3.5, 5.5)
+PATH_JITTER_PX = 4.0  # the path's midpoint lies this close to the frame centre on each axis
 EXTENT = {"circle": 1.0, "square": 0.886, "triangle": 1.35}  # half size, in radii (about equal areas)
 WORDS = ("a", *COLOURS, *SHAPES, "moving", "staying", *sorted({w for d in DIRECTIONS for w in d.split()}))
 
@@ -119,7 +120,12 @@ def render(
 def random_motion(
     caption: Caption, frames: int, height: int, width: int, gen: torch.Generator
 ) -> tuple[float, float, tuple[float, float]]:
-    """Radius, speed and a start point that keep the whole path inside the frame."""
+    """Radius, speed and a start point: the path's midpoint lies within PATH_JITTER_PX of the centre.
+
+    Centred paths make the caption predict where the shape is on every frame (a moving shape starts
+    on the side it moves away from), so even at high noise the denoiser must follow the direction
+    word; with uniformly random starts the direction only shows once the shape is visible.
+    """
 
     def uniform(lo: float, hi: float) -> float:
         return lo + (hi - lo) * float(torch.rand((), generator=gen))
@@ -131,12 +137,12 @@ def random_motion(
     speed = min(uniform(*SPEED_PX), room / max(frames - 1, 1))
     start = []
     for u, size in ((ux, width), (uy, height)):
-        travel = abs(u) * speed * (frames - 1)
-        lo, hi = margin, size - margin - travel
+        half_travel = abs(u) * speed * (frames - 1) / 2
+        lo, hi = margin + half_travel, size - margin - half_travel  # where the midpoint may lie
         if hi < lo - 1e-6:
             raise ValueError(f"a {frames}-frame clip of {width}x{height} px is too small for this motion")
-        s = uniform(lo, max(lo, hi))
-        start.append(size - s if u < 0 else s)
+        mid = uniform(max(lo, size / 2 - PATH_JITTER_PX), max(lo, min(hi, size / 2 + PATH_JITTER_PX)))
+        start.append(mid - u * speed * (frames - 1) / 2)
     return radius, speed, (start[0], start[1])
 
 

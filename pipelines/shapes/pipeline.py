@@ -87,7 +87,7 @@ def build_pipeline(seed: int = 0) -> ShapesT2VPipeline:
         tokenizer=tokenizer,
         text_encoder=CLIPTextModel(text_config),
         transformer=HunyuanVideoTransformer3DModel(**TRANSFORMER_CONFIG),
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
     )
 
 

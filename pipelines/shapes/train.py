@@ -2,6 +2,7 @@
 
     python -m sparsediff.pipelines.shapes.train --run runs/shapes-t2v --minutes 60
     python -m sparsediff.pipelines.shapes.train --run runs/shapes-t2v --export assets/shapes-t2v
+    python -m sparsediff.pipelines.shapes.train --run runs/new --init assets/shapes-t2v --minutes 60
 
 Every step's data, noise and flow times come from generators seeded by (seed, step), so a resumed
 run sees exactly the batches an uninterrupted one would. The checkpoint (weights, EMA weights,
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import time
 from pathlib import Path
@@ -46,7 +48,7 @@ def training_batch(pipe, step: int, args) -> tuple[torch.Tensor, torch.Tensor, l
     clips, captions = sample_batch(args.batch, *size, seed=int(torch.randint(2**62, (), generator=gen)))
     drop = torch.rand(args.batch, generator=gen) < CAPTION_DROPOUT
     prompts = ["" if d else str(c) for c, d in zip(captions, drop.tolist(), strict=True)]
-    t = torch.sigmoid(torch.randn(args.batch, generator=gen))  # logit-normal flow times
+    t = torch.sigmoid(torch.randn(args.batch, generator=gen) + args.noise_bias)  # logit-normal flow times
     noise = torch.randn(clips.shape, generator=gen)
     tt = t.view(-1, 1, 1, 1, 1)
     return (1 - tt) * clips + tt * noise, t, prompts, noise - clips
@@ -79,6 +81,21 @@ def evaluate(pipe: ShapesT2VPipeline, size: tuple[int, int, int], prompts: int, 
     return prompt_accuracy(frames, captions)
 
 
+def init_from_export(model: torch.nn.ModuleDict, ema: torch.nn.ModuleDict, folder: Path, run: Path) -> int:
+    """Load an exported pipeline's weights and continue its log; returns the step it was exported at.
+
+    Checkpoints live in the run folder, which a new machine does not have; the exported weights in
+    `assets/` are committed, so training can always resume from them (with a fresh optimizer).
+    """
+    exported = ShapesT2VPipeline.from_pretrained(folder)
+    weights = trainable(exported).state_dict()
+    model.load_state_dict(weights)
+    ema.load_state_dict(weights)
+    log_text = (folder / "training_log.jsonl").read_text()
+    (run / "log.jsonl").write_text(log_text)
+    return json.loads(log_text.strip().splitlines()[-1])["step"]
+
+
 def train(args) -> None:
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
@@ -95,6 +112,9 @@ def train(args) -> None:
         opt.load_state_dict(ckpt["opt"])
         step = ckpt["step"]
         print(f"resumed {ckpt_path} at step {step}")
+    elif args.init:
+        step = init_from_export(model, ema, Path(args.init), run)
+        print(f"started from the exported weights in {args.init} (step {step}); the optimizer starts afresh")
     for group in opt.param_groups:
         group["lr"] = args.lr
     log(run, {"step": step, "start": {k: v for k, v in vars(args).items() if k != "export"}})
@@ -158,9 +178,8 @@ def export(args) -> None:
     ckpt = torch.load(Path(args.run) / "ckpt.pt", weights_only=False)
     trainable(pipe).load_state_dict(ckpt["ema"])
     pipe.save_pretrained(args.export, safe_serialization=True)
-    log_src = Path(args.run) / "log.jsonl"
-    if log_src.exists():
-        (Path(args.export) / "training_log.jsonl").write_text(log_src.read_text())
+    log(Path(args.run), {"step": ckpt["step"], "exported": args.export})  # --init resumes from this step
+    (Path(args.export) / "training_log.jsonl").write_text((Path(args.run) / "log.jsonl").read_text())
     print(f"exported step {ckpt['step']} to {args.export}")
 
 
@@ -172,6 +191,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--ema", type=float, default=0.999)
+    parser.add_argument(
+        "--noise-bias",
+        type=float,
+        default=1.0,
+        help="mean of the logit-normal flow times; > 0 trains more at high noise, where the path is decided",
+    )
     parser.add_argument("--motion-weight", type=float, default=1.0, help="weight of the frame-difference term")
     parser.add_argument("--sizes", nargs="+", default=["8x32x32"], help="clip sizes FxHxW, one drawn per step")
     parser.add_argument("--threads", type=int, default=2)
@@ -179,6 +204,7 @@ def main() -> None:
     parser.add_argument("--ckpt-minutes", type=float, default=10.0)
     parser.add_argument("--eval-minutes", type=float, default=15.0)
     parser.add_argument("--eval-prompts", type=int, default=27)
+    parser.add_argument("--init", help="exported pipeline to start from when the run folder has no checkpoint")
     parser.add_argument("--export", help="write the EMA pipeline to this folder instead of training")
     args = parser.parse_args()
     export(args) if args.export else train(args)
