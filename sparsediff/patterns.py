@@ -70,9 +70,17 @@ class Full(Pattern):
 
 
 class Skip(Pattern):
-    """Compute nothing; the head reuses its output from the last step where it ran."""
+    """Compute nothing on most steps; the head reuses its output from the last step where it ran.
+
+    It runs in full on steps divisible by `every` (and on dense steps), so a reused output is at
+    most `every - 1` steps old: the search scores a skip against exactly that staleness.
+    """
 
     kind: Literal["skip"] = "skip"
+    every: int = Field(default=2, ge=2, description="run in full on steps divisible by this")
+
+    def runs_at(self, step: int) -> bool:
+        return step % self.every == 0
 
     def token_mask(self, layout: TokenLayout) -> Tensor:
         raise ValueError("a skipped head has no mask; the planner marks it in BlockPlan.skipped_heads")

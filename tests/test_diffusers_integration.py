@@ -123,6 +123,25 @@ def test_schedule_switches_at_the_right_step_under_cfg(models, family, batch, ca
             assert sparse_calls == (0 if step < 2 else self_attention * calls_per_step), step
 
 
+def test_skipped_head_runs_on_its_refresh_steps_and_reuses_in_between(models):
+    model = models["wan"]
+    config = SparseConfig(
+        method="pattern",
+        pattern=Diagonal(radius=1),
+        heads={"blocks.1.attn1": [Skip(every=2), Diagonal(radius=1)]},
+        block_size=16,
+    )
+    kept = []
+    with sparsediff.sparse(model, config) as state:
+        for timestep in (900, 800, 700):
+            _run(model, _inputs("wan", timestep=timestep))
+            kept.append(state.reuse[("blocks.1.attn1", 0)].clone())
+    assert torch.equal(kept[1][:, 0], kept[0][:, 0])  # step 1: head 0 reuses step 0's output
+    assert not torch.allclose(kept[2][:, 0], kept[1][:, 0], atol=1e-4)  # step 2: it runs again
+    assert not torch.allclose(kept[1][:, 1], kept[0][:, 1], atol=1e-4)  # head 1 runs every step
+    assert 0 < state.density() < 1
+
+
 def test_dense_layers_and_skipped_heads(models):
     model = models["wan"]
     inputs = _inputs("wan")

@@ -66,7 +66,7 @@ def test_sample_steps():
 def test_candidates_fit_the_layout():
     layout = TokenLayout(frames=4, height=12, width=16)
     found = default_candidates(layout)
-    assert isinstance(found[0], Full) and isinstance(found[1], Skip)
+    assert isinstance(found[0], Full) and [p.every for p in found[1:3]] == [2, 4]
     assert len(found) == len(set(found)) > 10
     for p in found[2:]:
         assert build_plan(layout, p, 32).density < 1
@@ -102,6 +102,39 @@ def test_calibration_errors_match_reference_sparse_attention():
             expected = ((approx - exact).square().sum((0, 2, 3)) / exact.square().sum((0, 2, 3))).sqrt()
             got = cal.errors[layer].relative()[:, c].float()
             assert torch.allclose(got, expected, atol=1e-4), (layer, pattern, got, expected)
+
+
+def test_skip_is_scored_with_the_staleness_it_has_at_runtime():
+    """Skip(every=k) is exact on steps divisible by k and otherwise serves the last such step's rows."""
+    model = TINY_TRANSFORMERS["wan"].build()
+    layout = TokenLayout(frames=3, height=8, width=8)
+    cal = Calibration(candidates=[Full(), Skip(every=2), Skip(every=4)], sample_steps=frozenset({1, 2, 3}), rows=40,
+                      seed=0)  # fmt: skip
+    exact = {}  # (layer, step) -> dense output rows
+    state_class = type("Bound", (CalibrationState,), {"calibration": cal})
+    original = state_class.attend
+
+    def spy(self, layer, query, key, value, *args, **kwargs):
+        out = original(self, layer, query, key, value, *args, **kwargs)
+        if query.shape[-2] == key.shape[-2]:
+            exact[layer, self.tracker.step] = out[:, :, sample_rows(layout, cal.rows, cal.seed)].double()
+        return out
+
+    state_class.attend = spy
+    sparsediff.integrations.diffusers.install(model, SparseConfig(method="dense", block_size=16), state_class)
+    with torch.no_grad():
+        for t in (900, 700, 500, 300):
+            model(**TINY_TRANSFORMERS["wan"].make_inputs(1, 3, 16, 16, 8, t, torch.Generator().manual_seed(t)))
+    sparsediff.remove(model)
+    for layer in cal.errors:
+        e = {s: exact[layer, s] for s in range(4)}
+        norm = sum(e[s].square().sum((0, 2, 3)) for s in (1, 2, 3))
+        every2 = (e[1] - e[0]).square().sum((0, 2, 3)) + (e[3] - e[2]).square().sum((0, 2, 3))
+        every4 = sum((e[s] - e[0]).square().sum((0, 2, 3)) for s in (1, 2, 3))
+        got = cal.errors[layer].relative()
+        assert torch.allclose(got[:, 1], (every2 / norm).sqrt(), rtol=1e-6)
+        assert torch.allclose(got[:, 2], (every4 / norm).sqrt(), rtol=1e-6)
+        assert (got[:, 2] > got[:, 1]).all() and (got[:, 0] == 0).all()
 
 
 @pytest.fixture(scope="module")

@@ -85,12 +85,12 @@ class SparseState:
     layers: list[str]  # attention module names, in module order
     family: Family | None = None
     grid: tuple[int, int, int] | None = None  # latent grid of the current forward
-    plans: dict = field(default_factory=dict)  # (layer, layout, heads, allow_skip) -> BlockPlan
+    plans: dict = field(default_factory=dict)  # (layer, layout, heads, skipped heads running) -> BlockPlan
     reuse: dict = field(default_factory=dict)  # (layer, call_in_step) -> last output
     calls: Counter = field(default_factory=Counter)  # how attention calls were served
     fixed_layout: TokenLayout | None = None
     plan_seconds: float = 0.0  # one-off time spent building plans (cached per layer and layout)
-    _dynamic_density: list = field(default_factory=list)  # per call, for methods planned per call
+    _call_density: list = field(default_factory=list)  # per sparse call (skipped heads count 0)
     _warned: set = field(default_factory=set)
     _layouts: dict = field(default_factory=dict)  # (grid, n) -> TokenLayout | None
     _layer_index: dict = field(init=False)
@@ -138,21 +138,28 @@ class SparseState:
         index = self._layer_index[layer]
         return any(d in (layer, index, index - len(self.layers)) for d in schedule.dense_layers)
 
-    def plan(self, layer: str, layout: TokenLayout, heads: int, allow_skip: bool) -> BlockPlan:
-        key = (layer, layout, heads, allow_skip)
+    def plan(self, layer: str, layout: TokenLayout, heads: int, running: frozenset[int] = frozenset()) -> BlockPlan:
+        """The layer's plan with the skipped heads in `running` computed in full (`Full`)."""
+        key = (layer, layout, heads, running)
         if key not in self.plans:
             patterns = layer_patterns(self.config, layer, layout, heads)
-            if not allow_skip:  # nothing to reuse yet: skipped heads compute everything once
-                patterns = [Full() if isinstance(p, Skip) else p for p in patterns]
+            patterns = [Full() if h in running else p for h, p in enumerate(patterns)]
             start = time.perf_counter()
             self.plans[key] = build_plan(layout, patterns, self.config.block_size)
             self.plan_seconds += time.perf_counter() - start
         return self.plans[key]
 
+    def skipped_heads_running(self, layer: str, layout: TokenLayout, heads: int, can_reuse: bool) -> frozenset[int]:
+        """Skipped heads that run in full now: on their refresh steps, or when there is nothing to reuse."""
+        patterns = layer_patterns(self.config, layer, layout, heads)
+        step = self.tracker.step
+        return frozenset(
+            h for h, p in enumerate(patterns) if isinstance(p, Skip) and (not can_reuse or step < 0 or p.runs_at(step))
+        )
+
     def density(self) -> float | None:
-        """Mean density of the sparse plans built (or, for per-call methods, the calls run) so far."""
-        plans = [p.density for (_, _, _, allow_skip), p in self.plans.items() if allow_skip]
-        values = plans or self._dynamic_density
+        """Mean density of the sparse calls run so far (a skipped head that reused counts 0)."""
+        values = self._call_density
         return sum(values) / len(values) if values else None
 
     def attend(
@@ -195,7 +202,7 @@ class SparseState:
             return self._per_call(query, key, value, layout, scale)
         heads = query.shape[1]
         # Layers with skipped heads keep their last output (per CFG branch) for reuse.
-        keeps_output = bool(self.plan(layer, layout, heads, allow_skip=True).skipped_heads.any())
+        keeps_output = bool(self.plan(layer, layout, heads).skipped_heads.any())
         reuse_key = (layer, self.tracker.call_in_step)
         if self.dense_now(layer):
             out = dense("dense: schedule")
@@ -203,9 +210,11 @@ class SparseState:
             previous = self.reuse.get(reuse_key) if keeps_output else None
             if previous is not None and previous.shape != query.shape:
                 previous = None
-            plan = self.plan(layer, layout, heads, allow_skip=previous is not None or not keeps_output)
+            running = self.skipped_heads_running(layer, layout, heads, can_reuse=previous is not None)
+            plan = self.plan(layer, layout, heads, running)
             out = sparse_attention(query, key, value, plan, self.config.backend, scale=scale, reuse=previous)
             self.calls["sparse"] += 1
+            self._call_density.append(plan.density)
         if keeps_output:
             self.reuse[reuse_key] = out
         return out
@@ -214,7 +223,7 @@ class SparseState:
         """A method planned per call (pyramid, topk, hilbert, raster-window); records its density."""
         scale = query.shape[-1] ** -0.5 if scale is None else scale
         out, density = DYNAMIC[self.config.method](query, key, value, layout, self.config, scale)
-        self._dynamic_density.append(density)
+        self._call_density.append(density)
         return out
 
     def _attend_padded(
@@ -236,9 +245,9 @@ class SparseState:
             if self.config.method in DYNAMIC:
                 result = self._per_call(q, k, v, sub, scale)
             else:
-                result = sparse_attention(
-                    q, k, v, self.plan(layer, sub, heads, False), self.config.backend, scale=scale
-                )
+                plan = self.plan(layer, sub, heads, self.skipped_heads_running(layer, sub, heads, can_reuse=False))
+                result = sparse_attention(q, k, v, plan, self.config.backend, scale=scale)
+                self._call_density.append(plan.density)
             padded = (
                 F.scaled_dot_product_attention(query[samples][:, :, pad], k, v, scale=scale) if pad.numel() else None
             )

@@ -3,8 +3,10 @@
 At sampled steps each self/joint attention call picks a fixed, seeded sample of visual query
 rows, takes their exact output (from the dense call itself), and recomputes those rows under
 every candidate's block mask. Relative squared L2 errors accumulate per (layer, head,
-candidate). `Skip` is scored as reusing the previous step's output for the same rows. Nothing
-but the sampled rows' outputs is kept across calls: memory is O(layers x heads x rows x dim),
+candidate). `Skip(every=k)` is scored as the runtime serves it: on its refresh steps (and dense
+steps) it is exact, on the others it reuses the rows' exact output from the last refresh step,
+so the error counts the real staleness (up to k - 1 steps). Nothing but the sampled rows'
+outputs is kept across calls: memory is O(layers x heads x rows x dim),
 and per call the extra work is about candidates x rows / tokens of one dense attention.
 """
 
@@ -48,10 +50,11 @@ class Calibration:
     sample_steps: frozenset[int]
     rows: int
     seed: int
+    dense_steps: int = 0  # the schedule's dense first steps: every head runs in full there
     errors: dict[str, LayerErrors] = field(default_factory=dict)
     layouts: dict[str, TokenLayout] = field(default_factory=dict)  # the layout each layer was scored at
     head_dims: dict[str, int] = field(default_factory=dict)
-    _previous: dict = field(default_factory=dict)  # (layer, call_in_step) -> exact rows of the last step
+    _refreshed: dict = field(default_factory=dict)  # (layer, call_in_step, every) -> rows at the last refresh
     _key_masks: dict = field(default_factory=dict)
 
 
@@ -92,10 +95,15 @@ class CalibrationState(DenseWatcher):
             cal.candidates.extend(default_candidates(layout))
         rows = sample_rows(layout, cal.rows, cal.seed)
         exact = out[:, :, rows].double()
-        prev_key = (layer, self.tracker.call_in_step)
-        previous = cal._previous.get(prev_key)
-        cal._previous[prev_key] = exact
-        if self.tracker.step not in cal.sample_steps:
+        step = self.tracker.step
+        stale = {}  # every -> rows a skipped head serves now (None: it runs in full now)
+        for every in {p.every for p in cal.candidates if isinstance(p, Skip)}:
+            slot = (layer, self.tracker.call_in_step, every)
+            refresh = step < cal.dense_steps or Skip(every=every).runs_at(step) or slot not in cal._refreshed
+            stale[every] = None if refresh else cal._refreshed[slot]
+            if refresh:
+                cal._refreshed[slot] = exact
+        if step not in cal.sample_steps:
             return
         heads, n_cand = query.shape[1], len(cal.candidates)
         stats = cal.errors.setdefault(
@@ -114,12 +122,12 @@ class CalibrationState(DenseWatcher):
         q_rows = query[:, :, rows]
         per_chunk = max(1, _SCORE_BUFFER // (q_rows.shape[0] * rows.numel() * key.shape[-2]))
         for c, pattern in enumerate(cal.candidates):
-            if isinstance(pattern, Skip):
-                if previous is not None and previous.shape == exact.shape:
-                    stats.err[:, c] += (previous - exact).square().sum(dim=(0, 2, 3))
-                    stats.norm[:, c] += norm
-                continue
             stats.norm[:, c] += norm
+            if isinstance(pattern, Skip):
+                served = stale[pattern.every]
+                if served is not None:
+                    stats.err[:, c] += (served - exact).square().sum(dim=(0, 2, 3))
+                continue
             if isinstance(pattern, Full):
                 continue
             allowed = _key_mask(cal, pattern, layout, self.config.block_size, rows).to(query.device)

@@ -1,6 +1,7 @@
 """Candidate patterns a head may take, in layout units (so choices transfer across sizes).
 
-The set follows Sparse-vDiT's strategies: full, skip (reuse the last step's output), diagonal
+The set follows Sparse-vDiT's strategies: full, skip (run every 2nd or 4th step, reuse the output
+in between), diagonal
 bands of several radii (local 3-D neighbourhoods), multi-diagonals (the same place in every
 other frame), a first-frame stripe, and unions of a band with the other two. Candidates too
 large for the layout (a radius covering the whole grid) are left out: they equal `full`.
@@ -12,6 +13,7 @@ from sparsediff.layout import TokenLayout
 from sparsediff.patterns import Diagonal, Full, MultiDiagonal, Pattern, Skip, Stripe
 
 RADII = (1, 2, 3, 4, 6, 8, 12, 16)
+SKIP_PERIODS = (2, 4)
 
 
 def default_candidates(layout: TokenLayout, allow_skip: bool = True) -> list[Pattern]:
@@ -22,7 +24,7 @@ def default_candidates(layout: TokenLayout, allow_skip: bool = True) -> list[Pat
     other_frames = tuple(o for o in range(-(frames - 1), frames) if o != 0)
     found: list[Pattern] = [Full()]
     if allow_skip:
-        found.append(Skip())
+        found.extend(Skip(every=k) for k in SKIP_PERIODS)
     for r in radii:
         for tr in sorted({0, 1, 2, r} & set(range(frames))):
             found.append(Diagonal(radius=r, temporal_radius=tr))

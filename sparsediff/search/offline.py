@@ -112,6 +112,7 @@ def search(
         ),
         rows=rows,
         seed=seed,
+        dense_steps=schedule.dense_step_count(num_inference_steps),
     )
     watched_dense_runs(pipe, _state_class(cal), prompts, block_size, seed, num_inference_steps, progress, **call_kwargs)
     if not cal.errors:
@@ -140,7 +141,8 @@ def search(
     choices = _dense_where_faster(choices, cal, block_size, cost_model)
     transformer = _transformers_of(pipe)[0]
     per_head = {layer: [cal.candidates[c] for c in picks] for layer, picks in choices.items()}
-    densities = {layer: _head_densities(cal.layouts[layer], p, block_size) for layer, p in per_head.items()}
+    densities = {layer: [_amortized_density(cal.layouts[layer], p, block_size) for p in pats]
+                 for layer, pats in per_head.items()}  # fmt: skip
     predicted = _predict(per_head, cal.layouts, block_size, cost_model)
     config = SparseConfig(
         method="pattern",
@@ -175,42 +177,55 @@ def _dense_where_faster(choices: Choices, cal: Calibration, block: int, cost_mod
     full = _full_index(cal.candidates)
     out = {}
     for layer, picks in choices.items():
-        plan = build_plan(cal.layouts[layer], [cal.candidates[c] for c in picks], block)
-        dense_ms, sparse_ms = _layer_ms(plan, cost_model)
-        out[layer] = [full] * len(picks) if sparse_ms >= dense_ms and not plan.is_full else picks
+        patterns = [cal.candidates[c] for c in picks]
+        dense_ms, sparse_ms = _layer_ms(cal.layouts[layer], patterns, block, cost_model)
+        out[layer] = [full] * len(picks) if sparse_ms >= dense_ms and any(c != full for c in picks) else picks
     return out
 
 
-def _layer_ms(plan, cost_model: CostModel) -> tuple[float, float]:
-    """(dense SDPA ms, predicted ms of the plan) for one layer; a full plan runs SDPA."""
+def _layer_ms(layout: TokenLayout, patterns: list[Pattern], block: int, cost_model: CostModel) -> tuple[float, float]:
+    """(dense SDPA ms, predicted ms per step of the plan) for one layer; a full plan runs SDPA.
+
+    A `Skip(every=k)` head runs in full on one step in k: its work is spread over the k steps.
+    """
+    plan = build_plan(layout, patterns, block)
     dense_ms = cost_model.dense_ms * plan.num_heads / cost_model.heads
     if plan.is_full:
         return dense_ms, dense_ms
-    return dense_ms, cost_model.predict_ms(float(plan.kv_counts.sum()), len(plan.head_groups))
+    pairs = sum(_amortized_pairs(layout, p, block) for p in patterns)
+    return dense_ms, cost_model.predict_ms(pairs, len(plan.head_groups))
 
 
 def _full_index(candidates: list[Pattern]) -> int:
     return next(i for i, p in enumerate(candidates) if isinstance(p, Full))
 
 
+def _amortized_pairs(layout: TokenLayout, pattern: Pattern, block: int) -> float:
+    """Block pairs one head computes per step (a skip's full run spread over its period)."""
+    if isinstance(pattern, Skip):
+        return float(build_plan(layout, Full(), block).kv_counts.sum()) / pattern.every
+    return float(build_plan(layout, pattern, block).kv_counts.sum())
+
+
+def _amortized_density(layout: TokenLayout, pattern: Pattern, block: int) -> float:
+    if isinstance(pattern, Skip):
+        return 1.0 / pattern.every
+    return build_plan(layout, pattern, block).density
+
+
 def _candidate_costs(candidates, layout: TokenLayout, block: int, cost_model: CostModel) -> torch.Tensor:
-    """Predicted ms of one head under each candidate (skip costs nothing)."""
-    pairs = [0.0 if isinstance(p, Skip) else float(build_plan(layout, p, block).kv_counts.sum()) for p in candidates]
+    """Predicted ms per step of one head under each candidate."""
+    pairs = [_amortized_pairs(layout, p, block) for p in candidates]
     return torch.tensor(pairs, dtype=torch.float64) * cost_model.per_block_pair_ms
-
-
-def _head_densities(layout: TokenLayout, patterns: list[Pattern], block: int) -> list[float]:
-    return [0.0 if isinstance(p, Skip) else build_plan(layout, p, block).density for p in patterns]
 
 
 def _predict(per_head: dict, layouts: dict, block: int, cost_model: CostModel) -> dict:
     sparse_ms = dense_ms = density = 0.0
     for layer, patterns in per_head.items():
-        plan = build_plan(layouts[layer], patterns, block)
-        layer_dense, layer_sparse = _layer_ms(plan, cost_model)
+        layer_dense, layer_sparse = _layer_ms(layouts[layer], patterns, block, cost_model)
         dense_ms += layer_dense
         sparse_ms += layer_sparse
-        density += plan.density
+        density += sum(_amortized_density(layouts[layer], p, block) for p in patterns) / len(patterns)
     return {
         "density": round(density / len(per_head), 4),
         "attention_ms": round(sparse_ms, 3),

@@ -25,7 +25,7 @@ def short_name(p: Pattern) -> str:
     if isinstance(p, Full):
         return "F"
     if isinstance(p, Skip):
-        return "S"
+        return f"S{p.every}"
     if isinstance(p, Diagonal):
         return f"D{p.radius}" + (f"t{p.temporal_radius}" if p.temporal_radius else "")
     if isinstance(p, MultiDiagonal):
