@@ -8,7 +8,7 @@ from sparsediff.config import ModelSignature, Schedule, SparseConfig
 from sparsediff.integrations import apply, remove, sparse, state_of
 from sparsediff.integrations.diffusers import SparseAttnProcessor, sparse_processors
 from sparsediff.layout import TokenLayout
-from sparsediff.patterns import AnyOf, Diagonal, Full, MultiDiagonal, Pattern, Skip, Stripe, Window, build_plan
+from sparsediff.patterns import AnyOf, Diagonal, Full, MultiDiagonal, Pattern, Pyramid, Skip, Stripe, Window, build_plan
 from sparsediff.plan import BlockPlan
 
 __version__ = "0.1.0"
@@ -22,6 +22,7 @@ __all__ = [
     "ModelSignature",
     "MultiDiagonal",
     "Pattern",
+    "Pyramid",
     "Schedule",
     "Skip",
     "SparseAttnProcessor",

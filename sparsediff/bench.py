@@ -290,3 +290,63 @@ def bench_dllm(
         attention_flop_share=round(attention / (attention + linear), 3),
         model=f"bidirectional Llama, {layers} layer(s), {heads} heads x {hidden // heads}, random weights",
     )
+
+
+@dataclass
+class PermutationBench:
+    tokens: int
+    order: str
+    method_ms: float  # one `hilbert` call, permutation included
+    per_call_permute_ms: float  # q, k, v into the order and the output back, inside that call
+    per_forward_permute_ms: float  # hidden states and rotary tables in, output back: once per forward
+    attention_calls_per_forward: int
+    per_call_share: float  # of the method's time
+    saving_per_forward_ms: float  # what permuting once per forward would save
+
+
+def bench_permutation(
+    frames: int, height: int, width: int, text: int = 8, batch: int = 2, heads: int = 4, head_dim: int = 32,
+    layers: int = 4, density: float = 0.25, order: str = "hilbert", repeat: int = 5,
+) -> PermutationBench:  # fmt: skip
+    """What the Hilbert permutation costs per attention call, and what once per forward would cost.
+
+    Per call, q, k, v go into the order and the output comes back (4 gathers of [B, H, N, D]).
+    Once per forward, the hidden states [B, N, H * D] go in after the patch embedding, the rotary
+    tables [N, D] alike, and the output comes back before unpatchifying; every attention call then
+    runs on tokens already in order. The difference is the most a per-forward version can save.
+    """
+    from sparsediff.layout import TokenLayout
+    from sparsediff.methods.hilbert import local_global_attention
+
+    layout = TokenLayout(frames=frames, height=height, width=width, text_prefix=text)
+    ordered = layout.to_order(order)
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(batch, heads, layout.num_tokens, head_dim, generator=gen) for _ in range(3))
+    hidden = torch.randn(batch, layout.num_tokens, heads * head_dim, generator=gen)
+    rotary = torch.randn(layout.num_tokens, head_dim, generator=gen)
+    scale = head_dim**-0.5
+
+    def method() -> torch.Tensor:
+        return local_global_attention(q, k, v, layout, density, 64, "auto", scale, order=order)[0]
+
+    def per_call() -> torch.Tensor:
+        moved = [ordered.permute(t) for t in (q, k, v)]
+        return ordered.unpermute(moved[0])
+
+    def per_forward() -> torch.Tensor:
+        ordered.permute(rotary, dim=0), ordered.permute(rotary, dim=0)  # cos and sin
+        return ordered.unpermute(ordered.permute(hidden, dim=1), dim=1)
+
+    for fn in (method, per_call, per_forward):
+        fn()  # warm-up
+    method_s, call_s, forward_s = (median_seconds(fn, repeat) for fn in (method, per_call, per_forward))
+    return PermutationBench(
+        tokens=layout.num_tokens,
+        order=order,
+        method_ms=round(method_s * 1e3, 2),
+        per_call_permute_ms=round(call_s * 1e3, 3),
+        per_forward_permute_ms=round(forward_s * 1e3, 3),
+        attention_calls_per_forward=layers,
+        per_call_share=round(call_s / method_s, 4),
+        saving_per_forward_ms=round((layers * call_s - forward_s) * 1e3, 3),
+    )

@@ -184,6 +184,38 @@ def bench_dllm_cmd(
         console.print(f"model: {r.model}; random weights, so the timings are real and the answers are not")
 
 
+@bench_app.command("permutation")
+def bench_permutation_cmd(
+    frames: Annotated[int, typer.Option(help="latent frames")] = 16,
+    height: Annotated[int, typer.Option(help="latent rows")] = 16,
+    width: Annotated[int, typer.Option(help="latent columns")] = 16,
+    text: Annotated[int, typer.Option(help="text tokens before the video")] = 8,
+    batch: Annotated[int, typer.Option(help="batch (2 with classifier-free guidance)")] = 2,
+    heads: Annotated[int, typer.Option(help="attention heads")] = 4,
+    head_dim: Annotated[int, typer.Option(help="head dimension")] = 32,
+    layers: Annotated[int, typer.Option(help="self/joint attention calls per transformer forward")] = 4,
+    order: Annotated[str, typer.Option(help="hilbert or hilbert-frame")] = "hilbert",
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice)")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="the result as one JSON object")] = False,
+) -> None:
+    """The Hilbert permutation per attention call vs once per transformer forward (the most it saves)."""
+    from sparsediff.bench import bench_permutation
+
+    _choice(order, ["hilbert", "hilbert-frame"], "order")
+    if threads:
+        torch.set_num_threads(threads)
+    r = bench_permutation(frames, height, width, text, batch, heads, head_dim, layers, order=order)
+    if json_out:
+        print(json.dumps(asdict(r)))
+        return
+    console.print(
+        f"{r.tokens} tokens, {r.order}: one hilbert call {r.method_ms:.2f} ms, of which the per-call permutation "
+        f"{r.per_call_permute_ms:.3f} ms ({100 * r.per_call_share:.1f}%); permuting once per forward would cost "
+        f"{r.per_forward_permute_ms:.3f} ms and save {r.saving_per_forward_ms:.3f} ms per forward of "
+        f"{r.attention_calls_per_forward} attention calls"
+    )
+
+
 @bench_app.command("methods")
 def bench_methods_cmd(
     model: Annotated[

@@ -86,6 +86,20 @@ class Skip(Pattern):
         raise ValueError("a skipped head has no mask; the planner marks it in BlockPlan.skipped_heads")
 
 
+class Pyramid(Pattern):
+    """PSA's pyramid pooled KV for this head, planned per call from pooled scores (`methods.pyramid`).
+
+    No static mask: a static plan leaves the head out (marked in `BlockPlan.skipped_heads`) and
+    the caller fills its output from `pyramid_attention` at `budget` (a fraction of dense FLOPs).
+    """
+
+    kind: Literal["pyramid"] = "pyramid"
+    budget: float = Field(gt=0, le=1)
+
+    def token_mask(self, layout: TokenLayout) -> Tensor:
+        raise ValueError("a pyramid head is planned per call; the static planner leaves it out")
+
+
 class Diagonal(Pattern):
     """Local neighbourhood: keys within `radius` rows/cols and `temporal_radius` frames."""
 
@@ -189,16 +203,19 @@ class AnyOf(Pattern):
         return _union(p.block_mask(layout, block_q, block_kv) for p in self._checked_parts())
 
     def _checked_parts(self) -> tuple[Pattern, ...]:
-        if any(isinstance(p, Skip) for p in self.parts):
-            raise ValueError("skip cannot be part of a union: a head either runs or is skipped")
+        if any(isinstance(p, (Skip, Pyramid)) for p in self.parts):
+            raise ValueError("skip and pyramid cannot be part of a union: they are not masks")
         return self.parts
 
     def __str__(self) -> str:
         return " | ".join(str(p) for p in self.parts)
 
 
+# Heads a static plan leaves out: their output is reused (skip) or planned per call (pyramid).
+COMPUTED_ELSEWHERE = (Skip, Pyramid)
+
 PatternSpec = Annotated[
-    Union[Full, Skip, Diagonal, MultiDiagonal, Stripe, Window, AnyOf],  # noqa: UP007 (pydantic discriminator)
+    Union[Full, Skip, Pyramid, Diagonal, MultiDiagonal, Stripe, Window, AnyOf],  # noqa: UP007 (pydantic discriminator)
     Field(discriminator="kind"),
 ]
 AnyOf.model_rebuild()
@@ -309,11 +326,11 @@ def build_plan(
             raise TypeError(f"expected Pattern objects, got {type(p).__name__}: {p!r}")
     n = layout.num_tokens
     q_blocks, kv_blocks = math.ceil(n / block_q), math.ceil(n / block_kv)
-    skipped = torch.tensor([isinstance(p, Skip) for p in per_head])
+    skipped = torch.tensor([isinstance(p, COMPUTED_ELSEWHERE) for p in per_head])
     masks, groups = [], {}
     for h, p in enumerate(per_head):
         groups.setdefault(p, []).append(h)
-        if isinstance(p, Skip):
+        if isinstance(p, COMPUTED_ELSEWHERE):
             masks.append(torch.zeros(q_blocks, kv_blocks, dtype=torch.bool))
         else:
             masks.append(_cached_block_mask(p, layout, block_q, block_kv))

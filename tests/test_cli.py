@@ -48,3 +48,14 @@ def test_bench_transformer_reports_overhead_speedup_and_error():
 def test_bench_transformer_rejects_unknown_family():
     result = runner.invoke(app, ["bench", "transformer", "--family", "sora"])
     assert result.exit_code != 0 and "unknown family 'sora'" in result.output
+
+
+def test_bench_permutation_reports_both_costs():
+    result = runner.invoke(
+        app, ["bench", "permutation", "--frames", "3", "--height", "5", "--width", "7", "--heads", "2", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    r = json.loads(result.output)
+    assert r["tokens"] == 3 * 5 * 7 + 8 and 0 < r["per_call_share"] < 1 and r["per_forward_permute_ms"] > 0
+    result = runner.invoke(app, ["bench", "permutation", "--order", "zigzag"])
+    assert result.exit_code != 0 and "unknown order 'zigzag'" in result.output

@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 import sparsediff
-from sparsediff import Diagonal, Full, Skip, SparseConfig, TokenLayout, build_plan, sparse_attention
+from sparsediff import Diagonal, Full, Pyramid, Skip, SparseConfig, TokenLayout, build_plan, sparse_attention
+from sparsediff.methods.pyramid import pyramid_attention
 from sparsediff.pipelines.tiny import TINY_TRANSFORMERS, tiny_pipeline
 from sparsediff.search import CostModel, search, solve_budget, solve_max_error
 from sparsediff.search.calibrate import Calibration, CalibrationState, sample_rows
@@ -17,7 +18,7 @@ from sparsediff.search.solver import total_cost
 
 FIXED_COSTS = CostModel(
     backend="torch", device="cpu", tokens=1280, heads=2, head_dim=16, block_size=64,
-    per_block_pair_ms=0.006, per_group_ms=0.0, fixed_ms=0.1, dense_ms=8.0,
+    per_block_pair_ms=0.006, per_group_ms=0.0, fixed_ms=0.1, dense_ms=8.0, pyramid_ms={"0.125": 2.0, "0.25": 3.0},
 )  # fmt: skip
 
 
@@ -78,7 +79,7 @@ def test_calibration_errors_match_reference_sparse_attention():
     model = TINY_TRANSFORMERS["wan"].build()
     inputs = TINY_TRANSFORMERS["wan"].make_inputs(1, 3, 16, 16, 8, 900, torch.Generator().manual_seed(0))
     layout = TokenLayout(frames=3, height=8, width=8)
-    candidates = [Full(), Diagonal(radius=1), Diagonal(radius=2, temporal_radius=1)]
+    candidates = [Full(), Diagonal(radius=1), Diagonal(radius=2, temporal_radius=1), Pyramid(budget=0.3)]
     cal = Calibration(candidates=candidates, sample_steps=frozenset({0}), rows=50, seed=0)
     captured = {}
     state_class = type("Bound", (CalibrationState,), {"calibration": cal})
@@ -98,7 +99,10 @@ def test_calibration_errors_match_reference_sparse_attention():
     for layer, (q, k, v) in captured.items():
         exact = sparse_attention(q, k, v, build_plan(layout, Full(), 16), "reference")[:, :, rows]
         for c, pattern in enumerate(candidates):
-            approx = sparse_attention(q, k, v, build_plan(layout, pattern, 16), "reference")[:, :, rows]
+            if isinstance(pattern, Pyramid):
+                approx = pyramid_attention(q, k, v, layout, 0.3, 16, "reference", q.shape[-1] ** -0.5)[0][:, :, rows]
+            else:
+                approx = sparse_attention(q, k, v, build_plan(layout, pattern, 16), "reference")[:, :, rows]
             expected = ((approx - exact).square().sum((0, 2, 3)) / exact.square().sum((0, 2, 3))).sqrt()
             got = cal.errors[layer].relative()[:, c].float()
             assert torch.allclose(got, expected, atol=1e-4), (layer, pattern, got, expected)

@@ -37,7 +37,8 @@ from sparsediff.config import ModelSignature, SparseConfig
 from sparsediff.integrations.families import Family, family_of
 from sparsediff.layout import TokenLayout
 from sparsediff.methods import DYNAMIC, layer_patterns
-from sparsediff.patterns import Full, Skip, build_plan
+from sparsediff.methods.pyramid import pyramid_attention
+from sparsediff.patterns import Full, Pyramid, Skip, build_plan
 from sparsediff.plan import BlockPlan
 
 logger = logging.getLogger(__name__)
@@ -202,7 +203,7 @@ class SparseState:
             return self._per_call(query, key, value, layout, scale)
         heads = query.shape[1]
         # Layers with skipped heads keep their last output (per CFG branch) for reuse.
-        keeps_output = bool(self.plan(layer, layout, heads).skipped_heads.any())
+        keeps_output = any(isinstance(p, Skip) for p in layer_patterns(self.config, layer, layout, heads))
         reuse_key = (layer, self.tracker.call_in_step)
         if self.dense_now(layer):
             out = dense("dense: schedule")
@@ -212,9 +213,10 @@ class SparseState:
                 previous = None
             running = self.skipped_heads_running(layer, layout, heads, can_reuse=previous is not None)
             plan = self.plan(layer, layout, heads, running)
-            out = sparse_attention(query, key, value, plan, self.config.backend, scale=scale, reuse=previous)
+            reuse, pyramid_density = self._pyramid_heads(layer, layout, query, key, value, previous, scale)
+            out = sparse_attention(query, key, value, plan, self.config.backend, scale=scale, reuse=reuse)
             self.calls["sparse"] += 1
-            self._call_density.append(plan.density)
+            self._call_density.append(plan.density + pyramid_density)
         if keeps_output:
             self.reuse[reuse_key] = out
         return out
@@ -246,8 +248,9 @@ class SparseState:
                 result = self._per_call(q, k, v, sub, scale)
             else:
                 plan = self.plan(layer, sub, heads, self.skipped_heads_running(layer, sub, heads, can_reuse=False))
-                result = sparse_attention(q, k, v, plan, self.config.backend, scale=scale)
-                self._call_density.append(plan.density)
+                reuse, pyramid_density = self._pyramid_heads(layer, sub, q, k, v, None, scale)
+                result = sparse_attention(q, k, v, plan, self.config.backend, scale=scale, reuse=reuse)
+                self._call_density.append(plan.density + pyramid_density)
             padded = (
                 F.scaled_dot_product_attention(query[samples][:, :, pad], k, v, scale=scale) if pad.numel() else None
             )
@@ -256,6 +259,28 @@ class SparseState:
                 if padded is not None:
                     out[b, :, pad] = padded[i]
         return out
+
+    def _pyramid_heads(self, layer, layout, query, key, value, reuse, scale) -> tuple[Tensor | None, float]:
+        """`reuse` with the layer's `Pyramid` heads filled by per-call PSA, and their share of the density."""
+        heads = query.shape[1]
+        by_budget: dict[float, list[int]] = {}
+        for h, p in enumerate(layer_patterns(self.config, layer, layout, heads)):
+            if isinstance(p, Pyramid):
+                by_budget.setdefault(p.budget, []).append(h)
+        if not by_budget:
+            return reuse, 0.0
+        if key.shape[1] != heads:  # grouped-query attention
+            key, value = (t.repeat_interleave(heads // t.shape[1], 1) for t in (key, value))
+        filled = torch.empty_like(query) if reuse is None else reuse.clone()
+        scale = query.shape[-1] ** -0.5 if scale is None else scale
+        density = 0.0
+        for budget, chosen in by_budget.items():
+            idx = torch.tensor(chosen, device=query.device)
+            out, head_density = pyramid_attention(query[:, idx], key[:, idx], value[:, idx], layout, budget,
+                                                  self.config.block_size, self.config.backend, scale)  # fmt: skip
+            filled[:, idx] = out
+            density += head_density * len(chosen) / heads
+        return filled, density
 
     def observe(self, timestep) -> None:
         """Advance the step tracker; a new pipeline call drops outputs kept for reuse."""

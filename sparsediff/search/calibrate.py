@@ -22,7 +22,8 @@ from tqdm import tqdm
 from sparsediff.config import SparseConfig
 from sparsediff.integrations.diffusers import SparseState, _mask_is_trivial, install, remove
 from sparsediff.layout import TokenLayout
-from sparsediff.patterns import Full, Pattern, Skip, build_plan
+from sparsediff.methods.pyramid import pyramid_attention
+from sparsediff.patterns import Full, Pattern, Pyramid, Skip, build_plan
 from sparsediff.search.candidates import default_candidates
 
 Tensor = torch.Tensor
@@ -92,7 +93,7 @@ class CalibrationState(DenseWatcher):
     def _score(self, layer, query, key, value, out, layout: TokenLayout, scale: float) -> None:
         cal = self.calibration
         if not cal.candidates:  # in layout units, from the first layout seen
-            cal.candidates.extend(default_candidates(layout))
+            cal.candidates.extend(default_candidates(layout, block_size=self.config.block_size))
         rows = sample_rows(layout, cal.rows, cal.seed)
         exact = out[:, :, rows].double()
         step = self.tracker.step
@@ -129,6 +130,11 @@ class CalibrationState(DenseWatcher):
                     stats.err[:, c] += (served - exact).square().sum(dim=(0, 2, 3))
                 continue
             if isinstance(pattern, Full):
+                continue
+            if isinstance(pattern, Pyramid):  # planned per call: run it on the whole call, keep the rows
+                block = self.config.block_size
+                approx = pyramid_attention(query, key, value, layout, pattern.budget, block, "auto", scale)[0]
+                stats.err[:, c] += (approx[:, :, rows].double() - exact).square().sum(dim=(0, 2, 3))
                 continue
             allowed = _key_mask(cal, pattern, layout, self.config.block_size, rows).to(query.device)
             for h0 in range(0, heads, per_chunk):

@@ -1,22 +1,23 @@
 """Candidate patterns a head may take, in layout units (so choices transfer across sizes).
 
-The set follows Sparse-vDiT's strategies: full, skip (run every 2nd or 4th step, reuse the output
-in between), diagonal
-bands of several radii (local 3-D neighbourhoods), multi-diagonals (the same place in every
-other frame), a first-frame stripe, and unions of a band with the other two. Candidates too
-large for the layout (a radius covering the whole grid) are left out: they equal `full`.
+The set follows Sparse-vDiT's strategies: full, skip (run every 2nd or 4th step, reuse the
+output in between), diagonal bands of several radii (local 3-D neighbourhoods), multi-diagonals
+(the same place in every other frame), a first-frame stripe, unions of a band with the other
+two; and PSA's pyramid pooled KV, planned per call, for heads no static pattern fits. Candidates
+too large for the layout (a radius covering the whole grid) are left out: they equal `full`.
 """
 
 from __future__ import annotations
 
 from sparsediff.layout import TokenLayout
-from sparsediff.patterns import Diagonal, Full, MultiDiagonal, Pattern, Skip, Stripe
+from sparsediff.patterns import Diagonal, Full, MultiDiagonal, Pattern, Pyramid, Skip, Stripe
 
 RADII = (1, 2, 3, 4, 6, 8, 12, 16)
 SKIP_PERIODS = (2, 4)
+PYRAMID_BUDGETS = (0.125, 0.25)  # PSA, planned per call (blocks must split into 8 pooled tokens)
 
 
-def default_candidates(layout: TokenLayout, allow_skip: bool = True) -> list[Pattern]:
+def default_candidates(layout: TokenLayout, allow_skip: bool = True, block_size: int = 64) -> list[Pattern]:
     """Full first, then cheaper structured patterns; order breaks ties in the solver."""
     side = max(layout.height, layout.width)
     radii = [r for r in RADII if 2 * r + 1 < side]
@@ -37,4 +38,6 @@ def default_candidates(layout: TokenLayout, allow_skip: bool = True) -> list[Pat
             )
         for r in radii[:4]:
             found.append(Diagonal(radius=r, temporal_radius=min(1, frames - 1)) | Stripe(frames=(0,)))
+    if block_size % 8 == 0:
+        found.extend(Pyramid(budget=b) for b in PYRAMID_BUDGETS)
     return list(dict.fromkeys(found))

@@ -15,9 +15,9 @@ from rich.table import Table
 from sparsediff.config import Schedule, SparseConfig
 from sparsediff.integrations.diffusers import _transformers_of, model_signature
 from sparsediff.layout import TokenLayout
-from sparsediff.patterns import Full, Pattern, Skip, build_plan
+from sparsediff.patterns import Full, Pattern, Pyramid, Skip, build_plan
 from sparsediff.search.calibrate import Calibration, CalibrationState, watched_dense_runs
-from sparsediff.search.cost import CostModel, measure
+from sparsediff.search.cost import CostModel, budget_key, measure
 from sparsediff.search.report import heatmap, short_name
 from sparsediff.search.solver import Choices, solve_budget, solve_max_error
 
@@ -120,7 +120,9 @@ def search(
     layout = next(iter(cal.layouts.values()))
     heads = next(iter(cal.errors.values())).err.shape[0]
     if cost_model is None:
-        cost_model = measure(layout.num_tokens, heads, next(iter(cal.head_dims.values())), block_size, backend)
+        budgets = tuple(sorted({p.budget for p in cal.candidates if isinstance(p, Pyramid)}))
+        head_dim = next(iter(cal.head_dims.values()))
+        cost_model = measure(layout.num_tokens, heads, head_dim, block_size, backend, pyramid_budgets=budgets)
     costs = {
         layer: _candidate_costs(cal.candidates, cal.layouts[layer], block_size, cost_model) for layer in cal.errors
     }
@@ -192,31 +194,39 @@ def _layer_ms(layout: TokenLayout, patterns: list[Pattern], block: int, cost_mod
     dense_ms = cost_model.dense_ms * plan.num_heads / cost_model.heads
     if plan.is_full:
         return dense_ms, dense_ms
-    pairs = sum(_amortized_pairs(layout, p, block) for p in patterns)
-    return dense_ms, cost_model.predict_ms(pairs, len(plan.head_groups))
+    heads_ms = sum(_head_ms(layout, p, block, cost_model) for p in patterns)
+    return dense_ms, heads_ms + cost_model.predict_ms(0.0, len(plan.head_groups))
 
 
 def _full_index(candidates: list[Pattern]) -> int:
     return next(i for i, p in enumerate(candidates) if isinstance(p, Full))
 
 
-def _amortized_pairs(layout: TokenLayout, pattern: Pattern, block: int) -> float:
-    """Block pairs one head computes per step (a skip's full run spread over its period)."""
+def _head_ms(layout: TokenLayout, pattern: Pattern, block: int, cost_model: CostModel) -> float:
+    """Predicted ms per step of one head (a skip's full run spread over its period)."""
+    if isinstance(pattern, Pyramid):
+        key = budget_key(pattern.budget)
+        if key not in cost_model.pyramid_ms:
+            raise ValueError(f"the cost model has no timing of pyramid at budget {pattern.budget}; measure it")
+        return cost_model.pyramid_ms[key] / cost_model.heads
     if isinstance(pattern, Skip):
-        return float(build_plan(layout, Full(), block).kv_counts.sum()) / pattern.every
-    return float(build_plan(layout, pattern, block).kv_counts.sum())
+        pairs = float(build_plan(layout, Full(), block).kv_counts.sum()) / pattern.every
+    else:
+        pairs = float(build_plan(layout, pattern, block).kv_counts.sum())
+    return pairs * cost_model.per_block_pair_ms
 
 
 def _amortized_density(layout: TokenLayout, pattern: Pattern, block: int) -> float:
     if isinstance(pattern, Skip):
         return 1.0 / pattern.every
+    if isinstance(pattern, Pyramid):
+        return pattern.budget
     return build_plan(layout, pattern, block).density
 
 
 def _candidate_costs(candidates, layout: TokenLayout, block: int, cost_model: CostModel) -> torch.Tensor:
     """Predicted ms per step of one head under each candidate."""
-    pairs = [_amortized_pairs(layout, p, block) for p in candidates]
-    return torch.tensor(pairs, dtype=torch.float64) * cost_model.per_block_pair_ms
+    return torch.tensor([_head_ms(layout, p, block, cost_model) for p in candidates], dtype=torch.float64)
 
 
 def _predict(per_head: dict, layouts: dict, block: int, cost_model: CostModel) -> dict:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from sparsediff.patterns import AnyOf, Diagonal, Full, MultiDiagonal, Pattern, Skip, Stripe, Window
+from sparsediff.patterns import AnyOf, Diagonal, Full, MultiDiagonal, Pattern, Pyramid, Skip, Stripe, Window
 
 # Hue per strategy; lightness per density (darker = denser).
 HUES = {
@@ -18,6 +18,7 @@ HUES = {
     "stripe": 0.12,
     "window": 0.8,
     "union": 0.48,
+    "pyramid": 0.9,
 }
 
 
@@ -26,6 +27,8 @@ def short_name(p: Pattern) -> str:
         return "F"
     if isinstance(p, Skip):
         return f"S{p.every}"
+    if isinstance(p, Pyramid):
+        return f"P{p.budget:g}"
     if isinstance(p, Diagonal):
         return f"D{p.radius}" + (f"t{p.temporal_radius}" if p.temporal_radius else "")
     if isinstance(p, MultiDiagonal):
@@ -46,6 +49,7 @@ _EXAMPLES = {
     "stripe": Stripe(frames=(0,)),
     "union": Diagonal(radius=1) | Stripe(frames=(0,)),
     "skip": Skip(),
+    "pyramid": Pyramid(budget=0.25),
 }
 
 
@@ -64,7 +68,7 @@ def heatmap(layers: list[str], patterns: list[list[Pattern]], densities: list[li
     heads = max(len(row) for row in patterns)
     cell, label_w, top = 44, max(90, 7 * max(len(n) for n in layers)), 8
     legend_y = top + len(layers) * cell + 8
-    width = max(label_w + heads * cell + 10, 560)
+    width = max(label_w + heads * cell + 10, 580)
     image = Image.new("RGB", (width, legend_y + 46), "white")
     draw = ImageDraw.Draw(image)
     for i, (name, row, dens) in enumerate(zip(layers, patterns, densities, strict=True)):
@@ -76,11 +80,12 @@ def heatmap(layers: list[str], patterns: list[list[Pattern]], densities: list[li
             draw.text((x + 3, y + 4), short_name(p)[:7], fill="black")
             draw.text((x + 3, y + cell - 16), f"{d:.2f}", fill="black")
     x = 4
-    for kind, label in (("full", "full"), ("diagonal", "diagonal"), ("multi_diagonal", "multi-diag"),
-                        ("stripe", "stripe"), ("union", "union"), ("skip", "skip")):  # fmt: skip
+    labels = {"full": "full", "diagonal": "diagonal", "multi_diagonal": "multi-diag", "stripe": "stripe",
+              "union": "union", "pyramid": "pyramid", "skip": "skip"}  # fmt: skip
+    for kind, label in labels.items():
         draw.rectangle((x, legend_y, x + 14, legend_y + 14), fill=_colour(_EXAMPLES[kind], 0.5))
         draw.text((x + 18, legend_y + 2), label, fill="black")
-        x += 90
+        x += 80
     draw.text((4, legend_y + 24), "columns: heads; cell: pattern and density (darker = denser)", fill="black")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
