@@ -14,9 +14,13 @@ Held-out examples come from seeds training never uses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 MARKERS = tuple("ABCDEFGH")
 VALUES = tuple("0123456789")
@@ -75,3 +79,92 @@ def task_tokenizer():
     from sparsediff.pipelines.dllm import dlm_tokenizer
 
     return dlm_tokenizer(WORDS)
+
+
+def level_of(folder: Path) -> Level:
+    """The curriculum level a shipped model was trained up to (`task.json`, written on export)."""
+    path = Path(folder) / "task.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: the needle task's level is written there by train_dlm --export")
+    return Level(**json.loads(path.read_text())["level"])
+
+
+def save_level(folder: Path, level: Level) -> None:
+    (Path(folder) / "task.json").write_text(json.dumps({"task": "needles", "level": asdict(level)}, indent=1))
+
+
+def decode_answers(model, tokenizer, prompts: torch.Tensor, queries: int, steps: int | None = None) -> torch.Tensor:
+    """[count, queries] answers the masked-diffusion sampler decodes (one token per step by default)."""
+    from sparsediff.pipelines.dllm import masked_diffusion_generate
+
+    model.eval()
+    out = masked_diffusion_generate(
+        model, prompts.tolist(), mask_id=tokenizer.mask_token_id, gen_length=queries, steps=steps or queries,
+        progress=False,
+    )  # fmt: skip
+    return out[:, -queries:]
+
+
+def exact_accuracy(model, tokenizer, level: Level, count: int, seed: int = HELD_OUT_SEED) -> float:
+    """Share of held-out examples whose whole answer the sampler decodes right."""
+    prompts, answers = sample(tokenizer, level, count, seed)
+    return float((decode_answers(model, tokenizer, prompts, level.queries) == answers).all(1).float().mean())
+
+
+@dataclass
+class SparsedEval:
+    accuracy_dense: float
+    accuracy_sparse: float
+    speedup: float
+    context_tokens: int
+    density: float | None  # SparseD's mean density after the switch
+    samples: int
+    dense_fraction: float  # share of steps decoded dense before the switch
+    keep_ratio: float  # SparseD's share of KV blocks kept per query block
+    dense_s: float
+    sparse_s: float
+    steps: int
+
+
+def evaluate_sparsed(
+    model, tokenizer, level: Level, samples: int, density: float = 0.3, dense_fraction: float = 0.2,
+    steps: int | None = None, batch: int = 32, block_size: int = 32, progress: bool = True,
+) -> SparsedEval:  # fmt: skip
+    """Dense and SparseD decoding of the same held-out examples: exact accuracy of each, and time."""
+    import sparsediff
+
+    if samples < 1:
+        raise ValueError(f"samples must be at least 1, got {samples}")
+    steps = steps or level.queries
+    prompts, answers = sample(tokenizer, level, samples, HELD_OUT_SEED)
+    batches = [(prompts[i : i + batch], answers[i : i + batch]) for i in range(0, samples, batch)]
+    right = {"dense": 0, "sparse": 0}
+    seconds = {"dense": 0.0, "sparse": 0.0}
+    densities = []
+    config = {"density": density, "schedule": {"dense_fraction": dense_fraction}, "block_size": block_size}
+    with torch.no_grad():
+        decode_answers(model, tokenizer, prompts[:1], level.queries, steps)  # warm-up, untimed
+        for p, a in tqdm(batches, desc="dense vs sparsed", disable=not progress):
+            start = time.perf_counter()
+            right["dense"] += int((decode_answers(model, tokenizer, p, level.queries, steps) == a).all(1).sum())
+            seconds["dense"] += time.perf_counter() - start
+            with sparsediff.sparse(model, "sparsed", **config) as state:
+                start = time.perf_counter()
+                got = decode_answers(model, tokenizer, p, level.queries, steps)
+                seconds["sparse"] += time.perf_counter() - start
+            right["sparse"] += int((got == a).all(1).sum())
+            if state.density() is not None:
+                densities.append(state.density())
+    return SparsedEval(
+        accuracy_dense=right["dense"] / samples,
+        accuracy_sparse=right["sparse"] / samples,
+        speedup=round(seconds["dense"] / seconds["sparse"], 3),
+        context_tokens=level.context + level.queries,
+        density=round(sum(densities) / len(densities), 4) if densities else None,
+        samples=samples,
+        dense_fraction=dense_fraction,
+        keep_ratio=density,
+        dense_s=round(seconds["dense"], 3),
+        sparse_s=round(seconds["sparse"], 3),
+        steps=steps,
+    )

@@ -113,6 +113,15 @@ BUILTIN: dict[str, ModelEntry] = {
             text=True,
         ),
         ModelEntry(
+            name="tiny-dlm",  # trained by us on needle retrieval (pipelines/train_dlm.py)
+            video=False,
+            default_size=None,
+            steps=4,
+            call_kwargs={"gen_length": 4},
+            folder=ASSETS / "tiny-dlm",
+            text=True,
+        ),
+        ModelEntry(
             name="shapes-t2v",
             video=True,
             default_size=Size(16, 64, 64),
@@ -159,7 +168,7 @@ def _pipeline_class(folder: Path):
 def _cached_folder(entry: ModelEntry) -> Path:
     """The built-in's pipeline folder, built and saved once (atomically) on first use."""
     if entry.folder is not None:
-        if not (entry.folder / "model_index.json").exists():
+        if not (entry.folder / ("config.json" if entry.text else "model_index.json")).exists():
             raise FileNotFoundError(f"{entry.name}'s weights are missing from {entry.folder}; reinstall sparsediff")
         return entry.folder
     folder = cache_dir() / entry.name
@@ -206,6 +215,7 @@ def load_model(name: str, torch_dtype: torch.dtype = torch.float32) -> LoadedMod
         folder = _cached_folder(entry)
         if entry.text:
             pipe, tokenizer = _load_text_model(folder, torch_dtype)
+            entry = replace(entry, folder=folder)  # where task files live (`sparsediff eval`)
         else:
             pipe = _pipeline_class(folder).from_pretrained(folder, dtype=torch_dtype)
     elif Path(name).exists():
@@ -214,7 +224,7 @@ def load_model(name: str, torch_dtype: torch.dtype = torch.float32) -> LoadedMod
             raise ValueError(f"--model {name} is a file; give a diffusers pipeline folder (with model_index.json)")
         if not (folder / "model_index.json").exists() and (folder / "config.json").exists():
             pipe, tokenizer = _load_text_model(folder, torch_dtype)
-            entry = ModelEntry(name=folder.name, video=False, default_size=None, steps=64, text=True,
+            entry = ModelEntry(name=folder.name, video=False, default_size=None, steps=64, text=True, folder=folder,
                                call_kwargs={"gen_length": 64, "block_length": 32})  # fmt: skip
         else:
             pipeline_class = _pipeline_class(folder)

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from sparsediff.pipelines.dllm import masked_diffusion_generate, tiny_dlm
-from sparsediff.pipelines.needles import CURRICULUM, HELD_OUT_SEED, Level, sample, task_tokenizer
+from sparsediff.pipelines.dllm import tiny_dlm
+from sparsediff.pipelines.needles import CURRICULUM, Level, exact_accuracy, sample, save_level, task_tokenizer
 from sparsediff.pipelines.training import log, save_atomic, save_on_sigterm
 
 
@@ -38,18 +38,6 @@ def masked_batch(tokenizer, level: Level, args, step: int) -> tuple[torch.Tensor
     targets = torch.cat([torch.full_like(prompts, -100), torch.where(masked, answers, -100)], 1)
     weights = torch.cat([torch.zeros_like(prompts, dtype=torch.float), masked / t], 1)
     return inputs, targets, weights
-
-
-def exact_accuracy(model, tokenizer, level: Level, count: int, seed: int = HELD_OUT_SEED) -> float:
-    """Share of held-out examples whose whole answer the sampler decodes right."""
-    prompts, answers = sample(tokenizer, level, count, seed)
-    model.eval()
-    out = masked_diffusion_generate(
-        model, prompts.tolist(), mask_id=tokenizer.mask_token_id, gen_length=level.queries, steps=level.queries,
-        progress=False,
-    )  # fmt: skip
-    model.train()
-    return float((out[:, -level.queries :] == answers).all(1).float().mean())
 
 
 def train(args) -> None:
@@ -130,6 +118,7 @@ def export(args) -> None:
     log_src = Path(args.run) / "log.jsonl"
     if log_src.exists():
         (Path(args.export) / "training_log.jsonl").write_text(log_src.read_text())
+    save_level(Path(args.export), CURRICULUM[ckpt["level"]])
     print(f"exported step {ckpt['step']} (level {ckpt['level']}) to {args.export}")
 
 

@@ -521,3 +521,58 @@ def main() -> None:
 
 if __name__ == "__main__":
     app()
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Annotated[str, typer.Option(help="a diffusion LM trained on the needle task (built-in or folder)")] = (
+        "tiny-dlm"
+    ),
+    method: Annotated[str, typer.Option(help="sparse method to compare with dense")] = "sparsed",
+    samples: Annotated[int, typer.Option(help="held-out examples")] = 100,
+    density: Annotated[list[float], typer.Option(help="SparseD keep ratio of KV blocks; repeat for a curve")] = [0.3],  # noqa: B006
+    dense_fraction: Annotated[
+        list[float], typer.Option(help="share of steps decoded dense before the switch; repeat for a curve")
+    ] = [0.2],  # noqa: B006
+    context: Annotated[int | None, typer.Option(help="prompt tokens (default: the level the model was trained at)")] = (
+        None
+    ),
+    batch: Annotated[int, typer.Option(help="examples decoded together")] = 32,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice)")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="one JSON object per setting, one per line")] = False,
+) -> None:
+    """Exact accuracy of dense and sparse decoding on held-out needle-retrieval examples, and the speedup."""
+    from dataclasses import replace
+
+    from sparsediff.pipelines.needles import evaluate_sparsed, level_of
+    from sparsediff.pipelines.registry import load_model
+
+    _choice(method, ["sparsed"], "method")
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        loaded = load_model(model)
+        if not loaded.entry.text:
+            raise ValueError(f"--model {model} is not a diffusion language model; try --model tiny-dlm")
+        level = level_of(loaded.entry.folder)
+        if context is not None:
+            level = replace(level, context=context)
+        results = [
+            evaluate_sparsed(loaded.pipe, loaded.tokenizer, level, samples, d, f, batch=batch, progress=not json_out)
+            for f in dense_fraction
+            for d in density
+        ]
+    except (ValueError, FileNotFoundError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
+    if json_out:
+        for r in results:
+            print(json.dumps(asdict(r)), flush=True)
+        return
+    table = Table(title=f"{model}: needle retrieval, {level}, {samples} held-out examples")
+    for col in ("dense fraction", "keep ratio", "density", "dense acc", "sparse acc", "speedup"):
+        table.add_column(col, justify="right")
+    for r in results:
+        table.add_row(f"{r.dense_fraction:.2f}", f"{r.keep_ratio:.2f}", f"{r.density}", f"{r.accuracy_dense:.3f}",
+                      f"{r.accuracy_sparse:.3f}", f"{r.speedup:.2f}x")  # fmt: skip
+    console.print(table)

@@ -262,3 +262,38 @@ def test_needle_task_is_seeded_and_answerable():
     assert not torch.equal(held, sample(tok, CURRICULUM[0], 4, seed=0)[0])
     with pytest.raises(ValueError, match="context too short"):
         sample(tok, Level(8, 4, 2, 0.0), 1, seed=0)
+
+
+def test_train_export_and_eval_round_trip(tmp_path):
+    """train_dlm runs, resumes and exports a from_pretrained folder with its level; `sparsediff eval` reads it."""
+    import json
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    from sparsediff.cli import app
+    from sparsediff.pipelines.needles import CURRICULUM, level_of
+
+    run, folder = tmp_path / "run", tmp_path / "export"
+    train = [sys.executable, "-m", "sparsediff.pipelines.train_dlm", "--run", str(run), "--hidden", "32",
+             "--layers", "1", "--heads", "2", "--batch", "4", "--eval-every", "3", "--eval-examples", "4",
+             "--promote-at", "2"]  # fmt: skip
+    for _ in range(2):  # the second run resumes the first's checkpoint
+        done = subprocess.run([*train, "--minutes", "0.03"], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    assert "resumed" in done.stdout
+    done = subprocess.run([*train, "--export", str(folder)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert level_of(folder) == CURRICULUM[0] and (folder / "training_log.jsonl").exists()
+    result = CliRunner().invoke(app, ["eval", "--model", str(folder), "--samples", "5", "--batch", "3",
+                                      "--density", "0.5", "--density", "1.0", "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line]
+    assert [r["keep_ratio"] for r in rows] == [0.5, 1.0]
+    for r in rows:
+        assert r["context_tokens"] == CURRICULUM[0].context + CURRICULUM[0].queries and r["samples"] == 5
+        assert 0 <= r["accuracy_dense"] <= 1 and 0 <= r["accuracy_sparse"] <= 1 and r["speedup"] > 0
+    assert rows[1]["accuracy_sparse"] == rows[1]["accuracy_dense"]  # keeping every block is exact
+    result = CliRunner().invoke(app, ["eval", "--model", "tiny-llada", "--samples", "2"])
+    assert result.exit_code == 2 and "task.json is missing" in " ".join(result.output.split())
