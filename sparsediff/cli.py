@@ -222,7 +222,7 @@ def bench_methods_cmd(
         str | None, typer.Option(help="built-in name, local pipeline folder or diffusers model id")
     ] = None,
     method: Annotated[
-        list[str], typer.Option(help="methods to compare; repeat (default: all per-call and window)")
+        list[str], typer.Option(help="presets or config JSON files to compare; repeat (default: per-call and window)")
     ] = [],  # noqa: B006
     density: Annotated[float, typer.Option(help="the density every method targets")] = 0.25,
     prompt: Annotated[list[str], typer.Option(help="prompt; repeat for several (same seeds for every method)")] = [],  # noqa: B006
@@ -230,7 +230,9 @@ def bench_methods_cmd(
     num_frames: Annotated[int | None, typer.Option(help="frames (video models)")] = None,
     height: Annotated[int | None, typer.Option(help="height in pixels")] = None,
     width: Annotated[int | None, typer.Option(help="width in pixels")] = None,
-    dense_steps: Annotated[int, typer.Option(help="first steps kept dense for every method")] = 0,
+    dense_steps: Annotated[
+        int | None, typer.Option(help="first steps kept dense for every method (default: each config's own)")
+    ] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per method, one per line")] = False,
 ) -> None:
@@ -248,7 +250,8 @@ def bench_methods_cmd(
         requests = [Request(p, size, steps or entry.steps, entry.guidance, seed=i) for i, p in enumerate(prompts)]
         loaded.pipe.set_progress_bar_config(disable=True)
         methods = method or ["window", "topk", "pyramid", "raster-window", "hilbert"]
-        dense_s, rows = compare_methods(loaded, requests, methods, density, schedule={"dense_steps": dense_steps})
+        overrides = {} if dense_steps is None else {"schedule": {"dense_steps": dense_steps}}
+        dense_s, rows = compare_methods(loaded, requests, methods, density, **overrides)
     except (ValueError, FileNotFoundError, FloatingPointError) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from err

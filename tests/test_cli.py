@@ -59,3 +59,22 @@ def test_bench_permutation_reports_both_costs():
     assert r["tokens"] == 3 * 5 * 7 + 8 and 0 < r["per_call_share"] < 1 and r["per_forward_permute_ms"] > 0
     result = runner.invoke(app, ["bench", "permutation", "--order", "zigzag"])
     assert result.exit_code != 0 and "unknown order 'zigzag'" in result.output
+
+
+def test_bench_methods_compares_presets_and_config_files(tmp_path, monkeypatch):
+    from sparsediff import Diagonal, SparseConfig
+
+    monkeypatch.setenv("SPARSEDIFF_CACHE", str(tmp_path / "cache"))
+    config = SparseConfig(method="pattern", pattern=Diagonal(radius=1), schedule={"dense_steps": 1}, block_size=16)
+    path = config.save(tmp_path / "banded.json")
+    size = ["--num-frames", "5", "--height", "64", "--width", "64", "--steps", "2"]
+    result = runner.invoke(app, ["bench", "methods", "--model", "tiny-wan", *size, "--method", "window",
+                                 "--method", str(path), "--prompt", "a cat", "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [r["method"] for r in rows] == ["window", str(path)]
+    assert all(r["speedup"] > 0 and r["ssim"] <= 1 for r in rows)
+    # The config's own schedule holds (step 0 dense, step 1 sparse): its output differs from dense.
+    assert rows[1]["psnr"] is not None
+    result = runner.invoke(app, ["bench", "methods", "--model", "tiny-wan", *size, "--method", "nope.json"])
+    assert result.exit_code == 2 and "neither a preset" in " ".join(result.output.split())
