@@ -6,6 +6,10 @@ Why these parts:
   text projection added to the timestep embedding that modulates every block. Short trials
   with Wan (text only through cross-attention) learned colour but never motion direction.
 - Pixel space, 4x4 patches: flat-colour shapes need no VAE, and a VAE would cost training time.
+- Two coordinate channels beside the RGB input (CoordConv): each pixel's offset from the frame
+  centre, in units of COORD_PX pixels. Rotary embeddings only tell a token where others are
+  relative to it, but the caption fixes absolute positions (a shape moving right starts left of
+  the centre), so the model must know where the centre is, at any frame size.
 - A tiny `CLIPTextModel`: its last hidden states feed the joint attention, its pooled output the
   modulation. Prompts are padded to a fixed length without a mask, so no attention call carries a
   padding mask (those would have to run dense).
@@ -26,8 +30,9 @@ from sparsediff.pipelines.shapes.data import WORDS
 
 TEXT_LEN = 8  # tokens per prompt, padding included ("a red circle moving up left" is 6 words + eos)
 TEXT_DIM = 64
+COORD_PX = 16.0  # one unit of the coordinate channels, in pixels (the same at every frame size)
 TRANSFORMER_CONFIG = dict(
-    in_channels=3,
+    in_channels=5,  # RGB + 2 coordinate channels
     out_channels=3,
     num_attention_heads=4,
     attention_head_dim=32,
@@ -44,6 +49,14 @@ TRANSFORMER_CONFIG = dict(
     rope_theta=256.0,
     rope_axes_dim=(8, 12, 12),
 )
+
+
+def centre_offsets(frames: int, height: int, width: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """[1, 2, F, H, W]: each pixel's (x, y) offset from the frame centre, in units of COORD_PX pixels."""
+    y = (torch.arange(height, device=device, dtype=dtype) - (height - 1) / 2) / COORD_PX
+    x = (torch.arange(width, device=device, dtype=dtype) - (width - 1) / 2) / COORD_PX
+    grid = torch.stack([x[None, :].expand(height, width), y[:, None].expand(height, width)])
+    return grid[None, :, None].expand(1, 2, frames, height, width)
 
 
 @dataclass
@@ -121,8 +134,9 @@ class ShapesT2VPipeline(DiffusionPipeline):
     def predict(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         """Velocity (noise - clip) at flow time t in [0, 1] (the transformer takes t * 1000)."""
         mask = torch.ones(text.shape[:2], device=text.device)
+        coords = centre_offsets(*latents.shape[2:], device=latents.device, dtype=latents.dtype)
         return self.transformer(
-            hidden_states=latents,
+            hidden_states=torch.cat([latents, coords.expand(latents.shape[0], -1, -1, -1, -1)], 1),
             timestep=t * 1000,
             encoder_hidden_states=text,
             encoder_attention_mask=mask,
