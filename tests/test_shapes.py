@@ -71,3 +71,27 @@ def test_pipeline_round_trip_and_generation(tmp_path):
     assert out.shape == (1, 3, 16, 16, 3) and np.allclose(out, again, atol=1e-5)
     with pytest.raises(ValueError, match="not a multiple of the patch size 4; try height=16"):
         loaded("a red circle moving right", num_frames=3, height=15, width=16)
+
+
+def test_training_resumes_from_exported_weights(tmp_path):
+    """A new machine has no run folder: --init starts from the shipped weights at their step."""
+    import copy
+    import json
+
+    from sparsediff.pipelines.shapes.pipeline import centre_offsets
+    from sparsediff.pipelines.shapes.train import init_from_export, trainable
+
+    exported = build_pipeline(seed=1)
+    exported.save_pretrained(tmp_path / "export")
+    records = [{"step": 5, "loss": 0.1}, {"step": 7, "exported": "x"}]
+    (tmp_path / "export" / "training_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    model = trainable(build_pipeline(seed=2))
+    ema = copy.deepcopy(model)
+    (tmp_path / "run").mkdir()
+    assert init_from_export(model, ema, tmp_path / "export", tmp_path / "run") == 7
+    for weights in (model.state_dict(), ema.state_dict()):
+        for name, value in trainable(exported).state_dict().items():
+            assert torch.equal(weights[name], value), name
+    assert (tmp_path / "run" / "log.jsonl").read_text().count("\n") == 2
+    coords = centre_offsets(2, 4, 6)
+    assert coords.shape == (1, 2, 2, 4, 6) and torch.allclose(coords.mean((2, 3, 4)), torch.zeros(1, 2))
