@@ -94,4 +94,5 @@ def test_training_resumes_from_exported_weights(tmp_path):
             assert torch.equal(weights[name], value), name
     assert (tmp_path / "run" / "log.jsonl").read_text().count("\n") == 2
     coords = centre_offsets(2, 4, 6)
-    assert coords.shape == (1, 2, 2, 4, 6) and torch.allclose(coords.mean((2, 3, 4)), torch.zeros(1, 2))
+    assert coords.shape == (1, 3, 2, 4, 6) and torch.allclose(coords.mean((2, 3, 4)), torch.zeros(1, 3))
+    assert coords[0, 0, 0, 0, 1] > coords[0, 0, 0, 0, 0] and coords[0, 2, 1, 0, 0] > coords[0, 2, 0, 0, 0]

@@ -6,10 +6,12 @@ Why these parts:
   text projection added to the timestep embedding that modulates every block. Short trials
   with Wan (text only through cross-attention) learned colour but never motion direction.
 - Pixel space, 4x4 patches: flat-colour shapes need no VAE, and a VAE would cost training time.
-- Two coordinate channels beside the RGB input (CoordConv): each pixel's offset from the frame
-  centre, in units of COORD_PX pixels. Rotary embeddings only tell a token where others are
-  relative to it, but the caption fixes absolute positions (a shape moving right starts left of
-  the centre), so the model must know where the centre is, at any frame size.
+- Three coordinate channels beside the RGB input (CoordConv): each pixel's offset from the frame
+  centre (in units of COORD_PX pixels) and its frame's offset from the middle frame (in units of
+  COORD_FRAMES frames). Rotary embeddings only tell a token where others are relative to it, but
+  the caption fixes absolute positions (a shape moving right is left of the centre in the first
+  frames, right of it in the last), so the model must know where the centre and the middle
+  frame are, at any size.
 - A tiny `CLIPTextModel`: its last hidden states feed the joint attention, its pooled output the
   modulation. Prompts are padded to a fixed length without a mask, so no attention call carries a
   padding mask (those would have to run dense).
@@ -30,9 +32,10 @@ from sparsediff.pipelines.shapes.data import WORDS
 
 TEXT_LEN = 8  # tokens per prompt, padding included ("a red circle moving up left" is 6 words + eos)
 TEXT_DIM = 64
-COORD_PX = 16.0  # one unit of the coordinate channels, in pixels (the same at every frame size)
+COORD_PX = 16.0  # one unit of the spatial coordinate channels, in pixels (the same at every size)
+COORD_FRAMES = 8.0  # one unit of the temporal coordinate channel, in frames
 TRANSFORMER_CONFIG = dict(
-    in_channels=5,  # RGB + 2 coordinate channels
+    in_channels=6,  # RGB + 3 coordinate channels
     out_channels=3,
     num_attention_heads=4,
     attention_head_dim=32,
@@ -52,11 +55,15 @@ TRANSFORMER_CONFIG = dict(
 
 
 def centre_offsets(frames: int, height: int, width: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """[1, 2, F, H, W]: each pixel's (x, y) offset from the frame centre, in units of COORD_PX pixels."""
-    y = (torch.arange(height, device=device, dtype=dtype) - (height - 1) / 2) / COORD_PX
-    x = (torch.arange(width, device=device, dtype=dtype) - (width - 1) / 2) / COORD_PX
-    grid = torch.stack([x[None, :].expand(height, width), y[:, None].expand(height, width)])
-    return grid[None, :, None].expand(1, 2, frames, height, width)
+    """[1, 3, F, H, W]: each pixel's (x, y, frame) offset from the centre of the clip (COORD_* units)."""
+
+    def offsets(n: int, unit: float) -> torch.Tensor:
+        return (torch.arange(n, device=device, dtype=dtype) - (n - 1) / 2) / unit
+
+    t, y, x = offsets(frames, COORD_FRAMES), offsets(height, COORD_PX), offsets(width, COORD_PX)
+    shape = (frames, height, width)
+    grid = torch.stack([x[None, None].expand(shape), y[None, :, None].expand(shape), t[:, None, None].expand(shape)])
+    return grid[None]
 
 
 @dataclass
