@@ -34,9 +34,9 @@ DIRECTIONS: dict[str, tuple[int, int]] = {
     "down right": (1, 1),
     "down left": (-1, 1),
 }
-SPEED_PX = (1.75, 2.5)  # per frame, on each moving axis
+SPEED_PX = (2.0, 2.5)  # per frame, on each moving axis
 RADIUS_PX = (3.5, 5.5)
-PATH_JITTER_PX = 4.0  # the path's midpoint lies this close to the frame centre on each axis
+PATH_JITTER_PX = 1.5  # the path's midpoint lies this close to the frame centre on each axis
 EXTENT = {"circle": 1.0, "square": 0.886, "triangle": 1.35}  # half size, in radii (about equal areas)
 WORDS = ("a", *COLOURS, *SHAPES, "moving", "staying", *sorted({w for d in DIRECTIONS for w in d.split()}))
 
