@@ -334,7 +334,8 @@ def bench_permutation(
         return ordered.unpermute(moved[0])
 
     def per_forward() -> torch.Tensor:
-        ordered.permute(rotary, dim=0), ordered.permute(rotary, dim=0)  # cos and sin
+        for _ in ("cos", "sin"):
+            ordered.permute(rotary, dim=0)
         return ordered.unpermute(ordered.permute(hidden, dim=1), dim=1)
 
     for fn in (method, per_call, per_forward):

@@ -517,15 +517,6 @@ def _print_summary(summary: dict) -> None:
         console.print("[yellow]random weights: the outputs are noise-like; timings and PSNR are still real[/yellow]")
 
 
-@app.callback()
-def main() -> None:
-    """sparsediff: compute only the attention that matters."""
-
-
-if __name__ == "__main__":
-    app()
-
-
 @app.command("eval")
 def eval_cmd(
     model: Annotated[str, typer.Option(help="a diffusion LM trained on the needle task (built-in or folder)")] = (
@@ -579,3 +570,12 @@ def eval_cmd(
         table.add_row(f"{r.dense_fraction:.2f}", f"{r.keep_ratio:.2f}", f"{r.density}", f"{r.accuracy_dense:.3f}",
                       f"{r.accuracy_sparse:.3f}", f"{r.speedup:.2f}x")  # fmt: skip
     console.print(table)
+
+
+@app.callback()
+def main() -> None:
+    """sparsediff: compute only the attention that matters."""
+
+
+if __name__ == "__main__":
+    app()

@@ -38,7 +38,7 @@ from sparsediff.integrations.families import Family, family_of
 from sparsediff.layout import TokenLayout
 from sparsediff.methods import DYNAMIC, layer_patterns
 from sparsediff.methods.pyramid import pyramid_attention
-from sparsediff.patterns import Full, Pyramid, Skip, build_plan
+from sparsediff.patterns import Full, Pattern, Pyramid, Skip, build_plan
 from sparsediff.plan import BlockPlan
 
 logger = logging.getLogger(__name__)
@@ -150,9 +150,8 @@ class SparseState:
             self.plan_seconds += time.perf_counter() - start
         return self.plans[key]
 
-    def skipped_heads_running(self, layer: str, layout: TokenLayout, heads: int, can_reuse: bool) -> frozenset[int]:
+    def skipped_heads_running(self, patterns: list[Pattern], can_reuse: bool) -> frozenset[int]:
         """Skipped heads that run in full now: on their refresh steps, or when there is nothing to reuse."""
-        patterns = layer_patterns(self.config, layer, layout, heads)
         step = self.tracker.step
         return frozenset(
             h for h, p in enumerate(patterns) if isinstance(p, Skip) and (not can_reuse or step < 0 or p.runs_at(step))
@@ -203,7 +202,8 @@ class SparseState:
             return self._per_call(query, key, value, layout, scale)
         heads = query.shape[1]
         # Layers with skipped heads keep their last output (per CFG branch) for reuse.
-        keeps_output = any(isinstance(p, Skip) for p in layer_patterns(self.config, layer, layout, heads))
+        patterns = layer_patterns(self.config, layer, layout, heads)
+        keeps_output = any(isinstance(p, Skip) for p in patterns)
         reuse_key = (layer, self.tracker.call_in_step)
         if self.dense_now(layer):
             out = dense("dense: schedule")
@@ -211,9 +211,9 @@ class SparseState:
             previous = self.reuse.get(reuse_key) if keeps_output else None
             if previous is not None and previous.shape != query.shape:
                 previous = None
-            running = self.skipped_heads_running(layer, layout, heads, can_reuse=previous is not None)
+            running = self.skipped_heads_running(patterns, can_reuse=previous is not None)
             plan = self.plan(layer, layout, heads, running)
-            reuse, pyramid_density = self._pyramid_heads(layer, layout, query, key, value, previous, scale)
+            reuse, pyramid_density = self._pyramid_heads(patterns, layout, query, key, value, previous, scale)
             out = sparse_attention(query, key, value, plan, self.config.backend, scale=scale, reuse=reuse)
             self.calls["sparse"] += 1
             self._call_density.append(plan.density + pyramid_density)
@@ -247,8 +247,9 @@ class SparseState:
             if self.config.method in DYNAMIC:
                 result = self._per_call(q, k, v, sub, scale)
             else:
-                plan = self.plan(layer, sub, heads, self.skipped_heads_running(layer, sub, heads, can_reuse=False))
-                reuse, pyramid_density = self._pyramid_heads(layer, sub, q, k, v, None, scale)
+                patterns = layer_patterns(self.config, layer, sub, heads)
+                plan = self.plan(layer, sub, heads, self.skipped_heads_running(patterns, can_reuse=False))
+                reuse, pyramid_density = self._pyramid_heads(patterns, sub, q, k, v, None, scale)
                 result = sparse_attention(q, k, v, plan, self.config.backend, scale=scale, reuse=reuse)
                 self._call_density.append(plan.density + pyramid_density)
             padded = (
@@ -260,11 +261,11 @@ class SparseState:
                     out[b, :, pad] = padded[i]
         return out
 
-    def _pyramid_heads(self, layer, layout, query, key, value, reuse, scale) -> tuple[Tensor | None, float]:
+    def _pyramid_heads(self, patterns, layout, query, key, value, reuse, scale) -> tuple[Tensor | None, float]:
         """`reuse` with the layer's `Pyramid` heads filled by per-call PSA, and their share of the density."""
         heads = query.shape[1]
         by_budget: dict[float, list[int]] = {}
-        for h, p in enumerate(layer_patterns(self.config, layer, layout, heads)):
+        for h, p in enumerate(patterns):
             if isinstance(p, Pyramid):
                 by_budget.setdefault(p.budget, []).append(h)
         if not by_budget:

@@ -98,10 +98,10 @@ class CalibrationState(DenseWatcher):
         exact = out[:, :, rows].double()
         step = self.tracker.step
         stale = {}  # every -> rows a skipped head serves now (None: it runs in full now)
-        for every in {p.every for p in cal.candidates if isinstance(p, Skip)}:
-            slot = (layer, self.tracker.call_in_step, every)
-            refresh = step < cal.dense_steps or Skip(every=every).runs_at(step) or slot not in cal._refreshed
-            stale[every] = None if refresh else cal._refreshed[slot]
+        for skip in {p for p in cal.candidates if isinstance(p, Skip)}:
+            slot = (layer, self.tracker.call_in_step, skip.every)
+            refresh = step < cal.dense_steps or skip.runs_at(step) or slot not in cal._refreshed
+            stale[skip.every] = None if refresh else cal._refreshed[slot]
             if refresh:
                 cal._refreshed[slot] = exact
         if step not in cal.sample_steps:
