@@ -127,10 +127,14 @@ class SparsedEval:
 
 
 def evaluate_sparsed(
-    model, tokenizer, level: Level, samples: int, density: float = 0.3, dense_fraction: float = 0.2,
+    model, tokenizer, level: Level, samples: int, settings: list[tuple[float, float]] = [(0.3, 0.2)],  # noqa: B006
     steps: int | None = None, batch: int = 32, block_size: int = 32, progress: bool = True,
-) -> SparsedEval:  # fmt: skip
-    """Dense and SparseD decoding of the same held-out examples: exact accuracy of each, and time."""
+) -> list[SparsedEval]:  # fmt: skip
+    """Dense and SparseD decoding of the same held-out examples: exact accuracy of each, and time.
+
+    `settings` are (keep ratio, dense fraction) pairs, one result each; dense decodes each batch
+    once for all of them, so a curve costs one dense pass.
+    """
     import sparsediff
 
     if samples < 1:
@@ -138,33 +142,37 @@ def evaluate_sparsed(
     steps = steps or level.queries
     prompts, answers = sample(tokenizer, level, samples, HELD_OUT_SEED)
     batches = [(prompts[i : i + batch], answers[i : i + batch]) for i in range(0, samples, batch)]
-    right = {"dense": 0, "sparse": 0}
-    seconds = {"dense": 0.0, "sparse": 0.0}
-    densities = []
-    config = {"density": density, "schedule": {"dense_fraction": dense_fraction}, "block_size": block_size}
+    dense_right, dense_s = 0, 0.0
+    right, seconds = [0] * len(settings), [0.0] * len(settings)
+    densities: list[list[float]] = [[] for _ in settings]
     with torch.no_grad():
         decode_answers(model, tokenizer, prompts[:1], level.queries, steps)  # warm-up, untimed
         for p, a in tqdm(batches, desc="dense vs sparsed", disable=not progress):
             start = time.perf_counter()
-            right["dense"] += int((decode_answers(model, tokenizer, p, level.queries, steps) == a).all(1).sum())
-            seconds["dense"] += time.perf_counter() - start
-            with sparsediff.sparse(model, "sparsed", **config) as state:
-                start = time.perf_counter()
-                got = decode_answers(model, tokenizer, p, level.queries, steps)
-                seconds["sparse"] += time.perf_counter() - start
-            right["sparse"] += int((got == a).all(1).sum())
-            if state.density() is not None:
-                densities.append(state.density())
-    return SparsedEval(
-        accuracy_dense=right["dense"] / samples,
-        accuracy_sparse=right["sparse"] / samples,
-        speedup=round(seconds["dense"] / seconds["sparse"], 3),
-        context_tokens=level.context + level.queries,
-        density=round(sum(densities) / len(densities), 4) if densities else None,
-        samples=samples,
-        dense_fraction=dense_fraction,
-        keep_ratio=density,
-        dense_s=round(seconds["dense"], 3),
-        sparse_s=round(seconds["sparse"], 3),
-        steps=steps,
-    )
+            dense_right += int((decode_answers(model, tokenizer, p, level.queries, steps) == a).all(1).sum())
+            dense_s += time.perf_counter() - start
+            for i, (density, dense_fraction) in enumerate(settings):
+                config = {"density": density, "schedule": {"dense_fraction": dense_fraction}, "block_size": block_size}
+                with sparsediff.sparse(model, "sparsed", **config) as state:
+                    start = time.perf_counter()
+                    got = decode_answers(model, tokenizer, p, level.queries, steps)
+                    seconds[i] += time.perf_counter() - start
+                right[i] += int((got == a).all(1).sum())
+                if state.density() is not None:
+                    densities[i].append(state.density())
+    return [
+        SparsedEval(
+            accuracy_dense=dense_right / samples,
+            accuracy_sparse=right[i] / samples,
+            speedup=round(dense_s / seconds[i], 3),
+            context_tokens=level.context + level.queries,
+            density=round(sum(densities[i]) / len(densities[i]), 4) if densities[i] else None,
+            samples=samples,
+            dense_fraction=dense_fraction,
+            keep_ratio=density,
+            dense_s=round(dense_s, 3),
+            sparse_s=round(seconds[i], 3),
+            steps=steps,
+        )
+        for i, (density, dense_fraction) in enumerate(settings)
+    ]

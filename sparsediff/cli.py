@@ -266,7 +266,7 @@ def bench_methods_cmd(
         table.add_column(col, justify="right")
     for r in rows:
         judge = "-" if r.judge is None else f"{r.judge['colour_and_direction']:.2f}"
-        psnr_text = "identical" if r.psnr is None else f"{r.psnr:.2f}"
+        psnr_text = "reference" if r.method == "dense" else "identical" if r.psnr is None else f"{r.psnr:.2f}"
         table.add_row(r.method, f"{r.density:.3f}", f"{r.seconds:.2f}", f"{r.speedup:.2f}x", psnr_text,
                       f"{r.ssim:.4f}", judge)  # fmt: skip
     console.print(table)
@@ -551,11 +551,9 @@ def eval_cmd(
         level = level_of(loaded.entry.folder)
         if context is not None:
             level = replace(level, context=context)
-        results = [
-            evaluate_sparsed(loaded.pipe, loaded.tokenizer, level, samples, d, f, batch=batch, progress=not json_out)
-            for f in dense_fraction
-            for d in density
-        ]
+        settings = [(d, f) for f in dense_fraction for d in density]
+        results = evaluate_sparsed(loaded.pipe, loaded.tokenizer, level, samples, settings, batch=batch,
+                                   progress=not json_out)  # fmt: skip
     except (ValueError, FileNotFoundError) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from err

@@ -311,23 +311,30 @@ def compare_methods(
 ) -> tuple[float, list[MethodResult]]:
     """Dense once per request, then every method on the same seeds: (dense seconds, one row per method).
 
-    PSNR/SSIM and seconds are averaged over the requests; the judge's score is the share of
-    requests whose colour and direction it reads right (where the model has a judge).
+    The first row is dense itself, so its judge score stands beside the methods'. PSNR/SSIM and
+    seconds are averaged over the requests; the judge's score is the share of requests whose
+    colour and direction it reads right (where the model has a judge).
     """
     for request in requests:
         check_size(loaded, request.size)
     warm_up(loaded, requests[0])
     dense = [run(loaded, r, label="dense") for r in requests]
     dense_s = sum(d.seconds for d in dense) / len(dense)
-    judge = loaded.entry.judge
-    rows = []
+
+    def judged(runs: list[Run]) -> dict | None:
+        if loaded.entry.judge is None:
+            return None
+        verdicts = [loaded.entry.judge(s.frames, r.prompt) for s, r in zip(runs, requests, strict=True)]
+        scored = [v for v in verdicts if v is not None]
+        return (
+            {"colour_and_direction": sum(v["colour_and_direction"] for v in scored) / len(scored)} if scored else None
+        )
+
+    rows = [MethodResult("dense", 1.0, dense_s, 1.0, None, 1.0, judged(dense))]
     for method in methods:
         config = SparseConfig.load(method, density=density, **overrides)
         runs = [run_sparse(loaded, r, config) for r in requests]
-        psnrs = [psnr(d.frames, s.frames) for d, s in zip(dense, runs, strict=True)]
-        finite = [p for p in psnrs if math.isfinite(p)]
-        verdicts = [judge(s.frames, r.prompt) for s, r in zip(runs, requests, strict=True)] if judge else []
-        scored = [v for v in verdicts if v is not None]
+        finite = [p for p in (psnr(d.frames, s.frames) for d, s in zip(dense, runs, strict=True)) if math.isfinite(p)]
         seconds = sum(s.seconds for s in runs) / len(runs)
         rows.append(
             MethodResult(
@@ -337,9 +344,7 @@ def compare_methods(
                 speedup=dense_s / seconds,
                 psnr=sum(finite) / len(finite) if finite else None,
                 ssim=sum(ssim(d.frames, s.frames) for d, s in zip(dense, runs, strict=True)) / len(runs),
-                judge={"colour_and_direction": sum(v["colour_and_direction"] for v in scored) / len(scored)}
-                if scored
-                else None,
+                judge=judged(runs),
             )
         )
     return dense_s, rows

@@ -72,9 +72,9 @@ def test_bench_methods_compares_presets_and_config_files(tmp_path, monkeypatch):
                                  "--method", str(path), "--prompt", "a cat", "--json"])  # fmt: skip
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    assert [r["method"] for r in rows] == ["window", str(path)]
+    assert [r["method"] for r in rows] == ["dense", "window", str(path)]
     assert all(r["speedup"] > 0 and r["ssim"] <= 1 for r in rows)
     # The config's own schedule holds (step 0 dense, step 1 sparse): its output differs from dense.
-    assert rows[1]["psnr"] is not None
+    assert rows[0]["psnr"] is None and rows[2]["psnr"] is not None
     result = runner.invoke(app, ["bench", "methods", "--model", "tiny-wan", *size, "--method", "nope.json"])
     assert result.exit_code == 2 and "neither a preset" in " ".join(result.output.split())

@@ -295,5 +295,6 @@ def test_train_export_and_eval_round_trip(tmp_path):
         assert r["context_tokens"] == CURRICULUM[0].context + CURRICULUM[0].queries and r["samples"] == 5
         assert 0 <= r["accuracy_dense"] <= 1 and 0 <= r["accuracy_sparse"] <= 1 and r["speedup"] > 0
     assert rows[1]["accuracy_sparse"] == rows[1]["accuracy_dense"]  # keeping every block is exact
+    assert rows[0]["dense_s"] == rows[1]["dense_s"]  # one dense pass serves the whole curve
     result = CliRunner().invoke(app, ["eval", "--model", "tiny-llada", "--samples", "2"])
     assert result.exit_code == 2 and "task.json is missing" in " ".join(result.output.split())
