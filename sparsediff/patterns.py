@@ -136,16 +136,18 @@ class MultiDiagonal(Pattern):
 
 
 class Stripe(Pattern):
-    """Key columns every query sees: text, whole frames, or explicit visual tokens.
+    """Key columns every query sees: text, whole frames, or chosen visual tokens.
 
-    `tokens` are raster indices (t*H*W + h*W + w) of visual tokens, e.g. the top-k key columns
-    found during calibration.
+    `positions` are visual tokens in layout units, (frame, y, x) as fractions of the frame count,
+    height and width in [0, 1), so they transfer across sizes (the search stores the heaviest key
+    columns it found this way); `tokens` are raster indices (t*H*W + h*W + w) of one layout.
     """
 
     kind: Literal["stripe"] = "stripe"
     text: bool = False
     frames: tuple[int, ...] = ()
     tokens: tuple[int, ...] = ()
+    positions: tuple[tuple[float, float, float], ...] = ()
 
     def key_columns(self, layout: TokenLayout) -> Tensor:
         """[N] bool, the keys of the stripe."""
@@ -160,7 +162,32 @@ class Stripe(Pattern):
             if tokens.min() < 0 or tokens.max() >= layout.num_visual:
                 raise ValueError(f"stripe tokens must be raster indices in [0, {layout.num_visual})")
             cols[layout.inverse_index[tokens] + layout.text_prefix] = True
+        if self.positions:
+            cols[layout.inverse_index[self.raster_indices(layout)] + layout.text_prefix] = True
         return cols
+
+    def raster_indices(self, layout: TokenLayout) -> Tensor:
+        """Raster index of the visual token at each of `positions` in this layout."""
+        where = torch.tensor(self.positions, dtype=torch.float64)
+        if where.min() < 0 or where.max() >= 1:
+            raise ValueError("stripe positions are (frame, y, x) fractions of the layout in [0, 1)")
+        sizes = torch.tensor([layout.frames, layout.height, layout.width])
+        t, y, x = (where * sizes).floor().long().unbind(-1)
+        return (t * layout.height + y) * layout.width + x
+
+    @staticmethod
+    def positions_of(layout: TokenLayout, raster: Tensor) -> tuple[tuple[float, float, float], ...]:
+        """Layout-unit positions (token centres) of raster indices: the inverse of `raster_indices`."""
+        plane = layout.height * layout.width
+        t, y, x = raster // plane, (raster % plane) // layout.width, raster % layout.width
+
+        def centre(i: int, n: int) -> float:
+            return round((i + 0.5) / n, 6)
+
+        return tuple(
+            (centre(a, layout.frames), centre(b, layout.height), centre(c, layout.width))
+            for a, b, c in zip(t.tolist(), y.tolist(), x.tolist(), strict=True)
+        )
 
     def token_mask(self, layout: TokenLayout) -> Tensor:
         return self.key_columns(layout)[None, :].expand(layout.num_tokens, -1).clone()

@@ -7,12 +7,12 @@ import torch
 from PIL import Image
 
 import sparsediff
-from sparsediff import Diagonal, Full, Pyramid, Skip, SparseConfig, TokenLayout, build_plan, sparse_attention
+from sparsediff import Diagonal, Full, Pyramid, Skip, SparseConfig, Stripe, TokenLayout, build_plan, sparse_attention
 from sparsediff.methods.pyramid import pyramid_attention
 from sparsediff.pipelines.tiny import TINY_TRANSFORMERS, tiny_pipeline
 from sparsediff.search import CostModel, search, solve_budget, solve_max_error
-from sparsediff.search.calibrate import Calibration, CalibrationState, sample_rows
-from sparsediff.search.candidates import default_candidates
+from sparsediff.search.calibrate import Calibration, CalibrationState, _heaviest_columns, sample_rows
+from sparsediff.search.candidates import BandAndHeavyColumns, default_candidates
 from sparsediff.search.offline import sample_steps
 from sparsediff.search.solver import total_cost
 
@@ -69,8 +69,10 @@ def test_candidates_fit_the_layout():
     found = default_candidates(layout)
     assert isinstance(found[0], Full) and [p.every for p in found[1:3]] == [2, 4]
     assert len(found) == len(set(found)) > 10
+    somewhere = Stripe.positions_of(layout, torch.arange(0, 768, 97))
     for p in found[2:]:
-        assert build_plan(layout, p, 32).density < 1
+        pattern = p.resolve(somewhere) if isinstance(p, BandAndHeavyColumns) else p
+        assert build_plan(layout, pattern, 32).density < 1
     assert not any(isinstance(p, Skip) for p in default_candidates(layout, allow_skip=False))
 
 
@@ -215,3 +217,60 @@ def test_search_cli_writes_a_config_generate_can_use(tmp_path, monkeypatch):
     result = runner.invoke(app, ["search", "--model", "tiny-wan", "--prompt", "a cat", *size, "--budget", "0.01",
                                  "--calibration-steps", "1", "--out", str(out)])  # fmt: skip
     assert result.exit_code == 2 and "does not cover the sparse kernel's fixed cost" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("order", ["raster", "hilbert"])
+def test_heaviest_columns_find_a_sink_in_layout_units(order):
+    """A key every query of head 0 attends to is found, and its position names that token at any order."""
+    layout = TokenLayout(frames=3, height=5, width=7, text_prefix=4, order=order)
+    gen = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 2, 20, 8, generator=gen), torch.randn(2, 2, layout.num_tokens, 8, generator=gen)
+    sink_raster = 2 * 35 + 3 * 7 + 5  # frame 2, row 3, column 5
+    sink = layout.text_prefix + int(layout.inverse_index[sink_raster])
+    k[:, 0, sink] = q[:, 0].mean(1) * 50
+    columns = _heaviest_columns(q, k, layout, 8**-0.5, count=3, per_chunk=1)
+    assert len(columns) == 2 and all(len(c) == 3 for c in columns)
+    stripe = Stripe(positions=columns[0])
+    assert int(stripe.raster_indices(layout)[0]) == sink_raster
+    assert stripe.key_columns(layout)[sink] and int(stripe.key_columns(layout).sum()) == 3
+    config = SparseConfig(method="pattern", pattern=Diagonal(radius=1) | stripe)
+    assert SparseConfig.load(json.loads(config.model_dump_json())) == config  # positions survive JSON
+    bigger = TokenLayout(frames=6, height=10, width=14)  # twice the size: a token inside the sink's area
+    r = int(Stripe(positions=columns[0][:1]).raster_indices(bigger)[0])
+    assert r // 140 in (4, 5) and (r % 140) // 14 in (6, 7) and r % 14 in (10, 11)
+    with pytest.raises(ValueError, match=r"fractions of the layout in \[0, 1\)"):
+        Stripe(positions=((0.5, 1.0, 0.2),)).key_columns(layout)
+
+
+def test_band_and_heavy_columns_choose_columns_once_and_score_them_later():
+    """Columns come from the layer's first sampled call; the error on later calls is that of the resolved plan."""
+    model = TINY_TRANSFORMERS["wan"].build()
+    layout = TokenLayout(frames=3, height=8, width=8)
+    candidate = BandAndHeavyColumns(radius=1, temporal_radius=0, count=4)
+    cal = Calibration(candidates=[Full(), candidate], sample_steps=frozenset({0, 1}), rows=40, seed=0)
+    captured = {}  # (layer, step) -> (q, k, v)
+    state_class = type("Bound", (CalibrationState,), {"calibration": cal})
+    original = state_class.attend
+
+    def spy(self, layer, query, key, value, *args, **kwargs):
+        if query.shape[-2] == key.shape[-2]:
+            captured[layer, self.tracker.step] = (query, key, value)
+        return original(self, layer, query, key, value, *args, **kwargs)
+
+    state_class.attend = spy
+    sparsediff.integrations.diffusers.install(model, SparseConfig(method="dense", block_size=16), state_class)
+    with torch.no_grad():
+        for t in (900, 500):
+            model(**TINY_TRANSFORMERS["wan"].make_inputs(1, 3, 16, 16, 8, t, torch.Generator().manual_seed(t)))
+    sparsediff.remove(model)
+    rows = sample_rows(layout, cal.rows, cal.seed)
+    for layer in cal.errors:
+        q, k, _ = captured[layer, 0]
+        assert cal.columns[layer] == _heaviest_columns(q[:, :, rows], k, layout, q.shape[-1] ** -0.5, 4, 1)
+        q, k, v = captured[layer, 1]
+        exact = sparse_attention(q, k, v, build_plan(layout, Full(), 16), "reference")[:, :, rows]
+        resolved = [cal.resolve(layer, h, 1) for h in range(q.shape[1])]
+        approx = sparse_attention(q, k, v, build_plan(layout, resolved, 16), "reference")[:, :, rows]
+        expected = ((approx - exact).square().sum((0, 2, 3)) / exact.square().sum((0, 2, 3))).sqrt()
+        assert torch.allclose(cal.errors[layer].relative()[:, 1].float(), expected, atol=1e-4)
+        assert all(isinstance(p.parts[-1], Stripe) and len(p.parts[-1].positions) == 4 for p in resolved)

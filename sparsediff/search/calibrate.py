@@ -5,9 +5,12 @@ rows, takes their exact output (from the dense call itself), and recomputes thos
 every candidate's block mask. Relative squared L2 errors accumulate per (layer, head,
 candidate). `Skip(every=k)` is scored as the runtime serves it: on its refresh steps (and dense
 steps) it is exact, on the others it reuses the rows' exact output from the last refresh step,
-so the error counts the real staleness (up to k - 1 steps). Nothing but the sampled rows'
-outputs is kept across calls: memory is O(layers x heads x rows x dim),
-and per call the extra work is about candidates x rows / tokens of one dense attention.
+so the error counts the real staleness (up to k - 1 steps). A band-plus-heavy-columns
+candidate takes, per head, the visual key columns that got the most attention mass from the
+sampled rows of the layer's first sampled call, and is scored from the next sampled call on
+(never on the rows that chose its columns). Nothing but the sampled rows' outputs and those
+columns is kept across calls: memory is O(layers x heads x rows x dim), and per call the extra
+work is about candidates x rows / tokens of one dense attention.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ from sparsediff.config import SparseConfig
 from sparsediff.integrations.diffusers import SparseState, _mask_is_trivial, install, remove
 from sparsediff.layout import TokenLayout
 from sparsediff.methods.pyramid import pyramid_attention
-from sparsediff.patterns import Full, Pattern, Pyramid, Skip, build_plan
-from sparsediff.search.candidates import default_candidates
+from sparsediff.patterns import Full, Pattern, Pyramid, Skip, Stripe, build_plan
+from sparsediff.search.candidates import BandAndHeavyColumns, Candidate, default_candidates
 
 Tensor = torch.Tensor
 _SCORE_BUFFER = 1 << 24  # elements of one chunk of scores (heads x rows x keys)
@@ -47,7 +50,7 @@ class LayerErrors:
 class Calibration:
     """What `CalibrationState` collects; shared by all transformers of one pipeline."""
 
-    candidates: list[Pattern]
+    candidates: list[Candidate]
     sample_steps: frozenset[int]
     rows: int
     seed: int
@@ -55,8 +58,16 @@ class Calibration:
     errors: dict[str, LayerErrors] = field(default_factory=dict)
     layouts: dict[str, TokenLayout] = field(default_factory=dict)  # the layout each layer was scored at
     head_dims: dict[str, int] = field(default_factory=dict)
+    columns: dict[str, list[tuple]] = field(default_factory=dict)  # layer -> per head, heaviest key positions
     _refreshed: dict = field(default_factory=dict)  # (layer, call_in_step, every) -> rows at the last refresh
     _key_masks: dict = field(default_factory=dict)
+
+    def resolve(self, layer: str, head: int, candidate: int) -> Pattern:
+        """The pattern candidate `candidate` stands for at this layer and head."""
+        chosen = self.candidates[candidate]
+        if isinstance(chosen, BandAndHeavyColumns):
+            return chosen.resolve(self.columns[layer][head])
+        return chosen
 
 
 class DenseWatcher(SparseState):
@@ -122,7 +133,20 @@ class CalibrationState(DenseWatcher):
             value = value.repeat_interleave(heads // value.shape[1], 1)
         q_rows = query[:, :, rows]
         per_chunk = max(1, _SCORE_BUFFER // (q_rows.shape[0] * rows.numel() * key.shape[-2]))
+        heavy = [p.count for p in cal.candidates if isinstance(p, BandAndHeavyColumns)]
+        choosing_columns = bool(heavy) and layer not in cal.columns
+        if choosing_columns:
+            cal.columns[layer] = _heaviest_columns(q_rows, key, layout, scale, max(heavy), per_chunk)
         for c, pattern in enumerate(cal.candidates):
+            if isinstance(pattern, BandAndHeavyColumns):
+                if not choosing_columns:
+                    block = self.config.block_size
+                    allowed = torch.stack(
+                        [_plan_key_mask(pattern.resolve(p), layout, block, rows) for p in cal.columns[layer]]
+                    )
+                    stats.norm[:, c] += norm
+                    stats.err[:, c] += _masked_error(q_rows, key, value, exact, allowed, scale, per_chunk)
+                continue
             stats.norm[:, c] += norm
             if isinstance(pattern, Skip):
                 served = stale[pattern.every]
@@ -136,13 +160,39 @@ class CalibrationState(DenseWatcher):
                 approx = pyramid_attention(query, key, value, layout, pattern.budget, block, "auto", scale)[0]
                 stats.err[:, c] += (approx[:, :, rows].double() - exact).square().sum(dim=(0, 2, 3))
                 continue
-            allowed = _key_mask(cal, pattern, layout, self.config.block_size, rows).to(query.device)
-            for h0 in range(0, heads, per_chunk):
-                h1 = min(heads, h0 + per_chunk)
-                scores = (q_rows[:, h0:h1] @ key[:, h0:h1].transpose(-1, -2)).float() * scale
-                probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
-                approx = (probs @ value[:, h0:h1].float()).double()
-                stats.err[h0:h1, c] += (approx - exact[:, h0:h1]).square().sum(dim=(0, 2, 3))
+            allowed = _key_mask(cal, pattern, layout, self.config.block_size, rows)
+            stats.err[:, c] += _masked_error(q_rows, key, value, exact, allowed, scale, per_chunk)
+
+
+def _chunks(heads: int, per_chunk: int):
+    for h0 in range(0, heads, per_chunk):
+        yield h0, min(heads, h0 + per_chunk)
+
+
+def _masked_error(q_rows, key, value, exact, allowed: Tensor, scale: float, per_chunk: int) -> Tensor:
+    """[heads] squared error of the sampled rows when each may only see `allowed` keys.
+
+    `allowed` is [rows, N] (every head alike) or [heads, rows, N].
+    """
+    err = torch.zeros(q_rows.shape[1], dtype=torch.float64)
+    allowed = allowed.to(q_rows.device)
+    for h0, h1 in _chunks(q_rows.shape[1], per_chunk):
+        scores = (q_rows[:, h0:h1] @ key[:, h0:h1].transpose(-1, -2)).float() * scale
+        mask = allowed if allowed.dim() == 2 else allowed[h0:h1]
+        probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+        approx = (probs @ value[:, h0:h1].float()).double()
+        err[h0:h1] = (approx - exact[:, h0:h1]).square().sum(dim=(0, 2, 3)).cpu()
+    return err
+
+
+def _heaviest_columns(q_rows, key, layout: TokenLayout, scale: float, count: int, per_chunk: int) -> list[tuple]:
+    """Per head, the `count` visual keys that got the most attention mass from the sampled rows (layout units)."""
+    mass = torch.zeros(q_rows.shape[1], layout.num_visual, dtype=torch.float64)
+    for h0, h1 in _chunks(q_rows.shape[1], per_chunk):
+        probs = ((q_rows[:, h0:h1] @ key[:, h0:h1].transpose(-1, -2)).float() * scale).softmax(-1)
+        mass[h0:h1] = probs[..., layout.visual_slice].sum(dim=(0, 2)).double().cpu()
+    top = mass.topk(min(count, layout.num_visual), dim=-1).indices  # ties: torch's order, fixed for fixed inputs
+    return [Stripe.positions_of(layout, layout.raster_index[t]) for t in top]
 
 
 def watched_dense_runs(pipe, state_class: type[SparseState], prompts, block_size: int, seed: int,
@@ -166,9 +216,14 @@ def sample_rows(layout: TokenLayout, rows: int, seed: int) -> Tensor:
 
 
 def _key_mask(cal: Calibration, pattern: Pattern, layout: TokenLayout, block: int, rows: Tensor) -> Tensor:
-    """[rows, N] keys the candidate's plan computes for each sampled row (text rules included)."""
+    """`_plan_key_mask`, cached per candidate shared by all heads."""
     key = (pattern, layout, block)
     if key not in cal._key_masks:
-        blocks = build_plan(layout, pattern, block).to_dense_mask()[0]  # [Qb, Kb]
-        cal._key_masks[key] = blocks[rows // block].repeat_interleave(block, 1)[:, : layout.num_tokens]
+        cal._key_masks[key] = _plan_key_mask(pattern, layout, block, rows)
     return cal._key_masks[key]
+
+
+def _plan_key_mask(pattern: Pattern, layout: TokenLayout, block: int, rows: Tensor) -> Tensor:
+    """[rows, N] keys the pattern's plan computes for each sampled row (text rules included)."""
+    blocks = build_plan(layout, pattern, block).to_dense_mask()[0]  # [Qb, Kb]
+    return blocks[rows // block].repeat_interleave(block, 1)[:, : layout.num_tokens]

@@ -17,6 +17,7 @@ from sparsediff.integrations.diffusers import _transformers_of, model_signature
 from sparsediff.layout import TokenLayout
 from sparsediff.patterns import Full, Pattern, Pyramid, Skip, build_plan
 from sparsediff.search.calibrate import Calibration, CalibrationState, watched_dense_runs
+from sparsediff.search.candidates import BandAndHeavyColumns, Candidate
 from sparsediff.search.cost import CostModel, budget_key, measure
 from sparsediff.search.report import heatmap, short_name
 from sparsediff.search.solver import Choices, solve_budget, solve_max_error
@@ -25,15 +26,13 @@ from sparsediff.search.solver import Choices, solve_budget, solve_max_error
 @dataclass
 class SearchResult:
     config: SparseConfig
-    candidates: list[Pattern]
+    candidates: list[Candidate]
     errors: dict[str, torch.Tensor]  # layer -> [heads, candidates] relative L2 error
     choices: Choices
+    chosen: dict[str, list[Pattern]]  # layer -> per head, the pattern its choice stands for
     densities: dict[str, list[float]]  # per head, of the chosen pattern
     cost_model: CostModel
     seconds: float
-
-    def chosen(self, layer: str) -> list[Pattern]:
-        return [self.candidates[c] for c in self.choices[layer]]
 
     def table(self) -> Table:
         table = Table(title="sparsediff search: chosen pattern per head (relative L2 error, density)")
@@ -42,18 +41,15 @@ class SearchResult:
         for h in range(heads):
             table.add_column(f"head {h}")
         for layer, picks in self.choices.items():
-            errs, dens = self.errors[layer], self.densities[layer]
-            cells = [
-                f"{short_name(self.candidates[c])} ({float(errs[h, c]):.3f}, {dens[h]:.2f})"
-                for h, c in enumerate(picks)
-            ]
+            errs, dens, patterns = self.errors[layer], self.densities[layer], self.chosen[layer]
+            cells = [f"{short_name(patterns[h])} ({float(errs[h, c]):.3f}, {dens[h]:.2f})" for h, c in enumerate(picks)]
             table.add_row(layer, *cells)
         return table
 
     def write_report(self, folder: str | Path) -> dict[str, Path]:
         folder = Path(folder)
         layers = list(self.choices)
-        png = heatmap(layers, [self.chosen(n) for n in layers], [self.densities[n] for n in layers],
+        png = heatmap(layers, [self.chosen[n] for n in layers], [self.densities[n] for n in layers],
                       folder / "heads.png")  # fmt: skip
         console = Console(record=True, width=200, file=io.StringIO())
         console.print(self.table())
@@ -85,7 +81,7 @@ def search(
     block_size: int = 64,
     backend: str = "auto",
     dense_fraction: float = 0.0,
-    candidates: Sequence[Pattern] | None = None,
+    candidates: Sequence[Candidate] | None = None,
     cost_model: CostModel | None = None,
     seed: int = 0,
     progress: bool = True,
@@ -123,9 +119,7 @@ def search(
         budgets = tuple(sorted({p.budget for p in cal.candidates if isinstance(p, Pyramid)}))
         head_dim = next(iter(cal.head_dims.values()))
         cost_model = measure(layout.num_tokens, heads, head_dim, block_size, backend, pyramid_budgets=budgets)
-    costs = {
-        layer: _candidate_costs(cal.candidates, cal.layouts[layer], block_size, cost_model) for layer in cal.errors
-    }
+    costs = {layer: _candidate_costs(cal, layer, block_size, cost_model) for layer in cal.errors}
     errors = {layer: stats.relative().float() for layer, stats in cal.errors.items()}
     if max_error is not None:
         choices = solve_max_error(errors, costs, max_error)
@@ -142,7 +136,7 @@ def search(
         choices = solve_budget(errors, costs, budget * dense_total - overhead)
     choices = _dense_where_faster(choices, cal, block_size, cost_model)
     transformer = _transformers_of(pipe)[0]
-    per_head = {layer: [cal.candidates[c] for c in picks] for layer, picks in choices.items()}
+    per_head = {layer: [cal.resolve(layer, h, c) for h, c in enumerate(picks)] for layer, picks in choices.items()}
     densities = {layer: [_amortized_density(cal.layouts[layer], p, block_size) for p in pats]
                  for layer, pats in per_head.items()}  # fmt: skip
     predicted = _predict(per_head, cal.layouts, block_size, cost_model)
@@ -166,7 +160,8 @@ def search(
             "head_error": {n: [float(errors[n][h, c]) for h, c in enumerate(p)] for n, p in choices.items()},
         },
     )  # fmt: skip
-    return SearchResult(config, cal.candidates, errors, choices, densities, cost_model, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return SearchResult(config, cal.candidates, errors, choices, per_head, densities, cost_model, seconds)
 
 
 def _state_class(cal: Calibration) -> type[CalibrationState]:
@@ -179,7 +174,7 @@ def _dense_where_faster(choices: Choices, cal: Calibration, block: int, cost_mod
     full = _full_index(cal.candidates)
     out = {}
     for layer, picks in choices.items():
-        patterns = [cal.candidates[c] for c in picks]
+        patterns = [cal.resolve(layer, h, c) for h, c in enumerate(picks)]
         dense_ms, sparse_ms = _layer_ms(cal.layouts[layer], patterns, block, cost_model)
         out[layer] = [full] * len(picks) if sparse_ms >= dense_ms and any(c != full for c in picks) else picks
     return out
@@ -198,7 +193,7 @@ def _layer_ms(layout: TokenLayout, patterns: list[Pattern], block: int, cost_mod
     return dense_ms, heads_ms + cost_model.predict_ms(0.0, len(plan.head_groups))
 
 
-def _full_index(candidates: list[Pattern]) -> int:
+def _full_index(candidates: list[Candidate]) -> int:
     return next(i for i, p in enumerate(candidates) if isinstance(p, Full))
 
 
@@ -224,9 +219,16 @@ def _amortized_density(layout: TokenLayout, pattern: Pattern, block: int) -> flo
     return build_plan(layout, pattern, block).density
 
 
-def _candidate_costs(candidates, layout: TokenLayout, block: int, cost_model: CostModel) -> torch.Tensor:
-    """Predicted ms per step of one head under each candidate."""
-    return torch.tensor([_head_ms(layout, p, block, cost_model) for p in candidates], dtype=torch.float64)
+def _candidate_costs(cal: Calibration, layer: str, block: int, cost_model: CostModel) -> torch.Tensor:
+    """Predicted ms per step of one head under each candidate (the heads' mean where heads fill it in)."""
+    layout, heads = cal.layouts[layer], cal.errors[layer].err.shape[0]
+    costs = [
+        sum(_head_ms(layout, cal.resolve(layer, h, c), block, cost_model) for h in range(heads)) / heads
+        if isinstance(candidate, BandAndHeavyColumns)
+        else _head_ms(layout, candidate, block, cost_model)
+        for c, candidate in enumerate(cal.candidates)
+    ]
+    return torch.tensor(costs, dtype=torch.float64)
 
 
 def _predict(per_head: dict, layouts: dict, block: int, cost_model: CostModel) -> dict:

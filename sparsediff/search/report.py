@@ -34,7 +34,7 @@ def short_name(p: Pattern) -> str:
     if isinstance(p, MultiDiagonal):
         return f"M{p.radius}"
     if isinstance(p, Stripe):
-        return "St" + ("0" if p.frames == (0,) else "")
+        return "St" + ("0" if p.frames == (0,) else "") + (f"c{len(p.positions)}" if p.positions else "")
     if isinstance(p, Window):
         return f"W{p.radius}"
     if isinstance(p, AnyOf):
