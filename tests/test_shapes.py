@@ -109,3 +109,31 @@ def test_shipped_model_loads_and_draws_the_asked_colours():
     frames = loaded.pipe([str(c) for c in captions], num_frames=8, height=32, width=32, num_inference_steps=12,
                          generator=torch.Generator().manual_seed(0)).frames  # fmt: skip
     assert prompt_accuracy(frames, captions)["colour"] == 1.0
+
+
+def test_word_sensitivity_sees_only_words_that_reach_the_transformer(monkeypatch):
+    """A swapped word changes the loss only if the model reads it; a text-blind model scores exactly 0."""
+    from sparsediff.pipelines.shapes.train import _swapped, clips_per_step, word_sensitivity
+
+    for caption in TRAIN[:20]:
+        for attribute in ("colour", "direction", "shape"):
+            other = _swapped(caption, attribute)
+            changed = {a for a in ("colour", "direction", "shape") if getattr(other, a) != getattr(caption, a)}
+            assert changed == {attribute}
+    ux, uy = DIRECTIONS["up left"]
+    assert DIRECTIONS[_swapped(Caption("red", "circle", "up left"), "direction").direction] == (-ux, -uy)
+
+    pipe = build_pipeline(seed=0)
+    seen = word_sensitivity(pipe, (2, 16, 16), times=(0.5, 0.9), batch=4)
+    assert set(seen) == {"colour", "direction", "shape"} and all(len(v) == 2 for v in seen.values())
+    assert any(abs(x) > 0 for v in seen.values() for x in v)  # a random text encoder still tells words apart
+    blind = pipe.encode_prompt(["a"])
+    monkeypatch.setattr(
+        pipe, "encode_prompt", lambda prompts: tuple(x.expand(len(prompts), *x.shape[1:]) for x in blind)
+    )
+    assert word_sensitivity(pipe, (2, 16, 16), times=(0.5,), batch=4) == {
+        "colour": [0.0],
+        "direction": [0.0],
+        "shape": [0.0],
+    }
+    assert clips_per_step(16, (8, 32, 32), (16, 64, 64)) == 2 and clips_per_step(16, (8, 32, 32), (64, 256, 256)) == 1

@@ -12,9 +12,12 @@ Why these parts:
   the caption fixes absolute positions (a shape moving right is left of the centre in the first
   frames, right of it in the last), so the model must know where the centre and the middle
   frame are, at any size.
-- A tiny `CLIPTextModel`: its last hidden states feed the joint attention, its pooled output the
-  modulation. Prompts are padded to a fixed length without a mask, so no attention call carries a
-  padding mask (those would have to run dense).
+- A tiny bidirectional `T5EncoderModel` (Wan's text encoder family): its last hidden states feed
+  the joint attention, their mean over the prompt's words the modulation. A causal CLIP encoder
+  was tried first: it spread the colour word through every later position, and the direction
+  word's output differed by 0.03 between "left" and "right" (4-5 for colour words), so the
+  transformer never learned direction. Prompts are padded to a fixed length and the transformer
+  sees no mask, so no attention call carries a padding mask (those would have to run dense).
 - Rectified flow (`FlowMatchEulerDiscreteScheduler`): the transformer predicts noise - clip.
 """
 
@@ -26,7 +29,7 @@ import numpy as np
 import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, HunyuanVideoTransformer3DModel
 from diffusers.utils import BaseOutput
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import T5Config, T5EncoderModel
 
 from sparsediff.pipelines.shapes.data import WORDS
 
@@ -92,20 +95,23 @@ def build_pipeline(seed: int = 0) -> ShapesT2VPipeline:
     """The untrained pipeline (random weights, fixed by `seed`)."""
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
-    text_config = CLIPTextConfig(
+    text_config = T5Config(
         vocab_size=len(tokenizer),
-        hidden_size=TEXT_DIM,
-        intermediate_size=4 * TEXT_DIM,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=TEXT_LEN,
+        d_model=TEXT_DIM,
+        d_kv=TEXT_DIM // 4,
+        d_ff=4 * TEXT_DIM,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=TEXT_LEN,
+        dropout_rate=0.0,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
     )
     return ShapesT2VPipeline(
         tokenizer=tokenizer,
-        text_encoder=CLIPTextModel(text_config),
+        text_encoder=T5EncoderModel(text_config),
         transformer=HunyuanVideoTransformer3DModel(**TRANSFORMER_CONFIG),
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
     )
@@ -127,16 +133,17 @@ class ShapesT2VPipeline(DiffusionPipeline):
         return self.transformer.config.patch_size
 
     def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(hidden states (B, TEXT_LEN, TEXT_DIM), pooled (B, TEXT_DIM)); the eos token pools."""
-        ids = self.tokenizer(
+        """(hidden states (B, TEXT_LEN, TEXT_DIM), pooled (B, TEXT_DIM)): the mean over the words and eos."""
+        tokens = self.tokenizer(
             [p + " </s>" if p else "</s>" for p in prompts],
             padding="max_length",
             max_length=TEXT_LEN,
             truncation=True,
             return_tensors="pt",
-        ).input_ids.to(self.text_encoder.device)
-        out = self.text_encoder(input_ids=ids)
-        return out.last_hidden_state, out.pooler_output
+        ).to(self.text_encoder.device)
+        hidden = self.text_encoder(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
+        mask = tokens.attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return hidden, (hidden * mask).sum(1) / mask.sum(1)
 
     def predict(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         """Velocity (noise - clip) at flow time t in [0, 1] (the transformer takes t * 1000)."""
