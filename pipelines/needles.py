@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -127,7 +128,7 @@ class SparsedEval:
 
 
 def evaluate_sparsed(
-    model, tokenizer, level: Level, samples: int, settings: list[tuple[float, float]] = [(0.3, 0.2)],  # noqa: B006
+    model, tokenizer, level: Level, samples: int, settings: Sequence[tuple[float, float]] = ((0.3, 0.2),),
     steps: int | None = None, batch: int = 32, block_size: int = 32, progress: bool = True,
 ) -> list[SparsedEval]:  # fmt: skip
     """Dense and SparseD decoding of the same held-out examples: exact accuracy of each, and time.

@@ -176,18 +176,11 @@ class Stripe(Pattern):
         return (t * layout.height + y) * layout.width + x
 
     @staticmethod
-    def positions_of(layout: TokenLayout, raster: Tensor) -> tuple[tuple[float, float, float], ...]:
-        """Layout-unit positions (token centres) of raster indices: the inverse of `raster_indices`."""
-        plane = layout.height * layout.width
-        t, y, x = raster // plane, (raster % plane) // layout.width, raster % layout.width
-
-        def centre(i: int, n: int) -> float:
-            return round((i + 0.5) / n, 6)
-
-        return tuple(
-            (centre(a, layout.frames), centre(b, layout.height), centre(c, layout.width))
-            for a, b, c in zip(t.tolist(), y.tolist(), x.tolist(), strict=True)
-        )
+    def positions_of(layout: TokenLayout, coords: Tensor) -> tuple[tuple[float, float, float], ...]:
+        """Layout-unit positions (token centres) of [k, 3] (t, h, w) coordinates (rows of
+        `layout.coords`): the inverse of `raster_indices`."""
+        sizes = (layout.frames, layout.height, layout.width)
+        return tuple(tuple(round((i + 0.5) / n, 6) for i, n in zip(c, sizes, strict=True)) for c in coords.tolist())
 
     def token_mask(self, layout: TokenLayout) -> Tensor:
         return self.key_columns(layout)[None, :].expand(layout.num_tokens, -1).clone()

@@ -69,7 +69,7 @@ def test_candidates_fit_the_layout():
     found = default_candidates(layout)
     assert isinstance(found[0], Full) and [p.every for p in found[1:3]] == [2, 4]
     assert len(found) == len(set(found)) > 10
-    somewhere = Stripe.positions_of(layout, torch.arange(0, 768, 97))
+    somewhere = Stripe.positions_of(layout, layout.coords[torch.arange(0, 768, 97)])
     for p in found[2:]:
         pattern = p.resolve(somewhere) if isinstance(p, BandAndHeavyColumns) else p
         assert build_plan(layout, pattern, 32).density < 1

@@ -133,6 +133,7 @@ class CalibrationState(DenseWatcher):
             value = value.repeat_interleave(heads // value.shape[1], 1)
         q_rows = query[:, :, rows]
         per_chunk = max(1, _SCORE_BUFFER // (q_rows.shape[0] * rows.numel() * key.shape[-2]))
+        block = self.config.block_size
         heavy = [p.count for p in cal.candidates if isinstance(p, BandAndHeavyColumns)]
         choosing_columns = bool(heavy) and layer not in cal.columns
         if choosing_columns:
@@ -140,7 +141,6 @@ class CalibrationState(DenseWatcher):
         for c, pattern in enumerate(cal.candidates):
             if isinstance(pattern, BandAndHeavyColumns):
                 if not choosing_columns:
-                    block = self.config.block_size
                     allowed = torch.stack(
                         [_plan_key_mask(pattern.resolve(p), layout, block, rows) for p in cal.columns[layer]]
                     )
@@ -156,11 +156,10 @@ class CalibrationState(DenseWatcher):
             if isinstance(pattern, Full):
                 continue
             if isinstance(pattern, Pyramid):  # planned per call: run it on the whole call, keep the rows
-                block = self.config.block_size
                 approx = pyramid_attention(query, key, value, layout, pattern.budget, block, "auto", scale)[0]
                 stats.err[:, c] += (approx[:, :, rows].double() - exact).square().sum(dim=(0, 2, 3))
                 continue
-            allowed = _key_mask(cal, pattern, layout, self.config.block_size, rows)
+            allowed = _key_mask(cal, pattern, layout, block, rows)
             stats.err[:, c] += _masked_error(q_rows, key, value, exact, allowed, scale, per_chunk)
 
 
@@ -192,7 +191,7 @@ def _heaviest_columns(q_rows, key, layout: TokenLayout, scale: float, count: int
         probs = ((q_rows[:, h0:h1] @ key[:, h0:h1].transpose(-1, -2)).float() * scale).softmax(-1)
         mass[h0:h1] = probs[..., layout.visual_slice].sum(dim=(0, 2)).double().cpu()
     top = mass.topk(min(count, layout.num_visual), dim=-1).indices  # ties: torch's order, fixed for fixed inputs
-    return [Stripe.positions_of(layout, layout.raster_index[t]) for t in top]
+    return [Stripe.positions_of(layout, layout.coords[layout.visual_slice][t]) for t in top]
 
 
 def watched_dense_runs(pipe, state_class: type[SparseState], prompts, block_size: int, seed: int,
