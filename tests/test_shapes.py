@@ -137,3 +137,18 @@ def test_word_sensitivity_sees_only_words_that_reach_the_transformer(monkeypatch
         "shape": [0.0],
     }
     assert clips_per_step(16, (8, 32, 32), (16, 64, 64)) == 2 and clips_per_step(16, (8, 32, 32), (64, 256, 256)) == 1
+
+
+def test_flow_times_put_the_prior_share_next_to_pure_noise():
+    """Sampling starts at t = 1: the share drawn from U(0.9, 1) is where the caption alone tells the path."""
+    from sparsediff.pipelines.shapes.train import flow_times
+
+    def draw(share: float) -> torch.Tensor:
+        return flow_times(20_000, torch.Generator().manual_seed(0), noise_bias=1.0, prior_share=share)
+
+    plain, half, all_near_one = draw(0.0), draw(0.5), draw(1.0)
+    assert torch.equal(draw(0.5), half)  # same generator, same times
+    assert ((all_near_one >= 0.9) & (all_near_one <= 1.0)).all()
+    assert (plain > 0.95).float().mean() < 0.05  # logit-normal alone rarely reaches the start of sampling
+    assert 0.45 < (half > 0.9).float().mean() - 0.5 * (plain > 0.9).float().mean() < 0.55
+    assert ((plain > 0) & (plain < 1)).all()
