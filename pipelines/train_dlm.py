@@ -4,8 +4,9 @@
     python -m sparsediff.pipelines.train_dlm --run runs/tiny-dlm --export assets/tiny-dlm
 
 Objective (LLaDA's SFT form): the prompt stays visible; each answer token is masked with
-probability t ~ U(0.05, 1) (at least one per example) and the loss is the cross-entropy on the
-masked tokens weighted by 1/t. Every `--eval-every` steps the model decodes held-out examples of
+probability t ~ U(0.05, 1) (at least one per example) and the loss is the mean cross-entropy over
+the masked tokens. LLaDA weights them by 1/t (an ELBO); with answers of 1-4 tokens that weight
+only adds variance (a one-token answer is always masked, yet weighted 1 to 20 at random). Every `--eval-every` steps the model decodes held-out examples of
 the current curriculum level with the sampler; at `--promote-at` exact accuracy it moves to the
 next level (longer contexts, more needles, more distractors). Batches are fixed by (seed, step),
 so a resumed run sees what an uninterrupted one would.
@@ -27,8 +28,8 @@ from sparsediff.pipelines.needles import CURRICULUM, Level, exact_accuracy, samp
 from sparsediff.pipelines.training import log, save_atomic, save_on_sigterm
 
 
-def masked_batch(tokenizer, level: Level, args, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(inputs with masked answer tokens, targets, per-token loss weights 1/t on masked tokens)."""
+def masked_batch(tokenizer, level: Level, args, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs with masked answer tokens, targets: the masked tokens' ids, -100 elsewhere)."""
     prompts, answers = sample(tokenizer, level, args.batch, seed=args.seed * 1_000_003 + step)
     gen = torch.Generator().manual_seed(args.seed * 7_919 + step)
     t = 0.05 + 0.95 * torch.rand(args.batch, 1, generator=gen)
@@ -36,8 +37,7 @@ def masked_batch(tokenizer, level: Level, args, step: int) -> tuple[torch.Tensor
     masked[torch.arange(args.batch), torch.randint(answers.shape[1], (args.batch,), generator=gen)] = True
     inputs = torch.cat([prompts, torch.where(masked, tokenizer.mask_token_id, answers)], 1)
     targets = torch.cat([torch.full_like(prompts, -100), torch.where(masked, answers, -100)], 1)
-    weights = torch.cat([torch.zeros_like(prompts, dtype=torch.float), masked / t], 1)
-    return inputs, targets, weights
+    return inputs, targets
 
 
 def train(args) -> None:
@@ -69,10 +69,8 @@ def train(args) -> None:
     try:
         while time.monotonic() - start < args.minutes * 60:
             level = CURRICULUM[level_index]
-            inputs, targets, weights = masked_batch(tokenizer, level, args, step)
-            logits = model(input_ids=inputs).logits
-            per_token = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
-            loss = (per_token * weights).sum() / (args.batch * level.queries)
+            inputs, targets = masked_batch(tokenizer, level, args, step)
+            loss = F.cross_entropy(model(input_ids=inputs).logits.transpose(1, 2), targets, ignore_index=-100)
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr and resume")
             opt.zero_grad(set_to_none=True)

@@ -264,6 +264,25 @@ def test_needle_task_is_seeded_and_answerable():
         sample(tok, Level(8, 4, 2, 0.0), 1, seed=0)
 
 
+def test_masked_batch_hides_only_answer_tokens_and_targets_exactly_those():
+    from argparse import Namespace
+
+    from sparsediff.pipelines.needles import CURRICULUM, sample, task_tokenizer
+    from sparsediff.pipelines.train_dlm import masked_batch
+
+    tok, level = task_tokenizer(), CURRICULUM[-1]
+    args = Namespace(batch=16, seed=3)
+    inputs, targets = masked_batch(tok, level, args, step=7)
+    prompts, answers = sample(tok, level, 16, seed=3 * 1_000_003 + 7)
+    assert torch.equal(inputs[:, : level.context], prompts)  # the prompt stays visible
+    masked = inputs[:, level.context :] == tok.mask_token_id
+    assert masked.any(1).all()  # every example trains at least one answer token
+    assert torch.equal(targets[:, level.context :][masked], answers[masked])
+    assert (targets[:, : level.context] == -100).all() and (targets[:, level.context :][~masked] == -100).all()
+    assert torch.equal(inputs[:, level.context :][~masked], answers[~masked])
+    assert torch.equal(masked_batch(tok, level, args, step=7)[0], inputs)  # fixed by (seed, step)
+
+
 def test_train_export_and_eval_round_trip(tmp_path):
     """train_dlm runs, resumes and exports a from_pretrained folder with its level; `sparsediff eval` reads it."""
     import json
