@@ -41,7 +41,8 @@ class Level:
 CURRICULUM = (
     Level(64, 1, 1, 0.0),
     Level(24, 1, 1, 1.0),  # the value is the digit after the marker: teaches a previous-token head
-    Level(24, 4, 1, 0.0),  # the only digits are the needles' values: the model learns which marker owns which
+    Level(24, 2, 1, 0.0),  # the only digits are the needles' values: the model learns which marker owns which
+    Level(24, 4, 1, 0.0),
     Level(24, 4, 4, 0.0),
     Level(64, 4, 4, 0.0),
     Level(64, 4, 4, 0.5),
