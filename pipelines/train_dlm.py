@@ -9,8 +9,8 @@ the masked tokens. LLaDA weights them by 1/t (an ELBO); with answers of 1-4 toke
 only adds variance (a one-token answer is always masked, yet weighted 1 to 20 at random).
 Every `--eval-every` steps the model decodes held-out examples of the current curriculum level
 with the sampler; at `--promote-at` exact accuracy it moves to the next level (longer contexts,
-more needles, more distractors). Batches are fixed by (seed, step),
-so a resumed run sees what an uninterrupted one would.
+more needles, more distractors). Batches are fixed by (seed, step), so a resumed run sees what an
+uninterrupted one would.
 """
 
 from __future__ import annotations
