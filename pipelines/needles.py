@@ -8,7 +8,10 @@ markers, and the answer is their values in that order:
 The answer needs attention from the end of the sequence to wherever the needles sit (long range)
 and from each marker to its neighbour. `difficulty` is the share of filler tokens drawn from the
 value vocabulary: at 0 the values stand out by themselves, at 1 only the markers tell them from
-noise. The curriculum raises difficulty, then needles and length, when accuracy is high.
+noise. The curriculum raises difficulty, then length, then needles, when accuracy is high: one
+needle among digits in up to 512 tokens comes first (a previous-token head, then a search over the
+whole context); matching several markers to their values (associative recall) comes last, as it
+stayed at chance for 2,400 steps even at 24 tokens.
 Held-out examples come from seeds training never uses.
 """
 
@@ -41,14 +44,14 @@ class Level:
 CURRICULUM = (
     Level(64, 1, 1, 0.0),
     Level(24, 1, 1, 1.0),  # the value is the digit after the marker: teaches a previous-token head
+    Level(64, 1, 1, 1.0),  # then the same needle in ever longer haystacks of digits
+    Level(128, 1, 1, 1.0),
+    Level(256, 1, 1, 1.0),
+    Level(512, 1, 1, 1.0),  # the shipped task: one needle anywhere in 512 tokens
     Level(24, 2, 1, 0.0),  # the only digits are the needles' values: the model learns which marker owns which
     Level(24, 4, 1, 0.0),
     Level(24, 4, 4, 0.0),
-    Level(64, 4, 4, 0.0),
-    Level(64, 4, 4, 0.5),
     Level(64, 4, 4, 1.0),
-    Level(128, 4, 4, 1.0),
-    Level(256, 6, 4, 1.0),
     Level(512, 8, 4, 1.0),
 )
 

@@ -29,13 +29,18 @@ from sparsediff.pipelines.needles import CURRICULUM, Level, exact_accuracy, samp
 from sparsediff.pipelines.training import log, save_atomic, save_on_sigterm
 
 
-def masked_batch(tokenizer, level: Level, args, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+def batch_size(level: Level, args) -> int:
+    """Examples per step: `--batch`, or as many as fit `--batch-tokens` (long levels take fewer)."""
+    return max(1, args.batch_tokens // level.context) if args.batch_tokens else args.batch
+
+
+def masked_batch(tokenizer, level: Level, batch: int, seed: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs with masked answer tokens, targets: the masked tokens' ids, -100 elsewhere)."""
-    prompts, answers = sample(tokenizer, level, args.batch, seed=args.seed * 1_000_003 + step)
-    gen = torch.Generator().manual_seed(args.seed * 7_919 + step)
-    t = 0.05 + 0.95 * torch.rand(args.batch, 1, generator=gen)
+    prompts, answers = sample(tokenizer, level, batch, seed=seed * 1_000_003 + step)
+    gen = torch.Generator().manual_seed(seed * 7_919 + step)
+    t = 0.05 + 0.95 * torch.rand(batch, 1, generator=gen)
     masked = torch.rand(answers.shape, generator=gen) < t
-    masked[torch.arange(args.batch), torch.randint(answers.shape[1], (args.batch,), generator=gen)] = True
+    masked[torch.arange(batch), torch.randint(answers.shape[1], (batch,), generator=gen)] = True
     inputs = torch.cat([prompts, torch.where(masked, tokenizer.mask_token_id, answers)], 1)
     targets = torch.cat([torch.full_like(prompts, -100), torch.where(masked, answers, -100)], 1)
     return inputs, targets
@@ -70,7 +75,7 @@ def train(args) -> None:
     try:
         while time.monotonic() - start < args.minutes * 60:
             level = CURRICULUM[level_index]
-            inputs, targets = masked_batch(tokenizer, level, args, step)
+            inputs, targets = masked_batch(tokenizer, level, batch_size(level, args), args.seed, step)
             loss = F.cross_entropy(model(input_ids=inputs).logits.transpose(1, 2), targets, ignore_index=-100)
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr and resume")
@@ -125,7 +130,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="run folder (checkpoint and log)")
     parser.add_argument("--minutes", type=float, default=60.0)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=32, help="examples per step")
+    parser.add_argument("--batch-tokens", type=int, help="instead of --batch: examples per step = this // context")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--hidden", type=int, default=128)

@@ -267,12 +267,11 @@ def test_needle_task_is_seeded_and_answerable():
 def test_masked_batch_hides_only_answer_tokens_and_targets_exactly_those():
     from argparse import Namespace
 
-    from sparsediff.pipelines.needles import CURRICULUM, sample, task_tokenizer
-    from sparsediff.pipelines.train_dlm import masked_batch
+    from sparsediff.pipelines.needles import CURRICULUM, Level, sample, task_tokenizer
+    from sparsediff.pipelines.train_dlm import batch_size, masked_batch
 
     tok, level = task_tokenizer(), CURRICULUM[-1]
-    args = Namespace(batch=16, seed=3)
-    inputs, targets = masked_batch(tok, level, args, step=7)
+    inputs, targets = masked_batch(tok, level, 16, seed=3, step=7)
     prompts, answers = sample(tok, level, 16, seed=3 * 1_000_003 + 7)
     assert torch.equal(inputs[:, : level.context], prompts)  # the prompt stays visible
     masked = inputs[:, level.context :] == tok.mask_token_id
@@ -280,7 +279,9 @@ def test_masked_batch_hides_only_answer_tokens_and_targets_exactly_those():
     assert torch.equal(targets[:, level.context :][masked], answers[masked])
     assert (targets[:, : level.context] == -100).all() and (targets[:, level.context :][~masked] == -100).all()
     assert torch.equal(inputs[:, level.context :][~masked], answers[~masked])
-    assert torch.equal(masked_batch(tok, level, args, step=7)[0], inputs)  # fixed by (seed, step)
+    assert torch.equal(masked_batch(tok, level, 16, seed=3, step=7)[0], inputs)  # fixed by (seed, step)
+    assert batch_size(Level(512, 1, 1, 1.0), Namespace(batch=32, batch_tokens=8192)) == 16
+    assert batch_size(Level(512, 1, 1, 1.0), Namespace(batch=32, batch_tokens=None)) == 32
 
 
 def test_train_export_and_eval_round_trip(tmp_path):
