@@ -1,9 +1,11 @@
 """Needle retrieval: a long-context task with an exact answer, for training a tiny diffusion LM.
 
 A context of filler tokens hides `needles` pairs `<marker> <value>`; after `?` come `queries`
-markers, and the answer is their values in that order:
+markers, and the answer is their values in that order, then `</s>` up to `answer_tokens` (LLaDA
+pads its answers with end-of-text the same way, so decoding takes that many steps, as real
+generation does, and SparseD has steps to be sparse in):
 
-    f3 f9 C 7 f1 f1 ... A 2 f8 ... ? A C   ->   2 7
+    f3 f9 C 7 f1 f1 ... A 2 f8 ... ? A C   ->   2 7 </s> </s> ...
 
 The answer needs attention from the end of the sequence to wherever the needles sit (long range)
 and from each marker to its neighbour. `difficulty` is the share of filler tokens drawn from the
@@ -39,6 +41,7 @@ class Level:
     needles: int
     queries: int
     difficulty: float
+    answer_tokens: int = 16  # the values, then </s> to the end
 
 
 CURRICULUM = (
@@ -57,9 +60,11 @@ CURRICULUM = (
 
 
 def sample(tokenizer, level: Level, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(prompts [count, context], answers [count, queries]) as token ids; same seed, same batch."""
+    """(prompts [count, context], answers [count, answer_tokens]) as token ids; same seed, same batch."""
     if level.queries > level.needles or level.needles > len(MARKERS):
         raise ValueError(f"{level}: queries <= needles <= {len(MARKERS)} markers")
+    if level.answer_tokens < level.queries:
+        raise ValueError(f"{level}: answer_tokens must hold the {level.queries} values")
     room = level.context - 1 - level.queries
     if room < 2 * level.needles:
         raise ValueError(f"{level}: context too short for {level.needles} needles and {level.queries} queries")
@@ -69,7 +74,7 @@ def sample(tokenizer, level: Level, count: int, seed: int) -> tuple[torch.Tensor
     values = torch.tensor([ids[w] for w in VALUES])
     markers = torch.tensor([ids[w] for w in MARKERS])
     prompts = torch.empty(count, level.context, dtype=torch.long)
-    answers = torch.empty(count, level.queries, dtype=torch.long)
+    answers = torch.full((count, level.answer_tokens), tokenizer.eos_token_id, dtype=torch.long)
     for i in range(count):
         body = filler[torch.randint(len(filler), (room,), generator=gen)]
         distractor = torch.rand(room, generator=gen) < level.difficulty
@@ -80,7 +85,7 @@ def sample(tokenizer, level: Level, count: int, seed: int) -> tuple[torch.Tensor
         body[slots], body[slots + 1] = chosen, needle_values
         asked = torch.randperm(level.needles, generator=gen)[: level.queries]
         prompts[i] = torch.cat([body, torch.tensor([ids["?"]]), chosen[asked]])
-        answers[i] = needle_values[asked]
+        answers[i, : level.queries] = needle_values[asked]
     return prompts, answers
 
 
@@ -102,22 +107,22 @@ def save_level(folder: Path, level: Level) -> None:
     (Path(folder) / "task.json").write_text(json.dumps({"task": "needles", "level": asdict(level)}, indent=1))
 
 
-def decode_answers(model, tokenizer, prompts: torch.Tensor, queries: int, steps: int | None = None) -> torch.Tensor:
-    """[count, queries] answers the masked-diffusion sampler decodes (one token per step by default)."""
+def decode_answers(model, tokenizer, prompts: torch.Tensor, length: int, steps: int | None = None) -> torch.Tensor:
+    """[count, length] answers the masked-diffusion sampler decodes (one token per step by default)."""
     from sparsediff.pipelines.dllm import masked_diffusion_generate
 
     model.eval()
     out = masked_diffusion_generate(
-        model, prompts.tolist(), mask_id=tokenizer.mask_token_id, gen_length=queries, steps=steps or queries,
+        model, prompts.tolist(), mask_id=tokenizer.mask_token_id, gen_length=length, steps=steps or length,
         progress=False,
     )  # fmt: skip
-    return out[:, -queries:]
+    return out[:, -length:]
 
 
 def exact_accuracy(model, tokenizer, level: Level, count: int, seed: int = HELD_OUT_SEED) -> float:
-    """Share of held-out examples whose whole answer the sampler decodes right."""
+    """Share of held-out examples whose whole answer (values and end padding) the sampler decodes right."""
     prompts, answers = sample(tokenizer, level, count, seed)
-    return float((decode_answers(model, tokenizer, prompts, level.queries) == answers).all(1).float().mean())
+    return float((decode_answers(model, tokenizer, prompts, level.answer_tokens) == answers).all(1).float().mean())
 
 
 @dataclass
@@ -148,23 +153,23 @@ def evaluate_sparsed(
 
     if samples < 1:
         raise ValueError(f"samples must be at least 1, got {samples}")
-    steps = steps or level.queries
+    steps = steps or level.answer_tokens
     prompts, answers = sample(tokenizer, level, samples, HELD_OUT_SEED)
     batches = [(prompts[i : i + batch], answers[i : i + batch]) for i in range(0, samples, batch)]
     dense_right, dense_s = 0, 0.0
     right, seconds = [0] * len(settings), [0.0] * len(settings)
     densities: list[list[float]] = [[] for _ in settings]
     with torch.no_grad():
-        decode_answers(model, tokenizer, prompts[:1], level.queries, steps)  # warm-up, untimed
+        decode_answers(model, tokenizer, prompts[:1], level.answer_tokens, steps)  # warm-up, untimed
         for p, a in tqdm(batches, desc="dense vs sparsed", disable=not progress):
             start = time.perf_counter()
-            dense_right += int((decode_answers(model, tokenizer, p, level.queries, steps) == a).all(1).sum())
+            dense_right += int((decode_answers(model, tokenizer, p, level.answer_tokens, steps) == a).all(1).sum())
             dense_s += time.perf_counter() - start
             for i, (density, dense_fraction) in enumerate(settings):
                 config = {"density": density, "schedule": {"dense_fraction": dense_fraction}, "block_size": block_size}
                 with sparsediff.sparse(model, "sparsed", **config) as state:
                     start = time.perf_counter()
-                    got = decode_answers(model, tokenizer, p, level.queries, steps)
+                    got = decode_answers(model, tokenizer, p, level.answer_tokens, steps)
                     seconds[i] += time.perf_counter() - start
                 right[i] += int((got == a).all(1).sum())
                 if state.density() is not None:
@@ -174,7 +179,7 @@ def evaluate_sparsed(
             accuracy_dense=dense_right / samples,
             accuracy_sparse=right[i] / samples,
             speedup=round(dense_s / seconds[i], 3),
-            context_tokens=level.context + level.queries,
+            context_tokens=level.context + level.answer_tokens,
             density=round(sum(densities[i]) / len(densities[i]), 4) if densities[i] else None,
             samples=samples,
             dense_fraction=dense_fraction,

@@ -252,16 +252,19 @@ def test_needle_task_is_seeded_and_answerable():
         prompts, answers = sample(tok, level, 4, seed=1)
         again, _ = sample(tok, level, 4, seed=1)
         assert torch.equal(prompts, again) and prompts.shape == (4, level.context)
-        assert answers.shape == (4, level.queries)
+        assert answers.shape == (4, level.answer_tokens)
         for p, a in zip(prompts.tolist(), answers.tolist(), strict=True):
             words = tok.convert_ids_to_tokens(p)
             asked = words[words.index("?") + 1 :]
-            # The answer is the token right after each queried marker's only occurrence.
-            assert [tok.convert_tokens_to_ids(words[words.index(m) + 1]) for m in asked] == a
+            # The answer is the token right after each queried marker's only occurrence, then </s>.
+            values = [tok.convert_tokens_to_ids(words[words.index(m) + 1]) for m in asked]
+            assert a == values + [tok.eos_token_id] * (level.answer_tokens - level.queries)
     held, _ = sample(tok, CURRICULUM[0], 4, seed=HELD_OUT_SEED)
     assert not torch.equal(held, sample(tok, CURRICULUM[0], 4, seed=0)[0])
     with pytest.raises(ValueError, match="context too short"):
         sample(tok, Level(8, 4, 2, 0.0), 1, seed=0)
+    with pytest.raises(ValueError, match="answer_tokens must hold"):
+        sample(tok, Level(64, 4, 4, 0.0, answer_tokens=2), 1, seed=0)
 
 
 def test_masked_batch_hides_only_answer_tokens_and_targets_exactly_those():
@@ -312,7 +315,7 @@ def test_train_export_and_eval_round_trip(tmp_path):
     rows = [json.loads(line) for line in result.stdout.splitlines() if line]
     assert [r["keep_ratio"] for r in rows] == [0.5, 1.0]
     for r in rows:
-        assert r["context_tokens"] == CURRICULUM[0].context + CURRICULUM[0].queries and r["samples"] == 5
+        assert r["context_tokens"] == CURRICULUM[0].context + CURRICULUM[0].answer_tokens and r["samples"] == 5
         assert 0 <= r["accuracy_dense"] <= 1 and 0 <= r["accuracy_sparse"] <= 1 and r["speedup"] > 0
     assert rows[1]["accuracy_sparse"] == rows[1]["accuracy_dense"]  # keeping every block is exact
     assert rows[0]["dense_s"] == rows[1]["dense_s"]  # one dense pass serves the whole curve
