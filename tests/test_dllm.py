@@ -104,6 +104,32 @@ def test_sparsed_switches_once_and_reuses_its_patterns(model):
     assert out.shape == dense.shape and not (out == MASK).any()
 
 
+def test_sparsed_takes_patterns_per_sequence_of_a_batch():
+    """Each sequence keeps its own needle block: a batch runs as its sequences would alone."""
+    from types import SimpleNamespace
+
+    from sparsediff.integrations.transformers import SparseDState
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 4, 160, 16, generator=gen) for _ in range(3))
+    for b in range(3):  # sequence b's queries all look for keys in block 4 + 2b (of 10)
+        sought = q[b].mean(1, keepdim=True)
+        k[b, :, 64 + 32 * b : 80 + 32 * b] += 3 * sought / sought.norm(dim=-1, keepdim=True)
+    module = SimpleNamespace(layer_idx=0, is_causal=False)
+
+    def pattern_then_sparse(q, k, v):
+        config = sparsediff.SparseConfig(method="sparsed", density=0.4, block_size=16, schedule={"dense_steps": 0})
+        state = SparseDState(config)
+        state.attend(module, q, k, v, None, None, 0.0, {})  # takes the patterns
+        out, _ = state.attend(module, q, k, v, None, None, 0.0, {})
+        assert state.calls["sparse"] == 1
+        return out
+
+    together = pattern_then_sparse(q, k, v)
+    alone = torch.cat([pattern_then_sparse(q[b : b + 1], k[b : b + 1], v[b : b + 1]) for b in range(3)])
+    assert (together - alone).abs().max() <= 1e-5
+
+
 def test_sparsed_tracks_steps_for_another_sampler(model):
     """No sampler help: the mask count going up starts a new sequence; recompute_every refreshes."""
     ids = torch.tensor([_prompt(100) + [MASK] * 28])

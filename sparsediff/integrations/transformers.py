@@ -116,6 +116,8 @@ class SparseDState:
         plan_key = (layer, *shape)
         if step < switch:
             return dense("dense: schedule", mask=None, k=key, v=value)
+        batch, heads = query.shape[:2]
+        query, key, value = _sequences_as_heads(query, key, value)
         if step == switch or recompute or plan_key not in self.plans:
             scale = query.shape[-1] ** -0.5 if scaling is None else scaling
             with torch.no_grad():
@@ -123,10 +125,20 @@ class SparseDState:
             self.plans[plan_key] = sparsed_plan(mass, self.config.density, self.config.block_size, *shape)
             self.pattern_computations += 1
             self.calls["dense: pattern step"] += 1
-            return out.transpose(1, 2).contiguous(), None
-        self.calls["sparse"] += 1
-        out = sparse_attention(query, key, value, self.plans[plan_key], self.config.backend, scale=scaling)
-        return out.transpose(1, 2).contiguous(), None
+        else:
+            self.calls["sparse"] += 1
+            out = sparse_attention(query, key, value, self.plans[plan_key], self.config.backend, scale=scaling)
+        return out.view(batch, heads, *out.shape[2:]).transpose(1, 2).contiguous(), None
+
+
+def _sequences_as_heads(query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """[B, H, N, D] -> [1, B*H, N, D], KV heads repeated to H: every sequence of a batch gets its own
+    patterns, as in SparseD (a needle sits in a different block in each sequence)."""
+    if query.shape[0] == 1:
+        return query, key, value
+    groups = query.shape[1] // key.shape[1]
+    key, value = (t.repeat_interleave(groups, 1) if groups > 1 else t for t in (key, value))
+    return tuple(t.reshape(1, -1, *t.shape[2:]) for t in (query, key, value))
 
 
 def _drop_padded_keys(mask: Tensor | None, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, bool]:
