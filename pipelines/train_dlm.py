@@ -97,7 +97,7 @@ def train(args) -> None:
                 accuracy = exact_accuracy(model, tokenizer, level, args.eval_examples)
                 log(run, {"step": step, "level": level_index, "accuracy": accuracy, "context": level.context})
                 bar.write(f"step {step}: level {level_index} {level}: exact accuracy {accuracy:.3f}")
-                if accuracy >= args.promote_at and level_index + 1 < len(CURRICULUM):
+                if accuracy >= args.promote_at and level_index < min(args.last_level, len(CURRICULUM) - 1):
                     level_index += 1
                     log(run, {"step": step, "promoted_to": level_index})
             if time.monotonic() - last_ckpt > args.ckpt_minutes * 60:
@@ -142,6 +142,8 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--eval-examples", type=int, default=128)
     parser.add_argument("--promote-at", type=float, default=0.9)
+    parser.add_argument("--last-level", type=int, default=len(CURRICULUM) - 1,
+                        help="stop promoting here and keep training this level (the one to ship)")  # fmt: skip
     parser.add_argument("--ckpt-minutes", type=float, default=10.0)
     parser.add_argument("--export", help="write the model and tokenizer to this folder instead of training")
     args = parser.parse_args()
