@@ -347,3 +347,22 @@ def test_train_export_and_eval_round_trip(tmp_path):
     assert rows[0]["dense_s"] == rows[1]["dense_s"]  # one dense pass serves the whole curve
     result = CliRunner().invoke(app, ["eval", "--model", "tiny-llada", "--samples", "2"])
     assert result.exit_code == 2 and "task.json is missing" in " ".join(result.output.split())
+
+
+def test_shipped_tiny_dlm_finds_held_out_needles_in_512_tokens():
+    """The weights in assets/ load through the registry (plain from_pretrained) and answer needles
+    they never saw, dense and with SparseD at its default settings."""
+    from sparsediff.pipelines.needles import HELD_OUT_SEED, decode_answers, level_of, sample
+    from sparsediff.pipelines.registry import load_model
+
+    loaded = load_model("tiny-dlm")
+    model, tok = loaded.pipe, loaded.tokenizer
+    level = level_of(loaded.entry.folder)
+    assert level.context >= 512 and not model.config.is_causal
+    prompts, answers = sample(tok, level, 16, HELD_OUT_SEED + 7)
+    with torch.no_grad():
+        dense = decode_answers(model, tok, prompts, level.answer_tokens)
+        with sparsediff.sparse(model, "sparsed") as state:  # the preset: keep 0.3, dense 20% of steps
+            sparse = decode_answers(model, tok, prompts, level.answer_tokens)
+    assert (dense == answers).all(1).sum() >= 15
+    assert (sparse == answers).all(1).sum() >= 15 and state.calls["sparse"] > 0

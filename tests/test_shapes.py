@@ -73,6 +73,23 @@ def test_pipeline_round_trip_and_generation(tmp_path):
         loaded("a red circle moving right", num_frames=3, height=15, width=16)
 
 
+def test_sample_prediction_round_trips_and_turns_the_clean_clip_into_velocity(tmp_path):
+    """prediction="sample" is saved with the pipeline; a perfect clean-clip guess gives the exact velocity."""
+    pipe = build_pipeline(seed=0, prediction="sample")
+    pipe.save_pretrained(tmp_path / "x")
+    loaded = ShapesT2VPipeline.from_pretrained(tmp_path / "x")
+    assert loaded.config.prediction == "sample"
+    gen = torch.Generator().manual_seed(0)
+    clip, noise = torch.rand(2, 3, 2, 8, 8, generator=gen), torch.randn(2, 3, 2, 8, 8, generator=gen)
+    t = torch.tensor([0.3, 1.0])
+    noisy = (1 - t.view(-1, 1, 1, 1, 1)) * clip + t.view(-1, 1, 1, 1, 1) * noise
+    text = loaded.encode_prompt(["a red circle moving right"] * 2)
+    loaded.transformer.forward = lambda **kwargs: (clip,)  # a transformer that knows the clean clip
+    assert torch.allclose(loaded.predict(noisy, t, *text), noise - clip, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown prediction 'eps'; choose one of velocity, sample"):
+        build_pipeline(prediction="eps")
+
+
 def test_training_resumes_from_exported_weights(tmp_path):
     """A new machine has no run folder: --init starts from the shipped weights at their step."""
     import copy
@@ -88,11 +105,16 @@ def test_training_resumes_from_exported_weights(tmp_path):
     model = trainable(build_pipeline(seed=2))
     ema = copy.deepcopy(model)
     (tmp_path / "run").mkdir()
-    assert init_from_export(model, ema, tmp_path / "export", tmp_path / "run") == 7
+    assert init_from_export(model, ema, tmp_path / "export", tmp_path / "run") == (7, "velocity")
     for weights in (model.state_dict(), ema.state_dict()):
         for name, value in trainable(exported).state_dict().items():
             assert torch.equal(weights[name], value), name
     assert (tmp_path / "run" / "log.jsonl").read_text().count("\n") == 2
+    # Switching to sample prediction keeps the body and zeroes the output layer, which predicted velocity.
+    assert init_from_export(model, ema, tmp_path / "export", tmp_path / "run", "sample") == (7, "sample")
+    for weights in (model.state_dict(), ema.state_dict()):
+        for name, value in trainable(exported).state_dict().items():
+            assert torch.equal(weights[name], 0 * value if name.startswith("transformer.proj_out.") else value), name
     coords = centre_offsets(2, 4, 6)
     assert coords.shape == (1, 3, 2, 4, 6) and torch.allclose(coords.mean((2, 3, 4)), torch.zeros(1, 3))
     assert coords[0, 0, 0, 0, 1] > coords[0, 0, 0, 0, 0] and coords[0, 2, 1, 0, 0] > coords[0, 2, 0, 0, 0]

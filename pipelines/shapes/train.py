@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from sparsediff.pipelines.shapes.data import COLOURS, DIRECTIONS, HELD_OUT, SHAPES, Caption, sample_batch
 from sparsediff.pipelines.shapes.judge import prompt_accuracy
-from sparsediff.pipelines.shapes.pipeline import ShapesT2VPipeline, build_pipeline
+from sparsediff.pipelines.shapes.pipeline import PREDICTIONS, ShapesT2VPipeline, build_pipeline
 from sparsediff.pipelines.training import log, save_atomic, save_on_sigterm
 
 CAPTION_DROPOUT = 0.1  # empty prompts teach the unconditional branch for guidance
@@ -135,11 +135,15 @@ def word_sensitivity(
     return result
 
 
-def init_from_export(model: torch.nn.ModuleDict, ema: torch.nn.ModuleDict, folder: Path, run: Path) -> int:
-    """Load an exported pipeline's weights and continue its log; returns the step it was exported at.
+def init_from_export(
+    model: torch.nn.ModuleDict, ema: torch.nn.ModuleDict, folder: Path, run: Path, prediction: str | None = None
+) -> tuple[int, str]:
+    """Load an exported pipeline's weights and continue its log; returns (its step, the prediction).
 
     Checkpoints live in the run folder, which a new machine does not have; the exported weights in
     `assets/` are committed, so training can always resume from them (with a fresh optimizer).
+    A different `prediction` keeps everything but the output layer, which starts at zero (it
+    predicted the other quantity).
     """
     exported = ShapesT2VPipeline.from_pretrained(folder)
     weights = trainable(exported).state_dict()
@@ -147,27 +151,43 @@ def init_from_export(model: torch.nn.ModuleDict, ema: torch.nn.ModuleDict, folde
     ema.load_state_dict(weights)
     log_text = (folder / "training_log.jsonl").read_text()
     (run / "log.jsonl").write_text(log_text)
-    return json.loads(log_text.strip().splitlines()[-1])["step"]
+    step = json.loads(log_text.strip().splitlines()[-1])["step"]
+    if prediction and prediction != exported.config.prediction:
+        for modules in (model, ema):
+            with torch.no_grad():
+                for param in modules["transformer"].proj_out.parameters():
+                    param.zero_()
+        switch = f"prediction {exported.config.prediction} -> {prediction}: output layer zeroed"
+        log(run, {"step": step, "note": switch})
+    return step, prediction or exported.config.prediction
 
 
 def train(args) -> None:
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
-    pipe = build_pipeline(args.seed)
+    ckpt_path = run / "ckpt.pt"
+    ckpt = torch.load(ckpt_path, weights_only=False) if ckpt_path.exists() else None
+    prediction = ckpt.get("prediction", "velocity") if ckpt else args.prediction or "velocity"
+    if ckpt and args.prediction not in (None, prediction):
+        raise ValueError(
+            f"{run} trains prediction={prediction}; to switch, start a new --run with --init <export> "
+            f"--prediction {args.prediction}"
+        )
+    pipe = build_pipeline(args.seed, prediction)
     model = trainable(pipe)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-    step, ckpt_path = 0, run / "ckpt.pt"
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, weights_only=False)
+    step = 0
+    if ckpt:
         model.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["opt"])
         step = ckpt["step"]
         print(f"resumed {ckpt_path} at step {step}")
     elif args.init:
-        step = init_from_export(model, ema, Path(args.init), run)
+        step, prediction = init_from_export(model, ema, Path(args.init), run, args.prediction)
+        pipe.register_to_config(prediction=prediction)
         print(f"started from the exported weights in {args.init} (step {step}); the optimizer starts afresh")
     for group in opt.param_groups:
         group["lr"] = args.lr
@@ -175,10 +195,12 @@ def train(args) -> None:
 
     def checkpoint() -> None:
         save_atomic(
-            {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt_path
-        )
+            {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
+             "prediction": prediction},
+            ckpt_path,
+        )  # fmt: skip
 
-    eval_pipe = ShapesT2VPipeline(pipe.tokenizer, ema["text_encoder"], ema["transformer"], pipe.scheduler)
+    eval_pipe = ShapesT2VPipeline(pipe.tokenizer, ema["text_encoder"], ema["transformer"], pipe.scheduler, prediction)
     start = last_ckpt = last_eval = time.monotonic()
     losses: list[float] = []
     bar = tqdm(desc="shapes-t2v", unit="step", initial=step)
@@ -229,8 +251,8 @@ def train(args) -> None:
 
 def export(args) -> None:
     """Save the EMA weights as a loadable pipeline (safetensors) plus the training log."""
-    pipe = build_pipeline(args.seed)
     ckpt = torch.load(Path(args.run) / "ckpt.pt", weights_only=False)
+    pipe = build_pipeline(args.seed, ckpt.get("prediction", "velocity"))
     trainable(pipe).load_state_dict(ckpt["ema"])
     pipe.save_pretrained(args.export, safe_serialization=True)
     log(Path(args.run), {"step": ckpt["step"], "exported": args.export})  # --init resumes from this step
@@ -257,6 +279,11 @@ def main() -> None:
         type=float,
         default=0.25,
         help="share of flow times drawn from U(0.9, 1), where sampling starts and only the caption tells the path",
+    )
+    parser.add_argument(
+        "--prediction",
+        choices=PREDICTIONS,
+        help="what the transformer predicts (default: the run's, the --init export's, else velocity)",
     )
     parser.add_argument("--motion-weight", type=float, default=1.0, help="weight of the frame-difference term")
     parser.add_argument(
