@@ -142,7 +142,7 @@ class SparsedEval:
 
 def evaluate_sparsed(
     model, tokenizer, level: Level, samples: int, settings: Sequence[tuple[float, float]] = ((0.3, 0.2),),
-    steps: int | None = None, batch: int = 32, block_size: int = 32, progress: bool = True,
+    steps: int | None = None, batch: int = 32, progress: bool = True,
 ) -> list[SparsedEval]:  # fmt: skip
     """Dense and SparseD decoding of the same held-out examples: exact accuracy of each, and time.
 
@@ -166,7 +166,7 @@ def evaluate_sparsed(
             dense_right += int((decode_answers(model, tokenizer, p, level.answer_tokens, steps) == a).all(1).sum())
             dense_s += time.perf_counter() - start
             for i, (density, dense_fraction) in enumerate(settings):
-                config = {"density": density, "schedule": {"dense_fraction": dense_fraction}, "block_size": block_size}
+                config = {"density": density, "schedule": {"dense_fraction": dense_fraction}}  # rest: the preset
                 with sparsediff.sparse(model, "sparsed", **config) as state:
                     start = time.perf_counter()
                     got = decode_answers(model, tokenizer, p, level.answer_tokens, steps)
