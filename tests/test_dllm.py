@@ -129,6 +129,13 @@ def test_sparsed_takes_patterns_per_sequence_of_a_batch():
     alone = torch.cat([pattern_then_sparse(q[b : b + 1], k[b : b + 1], v[b : b + 1]) for b in range(3)])
     assert (together - alone).abs().max() <= 1e-5
 
+    # A new batch size is a new request: its patterns are taken afresh, not borrowed from 3 sequences.
+    state = SparseDState(sparsediff.SparseConfig(method="sparsed", density=0.4, block_size=16,
+                                                 schedule={"dense_steps": 0}))  # fmt: skip
+    for batch in (3, 3, 1):
+        out, _ = state.attend(module, q[:batch], k[:batch], v[:batch], None, None, 0.0, {})
+    assert state.step == 0 and state.pattern_computations == 2 and out.shape == (1, 160, 4, 16)
+
 
 def test_sparsed_tracks_steps_for_another_sampler(model):
     """No sampler help: the mask count going up starts a new sequence; recompute_every refreshes."""

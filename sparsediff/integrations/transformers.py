@@ -9,8 +9,8 @@ module without one runs sdpa unchanged.
 Steps are counted at the first attention layer: one forward is one denoising step (a sampler
 that runs classifier-free guidance batched makes one call per step). Counting there, not in a
 forward hook, also sees samplers that call `model.forward` directly (DiffusionGemma). A new
-sequence starts step 0 again, detected without the sampler's help: the attention shape (queries,
-valid keys) changes, or the number of mask tokens in `input_ids` goes up (a forward pre-hook
+sequence starts step 0 again, detected without the sampler's help: the attention shape (batch,
+queries, valid keys) changes, or the number of mask tokens in `input_ids` goes up (a forward pre-hook
 watches them). The total step count, which
 a `dense_fraction` needs, comes from our sampler (`state.total_steps`) or the model's
 `generation_config.max_denoising_steps` (DiffusionGemma); otherwise only `dense_steps` count.
@@ -29,7 +29,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from sparsediff.attention import sparse_attention
 from sparsediff.config import SparseConfig
-from sparsediff.methods.sparsed import block_mass, sparsed_plan
+from sparsediff.methods.sparsed import block_mass, expand_kv, sparsed_plan
 
 logger = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -76,7 +76,7 @@ class SparseDState:
             self._new_request |= self._masks is not None and masks > self._masks
             self._masks = masks
 
-    def _count_step(self, shape: tuple[int, int]) -> None:
+    def _count_step(self, shape: tuple[int, int, int]) -> None:
         self.forwards += 1
         if self._new_request or (self._shape is not None and shape != self._shape):
             self.phase_start = self.forwards - 1
@@ -107,7 +107,7 @@ class SparseDState:
         layer = module.layer_idx
         shape = (query.shape[2], key.shape[2])
         if layer == self.first_layer:
-            self._count_step(shape)
+            self._count_step((query.shape[0], *shape))  # plans are per sequence: a new batch is a new request
         if self.config.method == "dense":
             return dense("dense: preset", mask=None, k=key, v=value)
         step, switch = self.step, self.dense_steps()  # the first sparse step takes the pattern
@@ -136,9 +136,7 @@ def _sequences_as_heads(query: Tensor, key: Tensor, value: Tensor) -> tuple[Tens
     patterns, as in SparseD (a needle sits in a different block in each sequence)."""
     if query.shape[0] == 1:
         return query, key, value
-    groups = query.shape[1] // key.shape[1]
-    key, value = (t.repeat_interleave(groups, 1) if groups > 1 else t for t in (key, value))
-    return tuple(t.reshape(1, -1, *t.shape[2:]) for t in (query, key, value))
+    return tuple(t.reshape(1, -1, *t.shape[2:]) for t in (query, expand_kv(query, key), expand_kv(query, value)))
 
 
 def _drop_padded_keys(mask: Tensor | None, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, bool]:
