@@ -6,11 +6,11 @@
 Objective (LLaDA's SFT form): the prompt stays visible; each answer token is masked with
 probability t ~ U(0.05, 1) (at least one per example) and the loss is the mean cross-entropy over
 the masked tokens. LLaDA weights them by 1/t (an ELBO); on the first, unpadded 1-4 token answers
-that weight only added variance (a one-token answer is always masked, yet weighted 1 to 20).
-Every `--eval-every` steps the model decodes held-out examples of the current curriculum level
-with the sampler; at `--promote-at` exact accuracy it moves to the next level (longer contexts,
-more needles, more distractors), up to `--last-level`. Batches are fixed by (seed, step), so a resumed run sees what an
-uninterrupted one would.
+that weight only added variance (a one-token answer is always masked, yet weighted 1 to 20). Every
+`--eval-every` steps the model decodes held-out examples of the current curriculum level with the
+sampler; at `--promote-at` exact accuracy it moves to the next level (longer contexts, more
+needles, more distractors), up to `--last-level`. Batches are fixed by (seed, step), so a resumed
+run sees what an uninterrupted one would.
 """
 
 from __future__ import annotations
