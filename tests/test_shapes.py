@@ -174,3 +174,25 @@ def test_flow_times_put_the_prior_share_next_to_pure_noise():
     assert (plain > 0.95).float().mean() < 0.05  # logit-normal alone rarely reaches the start of sampling
     assert 0.45 < (half > 0.9).float().mean() - 0.5 * (plain > 0.9).float().mean() < 0.55
     assert ((plain > 0) & (plain < 1)).all()
+
+
+def test_flow_loss_scores_sample_prediction_on_the_clean_clip():
+    """Sample prediction is scored on the clip error t * (v - target); velocity prediction on v itself."""
+    from sparsediff.pipelines.shapes.train import flow_loss
+
+    gen = torch.Generator().manual_seed(0)
+    target = torch.randn(4, 3, 5, 8, 8, generator=gen)
+    velocity = target + torch.randn(target.shape, generator=gen)
+    t = torch.tensor([0.05, 0.3, 0.7, 1.0])
+    clip_error = (velocity - target) * t.view(-1, 1, 1, 1, 1)
+    sample = flow_loss(velocity, target, t, 0.0, "sample")
+    assert torch.allclose(sample, clip_error.square().mean())
+    assert torch.allclose(flow_loss(velocity, target, t, 0.0, "velocity"), (velocity - target).square().mean())
+    motion = (clip_error[:, :, 1:] - clip_error[:, :, :-1]).square().mean()
+    assert torch.allclose(flow_loss(velocity, target, t, 2.0, "sample"), sample + 2.0 * motion)
+    # a nearly clean sample no longer outweighs pure noise: the same velocity error counts t^2 as much
+    only_clean, only_noise = (velocity - target).clone(), (velocity - target).clone()
+    only_clean[1:], only_noise[:-1] = 0, 0
+    assert flow_loss(target + only_clean, target, t, 0.0, "sample") < flow_loss(
+        target + only_noise, target, t, 0.0, "sample"
+    )

@@ -73,16 +73,21 @@ def flow_times(n: int, gen: torch.Generator, noise_bias: float, prior_share: flo
     return torch.where(torch.rand(n, generator=gen) < prior_share, near_one, t)
 
 
-def flow_loss(velocity: torch.Tensor, target: torch.Tensor, t: torch.Tensor, motion_weight: float) -> torch.Tensor:
-    """Velocity MSE plus a motion term: the error of the predicted clip's frame-to-frame differences.
+def flow_loss(
+    velocity: torch.Tensor, target: torch.Tensor, t: torch.Tensor, motion_weight: float, prediction: str
+) -> torch.Tensor:
+    """MSE on what the transformer predicts, plus a motion term on the predicted clip's frame differences.
 
-    With x0 = x_t - t * v, the predicted clip's temporal differences err by t * d/dframe(v - target);
-    the plain loss barely notices a shape in the wrong place on one frame, this term does.
+    With x0 = x_t - t * v, the predicted clip errs by t * (v - target). Sample prediction is scored
+    on that clip error: scored on velocity, its weight 1/t^2 let the nearly clean steps swamp the
+    high-noise ones (where the caption decides the path), and 500 steps left the direction word
+    ignored; trained on t in [0.97, 1] alone, the same weights learned it within 150 steps.
+    The motion term catches a shape in the wrong place on one frame, which the plain loss barely notices.
     """
-    loss = F.mse_loss(velocity, target)
+    clip_error = (velocity - target) * t.view(-1, 1, 1, 1, 1)
+    loss = (clip_error if prediction == "sample" else velocity - target).square().mean()
     if motion_weight:
-        error = (velocity - target) * t.view(-1, 1, 1, 1, 1)
-        loss = loss + motion_weight * (error[:, :, 1:] - error[:, :, :-1]).square().mean()
+        loss = loss + motion_weight * (clip_error[:, :, 1:] - clip_error[:, :, :-1]).square().mean()
     return loss
 
 
@@ -210,7 +215,7 @@ def train(args) -> None:
         while time.monotonic() - start < args.minutes * 60:
             noisy, t, prompts, target = training_batch(pipe, step, args)
             text, pooled = pipe.encode_prompt(prompts)
-            loss = flow_loss(pipe.predict(noisy, t, text, pooled), target, t, args.motion_weight)
+            loss = flow_loss(pipe.predict(noisy, t, text, pooled), target, t, args.motion_weight, prediction)
             if not math.isfinite(loss.item()):  # before the update: the saved weights stay finite
                 raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr and resume")
             opt.zero_grad(set_to_none=True)
