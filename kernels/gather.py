@@ -1,7 +1,7 @@
 """Block-gather attention: the CPU fast path, and a no-compile fallback on GPUs.
 
 For a chunk of (head, query block) rows, gather each row's listed K/V blocks into a padded
-[rows, K * block_kv, D] tensor and run two batched matmuls and a softmax. Rows are sorted by
+[rows, K * block_kv, D] tensor and run SDPA's fused kernel on it, one row per batch item. Rows are sorted by
 how many blocks they list and chunked so that rows of a chunk pad to nearly the same width,
 and a chunk stays small enough for its scores to live in cache (large chunks at N = 16k ran
 3x slower on 2 CPU cores). The chunk schedule depends only on the block lists, so it is built
@@ -86,21 +86,17 @@ def _to_blocks(x: Tensor, block: int) -> Tensor:
 
 
 class _Workspace:
-    """Buffers reused by every chunk a worker runs.
+    """Buffers for the gathered Q/K/V, reused by every chunk a worker runs.
 
     Allocating MB-sized temporaries per chunk made the allocator page-fault on every chunk
-    (2-4x slower at N = 16k), so each worker carves its chunk tensors out of these.
+    (2-4x slower at N = 16k), so each worker carves its gathered tensors out of these.
     """
 
-    def __init__(self, q: Tensor, schedule: _Schedule, block_q: int, work_dtype: torch.dtype) -> None:
+    def __init__(self, q: Tensor, schedule: _Schedule, block_q: int) -> None:
         batch, dim = q.shape[0], q.shape[-1]
-        rows, keys = schedule.max_rows, schedule.max_keys
-        self.q = q.new_empty(batch * rows * block_q * dim)
-        self.k = q.new_empty(batch * keys * dim)
-        self.v = q.new_empty(batch * keys * dim)
-        self.scores = q.new_empty(batch * block_q * keys, dtype=work_dtype)
-        self.probs = torch.empty_like(self.scores)
-        self.out = q.new_empty(batch * rows * block_q * dim)
+        self.q = q.new_empty(batch * schedule.max_rows * block_q * dim)
+        self.k = q.new_empty(batch * schedule.max_keys * dim)
+        self.v = q.new_empty(batch * schedule.max_keys * dim)
 
 
 def _attend_chunk(chunk: _Chunk, q_blocks, k_blocks, v_blocks, out, ws: _Workspace, scale: float) -> None:
@@ -109,24 +105,18 @@ def _attend_chunk(chunk: _Chunk, q_blocks, k_blocks, v_blocks, out, ws: _Workspa
     block_kv = k_blocks.shape[2]
     r = len(chunk.rows)
     keys = len(chunk.kv_rows) * block_kv // r
-    work_dtype = ws.scores.dtype
     qc = torch.index_select(q_blocks, 1, chunk.rows, out=ws.q[: batch * r * block_q * dim].view(batch, r, block_q, dim))
     kv_shape = (batch, r * keys // block_kv, block_kv, dim)
     kc = torch.index_select(k_blocks, 1, chunk.kv_rows, out=ws.k[: batch * r * keys * dim].view(kv_shape))
     vc = torch.index_select(v_blocks, 1, chunk.kv_rows, out=ws.v[: batch * r * keys * dim].view(kv_shape))
-    scores = ws.scores[: batch * r * block_q * keys].view(batch * r, block_q, keys)
-    probs = ws.probs[: batch * r * block_q * keys].view(batch * r, block_q, keys)
-    q3 = qc.view(-1, block_q, dim).to(work_dtype)
-    k3 = kc.view(-1, keys, dim).transpose(1, 2).to(work_dtype)
-    if chunk.bias is None:
-        torch.baddbmm(scores, q3, k3, beta=0.0, alpha=scale, out=scores)
-    else:  # the 0 / -inf padding bias rides along as baddbmm's input
-        bias = chunk.bias if batch == 1 else chunk.bias.repeat(batch, 1, 1)
-        torch.baddbmm(bias, q3, k3, alpha=scale, out=scores)
-    # The fused softmax kernel works row by row in cache: 3x faster than in-place passes.
-    torch.ops.aten._softmax.out(scores, -1, False, out=probs)
-    oc = ws.out[: batch * r * block_q * dim].view(batch * r, block_q, dim)
-    torch.bmm(probs.to(q_blocks.dtype), vc.view(-1, keys, dim), out=oc)
+    bias = None  # the 0 / -inf padding bias, one row per (batch, row)
+    if chunk.bias is not None:
+        bias = (chunk.bias if batch == 1 else chunk.bias.repeat(batch, 1, 1))[:, None].to(q_blocks.dtype)
+    # Each row is a short dense attention: SDPA's fused kernel (flash on the CPU, with fp32
+    # softmax for half dtypes) ran 17-19% faster than baddbmm + softmax + bmm on these chunks.
+    oc = F.scaled_dot_product_attention(
+        qc.view(-1, 1, block_q, dim), kc.view(-1, 1, keys, dim), vc.view(-1, 1, keys, dim), bias, scale=scale
+    )
     out.index_copy_(1, chunk.rows, oc.view(batch, r, block_q, dim))
 
 
@@ -157,13 +147,11 @@ def block_sparse_attention_gather(
     q_blocks = _to_blocks(q, block_q)
     k_blocks, v_blocks = _to_blocks(k, block_kv), _to_blocks(v, block_kv)
     out = q_blocks.new_empty(q_blocks.shape) if schedule.covers_all_rows else q_blocks.new_zeros(q_blocks.shape)
-    # fp16/bf16: matmuls accumulate in fp32 inside the kernel; the softmax runs in fp32.
-    work_dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
     chunks = iter(schedule.chunks)
     lock = threading.Lock()
 
     def work() -> None:
-        ws = _Workspace(q, schedule, block_q, work_dtype)
+        ws = _Workspace(q, schedule, block_q)
         while True:
             with lock:
                 chunk = next(chunks, None)
