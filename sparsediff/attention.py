@@ -64,7 +64,7 @@ BACKENDS: dict[str, Backend] = {
         Backend(
             "reference", block_sparse_attention_ref, ("cpu", "cuda"), "dense SDPA under the expanded mask: exact, slow"
         ),
-        Backend("torch", block_sparse_attention_gather, ("cpu", "cuda"), "block gather + fused SDPA per chunk, no compiler"),
+        Backend("torch", block_sparse_attention_gather, ("cpu", "cuda"), "block gather + fused SDPA per chunk"),
         Backend("flex", block_sparse_attention_flex, ("cpu", "cuda"), "torch.compile'd FlexAttention", _flex_needs),
     )
 }
