@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from sparsediff.pipelines.shapes.data import HELD_OUT
 from sparsediff.pipelines.shapes.judge import judge_prompt
 from sparsediff.pipelines.tiny import TEXT_LEN, tiny_pipeline
 
@@ -56,6 +57,15 @@ class ModelEntry:
     judge: Callable | None = None  # (frames, prompt) -> verdict dict, or None when it cannot judge
     config: Path | None = None  # shipped sparse config, used when no method is given
     text: bool = False  # a diffusion language model (transformers), not a diffusers pipeline
+    held_out: tuple[str, ...] = ()  # prompts kept out of training, for honest quality figures
+
+    def held_out_prompts(self, count: int) -> list[str]:
+        """`count` held-out prompts spread evenly over the list (so a few still cover every colour)."""
+        if not self.held_out:
+            raise ValueError(f"model {self.name!r} has no held-out prompts; pass --prompt instead")
+        if not 1 <= count <= len(self.held_out):
+            raise ValueError(f"--held-out must be in 1..{len(self.held_out)} for {self.name!r}, got {count}")
+        return [self.held_out[i * len(self.held_out) // count] for i in range(count)]
 
     def size(self, num_frames: int | None, height: int | None, width: int | None) -> Size:
         """The requested size, defaults filled in from this entry (images have one frame)."""
@@ -130,6 +140,7 @@ BUILTIN: dict[str, ModelEntry] = {
             folder=ASSETS / "shapes-t2v",
             judge=judge_prompt,
             config=ASSETS / "shapes-t2v" / "sparse.json",
+            held_out=tuple(str(c) for c in HELD_OUT),
         ),
     )
 }

@@ -226,6 +226,9 @@ def bench_methods_cmd(
     ] = [],  # noqa: B006
     density: Annotated[float, typer.Option(help="the density every method targets")] = 0.25,
     prompt: Annotated[list[str], typer.Option(help="prompt; repeat for several (same seeds for every method)")] = [],  # noqa: B006
+    held_out: Annotated[
+        int | None, typer.Option(help="use this many of the model's held-out prompts, spread evenly (shapes-t2v)")
+    ] = None,
     steps: Annotated[int | None, typer.Option(help="denoising steps (default: the model's)")] = None,
     num_frames: Annotated[int | None, typer.Option(help="frames (video models)")] = None,
     height: Annotated[int | None, typer.Option(help="height in pixels")] = None,
@@ -246,7 +249,11 @@ def bench_methods_cmd(
         loaded = load_model(model or default_model())
         entry = loaded.entry
         size = entry.size(num_frames, height, width)
-        prompts = prompt or ["a red circle moving right"]
+        if prompt and held_out is not None:
+            raise ValueError("give --prompt or --held-out, not both")
+        prompts = prompt or (
+            entry.held_out_prompts(held_out) if held_out is not None else ["a red circle moving right"]
+        )
         requests = [Request(p, size, steps or entry.steps, entry.guidance, seed=i) for i, p in enumerate(prompts)]
         loaded.pipe.set_progress_bar_config(disable=True)
         methods = method or ["window", "topk", "pyramid", "raster-window", "hilbert"]

@@ -78,3 +78,22 @@ def test_bench_methods_compares_presets_and_config_files(tmp_path, monkeypatch):
     assert rows[0]["psnr"] is None and rows[2]["psnr"] is not None
     result = runner.invoke(app, ["bench", "methods", "--model", "tiny-wan", *size, "--method", "nope.json"])
     assert result.exit_code == 2 and "neither a preset" in " ".join(result.output.split())
+
+
+def test_bench_methods_held_out_prompts_and_their_errors():
+    from sparsediff.pipelines.registry import BUILTIN
+    from sparsediff.pipelines.shapes.data import HELD_OUT, TRAIN
+
+    entry = BUILTIN["shapes-t2v"]
+    six = entry.held_out_prompts(6)
+    assert len(set(six)) == 6 and set(six) <= {str(c) for c in HELD_OUT}
+    assert {p.split()[1] for p in six} >= {"red", "blue", "cyan"}  # spread, not the first six (all red)
+    assert entry.held_out_prompts(27) == [str(c) for c in HELD_OUT]
+    assert not {str(c) for c in TRAIN} & set(entry.held_out)
+    for count in (0, 28):
+        result = runner.invoke(app, ["bench", "methods", "--model", "shapes-t2v", "--held-out", str(count)])
+        assert result.exit_code == 2 and "--held-out must be in 1..27" in " ".join(result.output.split())
+    result = runner.invoke(app, ["bench", "methods", "--model", "tiny-wan", "--held-out", "2"])
+    assert result.exit_code == 2 and "no held-out prompts" in result.output
+    result = runner.invoke(app, ["bench", "methods", "--model", "shapes-t2v", "--held-out", "2", "--prompt", "x"])
+    assert result.exit_code == 2 and "not both" in result.output

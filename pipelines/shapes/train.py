@@ -205,6 +205,7 @@ def train(args) -> None:
             ckpt_path,
         )  # fmt: skip
 
+    eval_size = parse_size(args.eval_size or args.sizes[0])
     eval_pipe = ShapesT2VPipeline(pipe.tokenizer, ema["text_encoder"], ema["transformer"], pipe.scheduler, prediction)
     start = last_ckpt = last_eval = time.monotonic()
     losses: list[float] = []
@@ -242,8 +243,8 @@ def train(args) -> None:
                 last_ckpt = now
             if now - last_eval > args.eval_minutes * 60:
                 ema.eval()
-                scores = evaluate(eval_pipe, parse_size(args.sizes[0]), args.eval_prompts, 16, seed=0)
-                sensitivity = word_sensitivity(eval_pipe, parse_size(args.sizes[0]))
+                scores = evaluate(eval_pipe, eval_size, args.eval_prompts, 16, seed=0)
+                sensitivity = word_sensitivity(eval_pipe, eval_size)
                 log(run, {"step": step, "eval": scores, "word_sensitivity": sensitivity})
                 bar.write(f"step {step}: held-out accuracy {scores}; loss increase with a swapped word {sensitivity}")
                 last_eval = time.monotonic()
@@ -302,6 +303,9 @@ def main() -> None:
     parser.add_argument("--ckpt-minutes", type=float, default=10.0)
     parser.add_argument("--eval-minutes", type=float, default=15.0)
     parser.add_argument("--eval-prompts", type=int, default=27)
+    parser.add_argument(
+        "--eval-size", help="clip size FxHxW of the periodic evaluation (default: the first --sizes entry)"
+    )
     parser.add_argument("--init", help="exported pipeline to start from when the run folder has no checkpoint")
     parser.add_argument("--export", help="write the EMA pipeline to this folder instead of training")
     args = parser.parse_args()
