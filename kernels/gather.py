@@ -1,9 +1,9 @@
 """Block-gather attention: the CPU fast path, and a no-compile fallback on GPUs.
 
 For a chunk of (head, query block) rows, gather each row's listed K/V blocks into a padded
-[rows, K * block_kv, D] tensor and run SDPA's fused kernel on it, one row per batch item. Rows are sorted by
-how many blocks they list and chunked so that rows of a chunk pad to nearly the same width,
-and a chunk stays small enough for its scores to live in cache (large chunks at N = 16k ran
+[rows, K * block_kv, D] tensor and run SDPA's fused kernel on it, one row per batch item.
+Rows are sorted by how many blocks they list and chunked so that rows of a chunk pad to nearly
+the same width, and a chunk stays small enough for its scores to live in cache (large chunks at N = 16k ran
 3x slower on 2 CPU cores). The chunk schedule depends only on the block lists, so it is built
 once per plan and device and kept in the plan's cache.
 """

@@ -246,11 +246,11 @@ def bench_methods_cmd(
     if threads:
         torch.set_num_threads(threads)
     try:
+        if prompt and held_out is not None:
+            raise ValueError("give --prompt or --held-out, not both")
         loaded = load_model(model or default_model())
         entry = loaded.entry
         size = entry.size(num_frames, height, width)
-        if prompt and held_out is not None:
-            raise ValueError("give --prompt or --held-out, not both")
         prompts = prompt or (
             entry.held_out_prompts(held_out) if held_out is not None else ["a red circle moving right"]
         )
