@@ -103,6 +103,26 @@ def test_skipped_heads_reuse_previous_output():
     assert (out[:, 2] - F.scaled_dot_product_attention(q, k, v)[:, 2]).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])
+@pytest.mark.parametrize(
+    "patterns",
+    [
+        [Full(), Diagonal(radius=1), Skip(), Full()],  # full heads through SDPA, the rest through the kernel
+        [Full(), Skip(), Full(), Skip()],  # nothing left for the kernel
+        [Diagonal(radius=1), Full(), Full(), Full()],
+    ],
+)
+def test_auto_runs_full_heads_through_sdpa_and_matches_reference(patterns, kv_heads):
+    layout = TokenLayout(frames=2, height=5, width=7, text_suffix=3)
+    plan = build_plan(layout, patterns, block_size=16)
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = _qkv(gen, 2, 4, kv_heads, layout.num_tokens, 16, torch.float32)
+    previous = torch.randn(q.shape, generator=gen)
+    out = sparse_attention(q, k, v, plan, backend="auto", reuse=previous)
+    expected = sparse_attention(q, k, v, plan, backend="reference", reuse=previous)
+    assert (out - expected).abs().max() < 1e-5
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("n", "heads", "kv_heads", "dtype"),

@@ -204,11 +204,10 @@ def _head_ms(layout: TokenLayout, pattern: Pattern, block: int, cost_model: Cost
         if key not in cost_model.pyramid_ms:
             raise ValueError(f"the cost model has no timing of pyramid at budget {pattern.budget}; measure it")
         return cost_model.pyramid_ms[key] / cost_model.heads
-    if isinstance(pattern, Skip):
-        pairs = float(build_plan(layout, Full(), block).kv_counts.sum()) / pattern.every
-    else:
-        pairs = float(build_plan(layout, pattern, block).kv_counts.sum())
-    return pairs * cost_model.per_block_pair_ms
+    # Full heads (and skipped heads on their refresh steps) run through dense SDPA.
+    if isinstance(pattern, Skip | Full):
+        return cost_model.dense_ms / cost_model.heads / (pattern.every if isinstance(pattern, Skip) else 1)
+    return float(build_plan(layout, pattern, block).kv_counts.sum()) * cost_model.per_block_pair_ms
 
 
 def _amortized_density(layout: TokenLayout, pattern: Pattern, block: int) -> float:
