@@ -51,6 +51,7 @@ def block_sparse_attention_flex(
     block_kv: int,
     scale: float,
     cache: dict | None = None,
+    key_bias: Tensor | None = None,
     compile: bool = True,
 ) -> Tensor:
     from torch.nn.attention.flex_attention import flex_attention
@@ -61,4 +62,12 @@ def block_sparse_attention_flex(
         cache[key] = block_mask_from_lists(kv_indices, kv_counts, block_q, block_kv, q.shape[2], k.shape[2])
     fn = _compiled_flex() if compile else flex_attention
     gqa = q.shape[1] != k.shape[1]
-    return fn(q, k, v, block_mask=cache[key], scale=scale, enable_gqa=gqa)
+    score_mod = None if key_bias is None else _add_key_bias(key_bias)
+    return fn(q, k, v, score_mod=score_mod, block_mask=cache[key], scale=scale, enable_gqa=gqa)
+
+
+def _add_key_bias(key_bias: Tensor):
+    def score_mod(score, batch, head, q_idx, kv_idx):
+        return score + key_bias[kv_idx]
+
+    return score_mod

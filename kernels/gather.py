@@ -1,7 +1,8 @@
 """Block-gather attention: the CPU fast path, and a no-compile fallback on GPUs.
 
 For a chunk of (head, query block) rows, gather each row's listed K/V blocks into a padded
-[rows, K * block_kv, D] tensor and run SDPA's fused kernel on it, one row per batch item.
+[rows, K * block_kv, D] tensor and run SDPA's fused kernel on it, one row per batch item (a
+per-key bias and the padding go in as SDPA's additive mask).
 Rows are sorted by how many blocks they list and chunked so that rows of a chunk pad to nearly
 the same width, and a chunk stays small enough for its scores to live in cache (large chunks at N = 16k ran
 3x slower on 2 CPU cores). The chunk schedule depends only on the block lists, so it is built
@@ -30,6 +31,7 @@ CHUNK_BLOCK_PAIRS = 128
 class _Chunk:
     rows: Tensor  # [R] index into the (head * Qb + q_block) rows
     kv_rows: Tensor  # [R * C] index into the (kv_head * Kb + kv_block) blocks
+    kv_blocks: Tensor  # [R * C] the KV block of each (for a per-key bias)
     bias: Tensor | None  # [R, 1, C * block_kv] 0 / -inf for padding slots and keys past N
 
 
@@ -66,7 +68,7 @@ def _build_schedule(
         if not bool(valid.all()):
             bias = torch.zeros(valid.shape, device=idx.device).masked_fill_(~valid, float("-inf"))
             bias = bias.view(len(rows), 1, width * block_kv)
-        chunks.append(_Chunk(rows, (kv_head[:, None] * kv_blocks + idx).reshape(-1), bias))
+        chunks.append(_Chunk(rows, (kv_head[:, None] * kv_blocks + idx).reshape(-1), idx.reshape(-1), bias))
         start = stop
     return _Schedule(
         chunks,
@@ -99,8 +101,13 @@ class _Workspace:
         self.v = q.new_empty(batch * schedule.max_keys * dim)
 
 
-def _attend_chunk(chunk: _Chunk, q_blocks, k_blocks, v_blocks, out, ws: _Workspace, scale: float) -> None:
-    """Attention for one chunk of rows, written into `out` (rows of chunks never overlap)."""
+def _attend_chunk(
+    chunk: _Chunk, q_blocks, k_blocks, v_blocks, bias_blocks: Tensor | None, out, ws: _Workspace, scale: float
+) -> None:
+    """Attention for one chunk of rows, written into `out` (rows of chunks never overlap).
+
+    `bias_blocks` [Kb, block_kv]: the per-key bias, or None.
+    """
     batch, _, block_q, dim = q_blocks.shape
     block_kv = k_blocks.shape[2]
     r = len(chunk.rows)
@@ -109,9 +116,12 @@ def _attend_chunk(chunk: _Chunk, q_blocks, k_blocks, v_blocks, out, ws: _Workspa
     kv_shape = (batch, r * keys // block_kv, block_kv, dim)
     kc = torch.index_select(k_blocks, 1, chunk.kv_rows, out=ws.k[: batch * r * keys * dim].view(kv_shape))
     vc = torch.index_select(v_blocks, 1, chunk.kv_rows, out=ws.v[: batch * r * keys * dim].view(kv_shape))
-    bias = None  # the 0 / -inf padding bias, one row per (batch, row)
-    if chunk.bias is not None:
-        bias = (chunk.bias if batch == 1 else chunk.bias.repeat(batch, 1, 1))[:, None].to(q_blocks.dtype)
+    bias = chunk.bias  # the 0 / -inf padding bias, then one row per (batch, row)
+    if bias_blocks is not None:
+        key_bias = bias_blocks.index_select(0, chunk.kv_blocks).view(r, 1, keys)
+        bias = key_bias if bias is None else bias + key_bias
+    if bias is not None:
+        bias = (bias if batch == 1 else bias.repeat(batch, 1, 1))[:, None].to(q_blocks.dtype)
     # Each row is a short dense attention: SDPA's fused kernel (flash on the CPU, with fp32
     # softmax for half dtypes) ran 17-19% faster than baddbmm + softmax + bmm on these chunks.
     oc = F.scaled_dot_product_attention(
@@ -135,6 +145,7 @@ def block_sparse_attention_gather(
     block_kv: int,
     scale: float,
     cache: dict | None = None,
+    key_bias: Tensor | None = None,
     budget: int | None = None,
 ) -> Tensor:
     cache = {} if cache is None else cache
@@ -147,6 +158,10 @@ def block_sparse_attention_gather(
     q_blocks = _to_blocks(q, block_q)
     k_blocks, v_blocks = _to_blocks(k, block_kv), _to_blocks(v, block_kv)
     out = q_blocks.new_empty(q_blocks.shape) if schedule.covers_all_rows else q_blocks.new_zeros(q_blocks.shape)
+    bias_blocks = None
+    if key_bias is not None:
+        bias_blocks = F.pad(key_bias.float(), (0, k_blocks.shape[1] // k.shape[1] * block_kv - k.shape[2]))
+        bias_blocks = bias_blocks.view(-1, block_kv)
     chunks = iter(schedule.chunks)
     lock = threading.Lock()
 
@@ -157,7 +172,7 @@ def block_sparse_attention_gather(
                 chunk = next(chunks, None)
             if chunk is None:
                 return
-            _attend_chunk(chunk, q_blocks, k_blocks, v_blocks, out, ws, scale)
+            _attend_chunk(chunk, q_blocks, k_blocks, v_blocks, bias_blocks, out, ws, scale)
 
     # On the CPU, one Python worker per core pulling chunks from a shared queue: each chunk's
     # ops are too small for intra-op threading, whose per-op barriers made 2-thread timings

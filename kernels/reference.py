@@ -34,11 +34,13 @@ def block_sparse_attention_ref(
     block_kv: int,
     scale: float,
     cache: dict | None = None,
+    key_bias: Tensor | None = None,
 ) -> Tensor:
     groups = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
     mask = expand_block_lists(kv_indices, kv_counts, block_q, block_kv, q.shape[2], k.shape[2])
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[None], scale=scale)
+    attn_mask = mask[None] if key_bias is None else key_bias.masked_fill(~mask, float("-inf"))[None]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
     # SDPA gives NaN for a row with no allowed key; the contract is zeros.
     empty = ~mask.any(-1)  # [H, N_q]
     return out.masked_fill(empty[None, :, :, None], 0.0)

@@ -172,13 +172,22 @@ def sparse_attention(
     backend: str = "auto",
     scale: float | None = None,
     reuse: Tensor | None = None,
+    key_bias: Tensor | None = None,
 ) -> Tensor:
     """Attention restricted to the plan's blocks. q [B, H, N_q, D], k/v [B, H_kv, N_kv, D].
 
     Skipped heads need `reuse`, the output [B, H, N_q, D] of the last call that computed them.
-    With `auto`, heads that keep every block run dense SDPA (same result, fastest).
+    `key_bias` [N_kv] is added to every logit of its key. With `auto`, heads that keep every
+    block run dense SDPA (same result, fastest).
     """
     _check_inputs(q, k, v, plan)
+    if key_bias is not None:
+        if key_bias.shape != (k.shape[2],):
+            raise ValueError(
+                f"key_bias must have shape ({k.shape[2]},) (one value per key), got {tuple(key_bias.shape)}"
+            )
+        key_bias = key_bias.to(q.dtype)
+    dense_mask = None if key_bias is None else key_bias.view(1, 1, 1, -1)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     prepared = _plan_for(plan, q.shape[1], q.device)
     skipped = prepared.skipped_heads
@@ -188,18 +197,18 @@ def sparse_attention(
             f"{tuple(q.shape)} from the last step that computed them>"
         )
     if backend == "auto" and prepared.is_full:
-        return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+        return F.scaled_dot_product_attention(q, k, v, dense_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
     full_heads, rest = _split_full_heads(prepared) if backend == "auto" else (None, prepared)
     if rest is None:  # every head is full or skipped
         out = torch.empty_like(q)
     else:
         out = resolve_backend(backend, q.device).kernel(
-            q, k, v, rest.kv_indices, rest.kv_counts, rest.block_q, rest.block_kv, scale, rest.kernel_cache
+            q, k, v, rest.kv_indices, rest.kv_counts, rest.block_q, rest.block_kv, scale, rest.kernel_cache, key_bias
         )
     if full_heads is not None:
         kv_heads = full_heads // (q.shape[1] // k.shape[1])
         out[:, full_heads] = F.scaled_dot_product_attention(
-            q[:, full_heads], k[:, kv_heads], v[:, kv_heads], scale=scale
+            q[:, full_heads], k[:, kv_heads], v[:, kv_heads], dense_mask, scale=scale
         )
     if skipped.any():
         out[:, skipped] = reuse[:, skipped]

@@ -27,9 +27,10 @@ def _qkv(gen, batch, heads, kv_heads, n, dim, dtype):
     return [x.to(dtype) for x in (q, k, v)]
 
 
-def _golden(q, k, v, plan):
+def _golden(q, k, v, plan, key_bias=None):
     """float64 reference for tolerance checks on half dtypes."""
-    return sparse_attention(q.double(), k.double(), v.double(), plan, backend="reference")
+    bias = None if key_bias is None else key_bias.double()
+    return sparse_attention(q.double(), k.double(), v.double(), plan, backend="reference", key_bias=bias)
 
 
 @st.composite
@@ -45,6 +46,7 @@ def cases(draw):
         block_kv=draw(st.sampled_from([16, 32, 64])),
         density=draw(st.floats(0.05, 1.0)),
         seed=draw(st.integers(0, 2**16)),
+        key_bias=draw(st.booleans()),
     )
 
 
@@ -53,13 +55,14 @@ def test_torch_backend_matches_reference(case, dtype):
     gen = torch.Generator().manual_seed(case["seed"])
     plan = _random_plan(gen, case["heads"], case["n"], case["block_q"], case["block_kv"], case["density"])
     q, k, v = _qkv(gen, case["batch"], case["heads"], case["kv_heads"], case["n"], case["dim"], dtype)
-    out = sparse_attention(q, k, v, plan, backend="torch")
-    ref = sparse_attention(q, k, v, plan, backend="reference")
+    bias = torch.randn(case["n"], generator=gen).to(dtype) if case["key_bias"] else None
+    out = sparse_attention(q, k, v, plan, backend="torch", key_bias=bias)
+    ref = sparse_attention(q, k, v, plan, backend="reference", key_bias=bias)
     assert out.dtype == dtype and out.shape == q.shape
     if dtype == torch.float32:
         assert (out - ref).abs().max() <= TOLERANCE[dtype]
     else:  # against float64: no worse than twice the reference's own error, and within 2e-2
-        golden = _golden(q, k, v, plan)
+        golden = _golden(q, k, v, plan, bias)
         kernel_err = (out.double() - golden).abs().max()
         ref_err = (ref.double() - golden).abs().max()
         assert kernel_err <= max(2 * ref_err, TOLERANCE[dtype])
@@ -75,6 +78,15 @@ def test_reference_equals_masked_sdpa_and_full_plan_equals_sdpa():
     plan = _random_plan(gen, 4, 100, 32, 32, 0.4)
     masked = F.scaled_dot_product_attention(q, k, v, attn_mask=plan.to_token_mask()[None])
     assert (sparse_attention(q, k, v, plan, backend="reference") - masked).abs().max() < 1e-6
+    # A key bias adds to every logit of its key, inside the allowed blocks only.
+    bias = torch.randn(100, generator=gen)
+    scores = (q @ k.transpose(-1, -2)) * 16**-0.5 + bias
+    weights = scores.masked_fill(~plan.to_token_mask()[None], float("-inf")).softmax(-1)
+    out = sparse_attention(q, k, v, plan, backend="reference", key_bias=bias)
+    assert (out - weights @ v).abs().max() < 1e-5
+    for backend in ("reference", "torch", "auto"):
+        dense = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.view(1, 1, 1, -1))
+        assert (sparse_attention(q, k, v, full, backend=backend, key_bias=bias) - dense).abs().max() < 1e-5
 
 
 def test_layout_plan_with_gqa_and_shared_plan():
@@ -118,8 +130,9 @@ def test_auto_runs_full_heads_through_sdpa_and_matches_reference(patterns, kv_he
     gen = torch.Generator().manual_seed(3)
     q, k, v = _qkv(gen, 2, 4, kv_heads, layout.num_tokens, 16, torch.float32)
     previous = torch.randn(q.shape, generator=gen)
-    out = sparse_attention(q, k, v, plan, backend="auto", reuse=previous)
-    expected = sparse_attention(q, k, v, plan, backend="reference", reuse=previous)
+    bias = torch.randn(layout.num_tokens, generator=gen)
+    out = sparse_attention(q, k, v, plan, backend="auto", reuse=previous, key_bias=bias)
+    expected = sparse_attention(q, k, v, plan, backend="reference", reuse=previous, key_bias=bias)
     assert (out - expected).abs().max() < 1e-5
 
 
@@ -132,9 +145,10 @@ def test_flex_backend_matches_reference(n, heads, kv_heads, dtype):
     gen = torch.Generator().manual_seed(n)
     plan = _random_plan(gen, heads, n, 32, 32, 0.3)
     q, k, v = _qkv(gen, 1, heads, kv_heads, n, 16, dtype)
-    out = sparse_attention(q, k, v, plan, backend="flex")
-    golden = _golden(q, k, v, plan)
-    assert (out.double() - golden).abs().max() <= TOLERANCE[dtype]
+    for bias in (None, torch.randn(n, generator=gen).to(dtype)):
+        out = sparse_attention(q, k, v, plan, backend="flex", key_bias=bias)
+        golden = _golden(q, k, v, plan, bias)
+        assert (out.double() - golden).abs().max() <= TOLERANCE[dtype]
 
 
 def test_bad_inputs_raise_clear_errors():
@@ -148,6 +162,8 @@ def test_bad_inputs_raise_clear_errors():
         sparse_attention(torch.randn(1, 3, 16, 8), q, q, plan)
     with pytest.raises(ValueError, match="plan has 2 heads but q has 4"):
         sparse_attention(torch.randn(1, 4, 16, 8), torch.randn(1, 4, 16, 8), torch.randn(1, 4, 16, 8), plan)
+    with pytest.raises(ValueError, match=r"key_bias must have shape \(16,\)"):
+        sparse_attention(q, q, q, plan, key_bias=torch.zeros(15))
     with pytest.raises(ValueError, match="share one dtype"):
         sparse_attention(q, q.half(), q, plan)
     with pytest.raises(ValueError, match="unknown backend 'fast'"):

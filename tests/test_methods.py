@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import sparsediff
 from sparsediff import TokenLayout, sparse_attention
-from sparsediff.methods.bank import bank_attention, bank_attention_reference, pool_blocks
+from sparsediff.methods.bank import bank_attention_reference, pool_blocks
 from sparsediff.methods.hilbert import local_global_attention, local_global_plan
 from sparsediff.methods.pyramid import (
     assign_levels,
@@ -76,8 +76,9 @@ def test_pooling_and_bias():
 
     plan = BlockPlan.from_block_mask(torch.ones(1, 1, 1, dtype=torch.bool), (3, 2), seq_len=(3, 2))
     bank = torch.cat([key, other], 2)
-    out = bank_attention(q, bank, bank, torch.tensor([math.log(4), 0.0]), plan, "torch", 2**-0.5)
-    assert torch.allclose(out, dense, atol=1e-5)
+    for backend in ("torch", "reference", "auto"):
+        out = sparse_attention(q, bank, bank, plan, backend, 2**-0.5, key_bias=torch.tensor([math.log(4), 0.0]))
+        assert torch.allclose(out, dense, atol=1e-5)
 
 
 @given(layouts, st.sampled_from([8, 16]), st.floats(0.1, 0.9), st.integers(0, 10))

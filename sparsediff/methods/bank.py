@@ -1,9 +1,10 @@
 """Attention over a KV bank: the original keys plus pooled keys whose logits get + log(pool size).
 
 PSA's pyramid levels and Scale-DiT's coarse global tokens are both extra, pooled keys with a
-log-size bias (a pooled key stands for `size` similar keys). The existing block-sparse backends
-take the bias without a kernel change: one extra feature, 1 on every query and bias / scale on
-every key, adds exactly `bias` to each logit. Padding slots get a bias of -1000 (zero weight).
+log-size bias (a pooled key stands for `size` similar keys): every backend takes it as a
+per-key bias (the gather kernel as SDPA's additive mask; it replaced an extra feature of 1 on
+queries and bias / scale on keys, whose odd head dim made SDPA 9% slower). Padding slots get a
+bias of -1000 (zero weight).
 """
 
 from __future__ import annotations
@@ -11,9 +12,6 @@ from __future__ import annotations
 import math
 
 import torch
-
-from sparsediff.attention import sparse_attention
-from sparsediff.plan import BlockPlan
 
 Tensor = torch.Tensor
 MASKED = -1000.0  # bias of padding slots: exp(-1000) is 0 in every float type
@@ -41,18 +39,6 @@ def padding_bias(valid: int, length: int, device, dtype) -> Tensor:
 
 def pad_to(x: Tensor, length: int) -> Tensor:
     return torch.nn.functional.pad(x, (0, 0, 0, length - x.shape[2]))
-
-
-def bank_attention(
-    q: Tensor, k_bank: Tensor, v_bank: Tensor, bias: Tensor, plan: BlockPlan, backend: str, scale: float
-) -> Tensor:
-    """Block-sparse attention over the bank with a per-key logit bias [N_bank]."""
-    ones = q.new_ones(*q.shape[:3], 1)
-    key_bias = (bias / scale).to(k_bank.dtype).expand(*k_bank.shape[:2], -1)[..., None]
-    q_aug = torch.cat([q, ones], -1)
-    k_aug = torch.cat([k_bank, key_bias], -1)
-    v_aug = torch.cat([v_bank, torch.zeros_like(key_bias)], -1)
-    return sparse_attention(q_aug, k_aug, v_aug, plan, backend, scale=scale)[..., :-1]
 
 
 def bank_attention_reference(

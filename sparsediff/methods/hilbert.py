@@ -16,8 +16,9 @@ from functools import lru_cache
 
 import torch
 
+from sparsediff.attention import sparse_attention
 from sparsediff.layout import TokenLayout
-from sparsediff.methods.bank import MASKED, bank_attention, pad_to, padding_bias, pool_blocks
+from sparsediff.methods.bank import MASKED, pad_to, padding_bias, pool_blocks
 from sparsediff.patterns import Window, build_plan
 from sparsediff.plan import BlockPlan
 
@@ -83,5 +84,5 @@ def local_global_attention(
     ]).to(q.dtype)  # fmt: skip
     bank_k = torch.cat([pad_to(kp, padded), pad_to(coarse_k, coarse)], 2)
     bank_v = torch.cat([pad_to(vp, padded), pad_to(coarse_v, coarse)], 2)
-    out = bank_attention(qp, bank_k, bank_v, bias, plan, backend, scale)
+    out = sparse_attention(qp, bank_k, bank_v, plan, backend, scale=scale, key_bias=bias)
     return ordered.unpermute(out), plan.density * plan.seq_len_kv / padded  # vs dense over whole blocks

@@ -20,7 +20,7 @@ import torch
 
 from sparsediff.attention import sparse_attention
 from sparsediff.layout import TokenLayout
-from sparsediff.methods.bank import bank_attention, pad_to, padding_bias, pool_blocks
+from sparsediff.methods.bank import pad_to, padding_bias, pool_blocks
 from sparsediff.plan import BlockPlan
 
 Tensor = torch.Tensor
@@ -104,7 +104,7 @@ def pyramid_attention(
     levels = assign_levels(pooled_mass(q, k, block, scale), budget, forced_full(layout, block))
     plan = pyramid_bank_plan(levels, block, q.shape[2], k.shape[2])
     bank_k, bank_v, bias = pyramid_bank(k, v, block)
-    out = bank_attention(q, bank_k, bank_v, bias, plan, backend, scale)
+    out = sparse_attention(q, bank_k, bank_v, plan, backend, scale=scale, key_bias=bias)
     return out, plan.density * plan.seq_len_kv / bank_k.shape[2] * 15 / 8  # vs dense over the padded keys
 
 
