@@ -142,6 +142,33 @@ def test_skipped_head_runs_on_its_refresh_steps_and_reuses_in_between(models):
     assert 0 < state.density() < 1
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_layer_whose_heads_all_reuse_returns_its_last_output_whole(models, family, monkeypatch):
+    """Same result as reusing per head, without running the layer's projections."""
+    model = models[family]
+    names = [name.removesuffix(".processor") for name in model.attn_processors]
+    layer = next(name for name in names if "refiner" not in name)  # the first self or joint attention
+    module = model.get_submodule(layer)
+    config = SparseConfig(method="pattern", pattern=Diagonal(radius=1), block_size=16,
+                          heads={layer: [Skip(every=2)] * module.heads})  # fmt: skip
+    projections = []
+    module.to_q.register_forward_hook(lambda *_: projections.append(1))
+
+    def steps():
+        with sparsediff.sparse(model, config) as state:
+            outputs = [_run(model, _inputs(family, timestep=t)) for t in (900, 800, 700)]
+        return outputs, state
+
+    whole, state = steps()
+    runs_with_whole_reuse = len(projections)
+    assert state.calls["sparse: layer reused"] == 1  # step 1 only: steps 0 and 2 refresh
+    monkeypatch.setattr(type(state), "reuses_whole_layer", lambda self, layer: False)
+    per_head, _ = steps()
+    assert len(projections) - runs_with_whole_reuse == runs_with_whole_reuse + 1
+    for a, b in zip(whole, per_head, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
 def test_dense_layers_and_skipped_heads(models):
     model = models["wan"]
     inputs = _inputs("wan")

@@ -87,12 +87,13 @@ class SparseState:
     family: Family | None = None
     grid: tuple[int, int, int] | None = None  # latent grid of the current forward
     plans: dict = field(default_factory=dict)  # (layer, layout, heads, skipped heads running) -> BlockPlan
-    reuse: dict = field(default_factory=dict)  # (layer, call_in_step) -> last output
+    reuse: dict = field(default_factory=dict)  # (layer, call_in_step) -> last output; whole layers too
     calls: Counter = field(default_factory=Counter)  # how attention calls were served
     fixed_layout: TokenLayout | None = None
     plan_seconds: float = 0.0  # one-off time spent building plans (cached per layer and layout)
     _call_density: list = field(default_factory=list)  # per sparse call (skipped heads count 0)
     _warned: set = field(default_factory=set)
+    _kept_now: set = field(default_factory=set)  # layers whose running call kept a self-attention output
     _layouts: dict = field(default_factory=dict)  # (grid, n) -> TokenLayout | None
     _layer_index: dict = field(init=False)
 
@@ -149,6 +150,20 @@ class SparseState:
             self.plans[key] = build_plan(layout, patterns, self.config.block_size)
             self.plan_seconds += time.perf_counter() - start
         return self.plans[key]
+
+    def all_heads_skip(self, layer: str) -> bool:
+        """Every head of `layer` is a `Skip` (then the whole processor output can be reused)."""
+        if self.config.method != "pattern":
+            return False
+        patterns = self.config.heads.get(layer) or [self.config.pattern]
+        return all(isinstance(p, Skip) for p in patterns)
+
+    def reuses_whole_layer(self, layer: str) -> bool:
+        """Every head of `layer` reuses its output now: not a refresh step of any, not dense."""
+        step = self.tracker.step
+        if step < 0 or not self.all_heads_skip(layer) or self.dense_now(layer):
+            return False
+        return not any(p.runs_at(step) for p in self.config.heads.get(layer) or [self.config.pattern])
 
     def skipped_heads_running(self, patterns: list[Pattern], can_reuse: bool) -> frozenset[int]:
         """Skipped heads that run in full now: on their refresh steps, or when there is nothing to reuse."""
@@ -219,6 +234,7 @@ class SparseState:
             self._call_density.append(plan.density + pyramid_density)
         if keeps_output:
             self.reuse[reuse_key] = out
+            self._kept_now.add(layer)
         return out
 
     def _per_call(self, query: Tensor, key: Tensor, value: Tensor, layout: TokenLayout, scale) -> Tensor:
@@ -348,8 +364,25 @@ class SparseAttnProcessor:
         return _processor_class(type(inner))(inner, layer, state)
 
     def _run(self, attn, *args, **kwargs):
-        with _SDPAInterceptor(functools.partial(self.state.attend, self.layer)):
-            return self.inner(attn, *args, **kwargs)
+        # A layer whose heads all reuse now returns its last output whole, sparing the Q/K/V and
+        # output projections too: exact, as DiT processors' outputs depend on the attention
+        # output only (not for processors that add their input back: `residual_connection`).
+        state = self.state
+        whole = state.all_heads_skip(self.layer) and not getattr(attn, "residual_connection", False)
+        key = ("layer output", self.layer, state.tracker.call_in_step)
+        inputs = _tensor_shapes(args, kwargs)
+        if whole and state.reuses_whole_layer(self.layer):
+            kept = state.reuse.get(key)
+            if kept is not None and kept[0] == inputs:
+                state.calls["sparse: layer reused"] += 1
+                state._call_density.append(0.0)
+                return kept[1]
+        state._kept_now.discard(self.layer)
+        with _SDPAInterceptor(functools.partial(state.attend, self.layer)):
+            out = self.inner(attn, *args, **kwargs)
+        if whole and self.layer in state._kept_now:  # never cross-attention or masked calls
+            state.reuse[key] = (inputs, out)
+        return out
 
     def __getattr__(self, name: str):
         # Model code reads processor attributes (e.g. `_attention_backend`): answer as the inner one.
@@ -359,6 +392,12 @@ class SparseAttnProcessor:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(layer={self.layer!r}, inner={type(self.inner).__name__})"
+
+
+def _tensor_shapes(args, kwargs) -> tuple:
+    """The shapes of a call's tensor arguments: a kept output is reused only for the same ones."""
+    values = [*args, *(kwargs[k] for k in sorted(kwargs))]
+    return tuple(tuple(v.shape) if isinstance(v, Tensor) else None for v in values)
 
 
 @functools.cache
