@@ -151,19 +151,23 @@ class SparseState:
             self.plan_seconds += time.perf_counter() - start
         return self.plans[key]
 
+    def _skips(self, layer: str) -> list[Skip] | None:
+        """The layer's head patterns when every one is a `Skip`, else None."""
+        if self.config.method != "pattern":
+            return None
+        patterns = self.config.heads.get(layer) or [self.config.pattern]
+        return patterns if all(isinstance(p, Skip) for p in patterns) else None
+
     def all_heads_skip(self, layer: str) -> bool:
         """Every head of `layer` is a `Skip` (then the whole processor output can be reused)."""
-        if self.config.method != "pattern":
-            return False
-        patterns = self.config.heads.get(layer) or [self.config.pattern]
-        return all(isinstance(p, Skip) for p in patterns)
+        return self._skips(layer) is not None
 
     def reuses_whole_layer(self, layer: str) -> bool:
         """Every head of `layer` reuses its output now: not a refresh step of any, not dense."""
-        step = self.tracker.step
-        if step < 0 or not self.all_heads_skip(layer) or self.dense_now(layer):
+        skips, step = self._skips(layer), self.tracker.step
+        if skips is None or step < 0 or self.dense_now(layer):
             return False
-        return not any(p.runs_at(step) for p in self.config.heads.get(layer) or [self.config.pattern])
+        return not any(p.runs_at(step) for p in skips)
 
     def skipped_heads_running(self, patterns: list[Pattern], can_reuse: bool) -> frozenset[int]:
         """Skipped heads that run in full now: on their refresh steps, or when there is nothing to reuse."""
