@@ -8,7 +8,19 @@ from sparsediff.config import ModelSignature, Schedule, SparseConfig
 from sparsediff.integrations import apply, remove, sparse, state_of
 from sparsediff.integrations.diffusers import SparseAttnProcessor, sparse_processors
 from sparsediff.layout import TokenLayout
-from sparsediff.patterns import AnyOf, Diagonal, Full, MultiDiagonal, Pattern, Pyramid, Skip, Stripe, Window, build_plan
+from sparsediff.patterns import (
+    AnyOf,
+    Diagonal,
+    Full,
+    HilbertWindow,
+    MultiDiagonal,
+    Pattern,
+    Pyramid,
+    Skip,
+    Stripe,
+    Window,
+    build_plan,
+)
 from sparsediff.plan import BlockPlan
 
 __version__ = "0.1.0"
@@ -19,6 +31,7 @@ __all__ = [
     "BlockPlan",
     "Diagonal",
     "Full",
+    "HilbertWindow",
     "ModelSignature",
     "MultiDiagonal",
     "Pattern",

@@ -258,7 +258,7 @@ def bench_methods_cmd(
         loaded.pipe.set_progress_bar_config(disable=True)
         methods = method or ["window", "topk", "pyramid", "raster-window", "hilbert"]
         overrides = {} if dense_steps is None else {"schedule": {"dense_steps": dense_steps}}
-        dense_s, rows = compare_methods(loaded, requests, methods, density, **overrides)
+        dense_s, rows = compare_methods(loaded, requests, methods, density, progress=not json_out, **overrides)
     except (ValueError, FileNotFoundError, FloatingPointError) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from err

@@ -11,11 +11,12 @@ from __future__ import annotations
 import inspect
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from sparsediff.config import SparseConfig
 from sparsediff.integrations import sparse
@@ -307,8 +308,9 @@ class MethodResult:
 
 
 def compare_methods(
-    loaded: LoadedModel, requests: list[Request], methods: list[str], density: float, **overrides
-) -> tuple[float, list[MethodResult]]:
+    loaded: LoadedModel, requests: list[Request], methods: list[str], density: float, progress: bool = False,
+    **overrides,
+) -> tuple[float, list[MethodResult]]:  # fmt: skip
     """Dense once per request, then every method on the same seeds: (dense seconds, one row per method).
 
     The first row is dense itself, so its judge score stands beside the methods'. PSNR/SSIM and
@@ -318,7 +320,16 @@ def compare_methods(
     for request in requests:
         check_size(loaded, request.size)
     warm_up(loaded, requests[0])
-    dense = [run(loaded, r, label="dense") for r in requests]
+    bar = tqdm(total=len(requests) * (1 + len(methods)), desc="dense", unit="video", disable=not progress)
+
+    def each(fn) -> list[Run]:
+        out = []
+        for request in requests:
+            out.append(fn(request))
+            bar.update()
+        return out
+
+    dense = each(lambda r: run(loaded, r, label="dense"))
     dense_s = sum(d.seconds for d in dense) / len(dense)
 
     def judged(runs: list[Run]) -> dict | None:
@@ -333,7 +344,9 @@ def compare_methods(
     rows = [MethodResult("dense", 1.0, dense_s, 1.0, None, 1.0, judged(dense))]
     for method in methods:
         config = SparseConfig.load(method, density=density, **overrides)
-        runs = [run_sparse(loaded, r, config) for r in requests]
+        bar.set_description(method)
+        run_sparse(loaded, replace(requests[0], steps=min(2, requests[0].steps)), config)  # one-off costs
+        runs = each(lambda r, config=config: run_sparse(loaded, r, config))
         finite = [p for p in (psnr(d.frames, s.frames) for d, s in zip(dense, runs, strict=True)) if math.isfinite(p)]
         seconds = sum(s.seconds for s in runs) / len(runs)
         rows.append(
@@ -347,4 +360,5 @@ def compare_methods(
                 judge=judged(runs),
             )
         )
+    bar.close()
     return dense_s, rows

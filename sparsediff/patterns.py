@@ -100,6 +100,22 @@ class Pyramid(Pattern):
         raise ValueError("a pyramid head is planned per call; the static planner leaves it out")
 
 
+class HilbertWindow(Pattern):
+    """Scale-DiT's local window in Hilbert order plus coarse global tokens for this head, run per
+    call on permuted tokens (`methods.hilbert`) at `density` of dense FLOPs.
+
+    A static plan runs in raster order, where a window of Hilbert neighbours is scattered over
+    many blocks; so, like `Pyramid`, the static planner leaves the head out and the caller fills it.
+    """
+
+    kind: Literal["hilbert-window"] = "hilbert-window"
+    density: float = Field(gt=0, le=1)
+    order: Literal["hilbert-frame", "hilbert"] = "hilbert-frame"
+
+    def token_mask(self, layout: TokenLayout) -> Tensor:
+        raise ValueError("a hilbert-window head runs per call on permuted tokens; the static planner leaves it out")
+
+
 class Diagonal(Pattern):
     """Local neighbourhood: keys within `radius` rows/cols and `temporal_radius` frames."""
 
@@ -223,19 +239,21 @@ class AnyOf(Pattern):
         return _union(p.block_mask(layout, block_q, block_kv) for p in self._checked_parts())
 
     def _checked_parts(self) -> tuple[Pattern, ...]:
-        if any(isinstance(p, (Skip, Pyramid)) for p in self.parts):
-            raise ValueError("skip and pyramid cannot be part of a union: they are not masks")
+        if any(isinstance(p, COMPUTED_ELSEWHERE) for p in self.parts):
+            raise ValueError("skip, pyramid and hilbert-window cannot be part of a union: they are not masks")
         return self.parts
 
     def __str__(self) -> str:
         return " | ".join(str(p) for p in self.parts)
 
 
-# Heads a static plan leaves out: their output is reused (skip) or planned per call (pyramid).
-COMPUTED_ELSEWHERE = (Skip, Pyramid)
+# Heads planned per call (the caller fills their output), and all heads a static plan leaves
+# out: those and the skipped ones, whose output is reused.
+PER_CALL = (Pyramid, HilbertWindow)
+COMPUTED_ELSEWHERE = (Skip, *PER_CALL)
 
 PatternSpec = Annotated[
-    Union[Full, Skip, Pyramid, Diagonal, MultiDiagonal, Stripe, Window, AnyOf],  # noqa: UP007 (pydantic discriminator)
+    Union[Full, Skip, Pyramid, HilbertWindow, Diagonal, MultiDiagonal, Stripe, Window, AnyOf],  # noqa: UP007 (pydantic discriminator)
     Field(discriminator="kind"),
 ]
 AnyOf.model_rebuild()

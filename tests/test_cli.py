@@ -14,7 +14,7 @@ def test_bench_attention_json_contract():
         app, ["bench", "attention", "--seq", "300", "--heads", "2", "--head-dim", "16", "--density", "0.3", "--json"]
     )
     assert result.exit_code == 0, result.output
-    record = json.loads(result.output.strip().splitlines()[-1])
+    record = json.loads(result.stdout.strip().splitlines()[-1])
     for key in ("dense_ms", "sparse_ms", "speedup", "density", "max_abs_err", "backend"):
         assert key in record
     assert record["backend"] == "torch"  # what auto picks on the CPU
@@ -55,7 +55,7 @@ def test_bench_permutation_reports_both_costs():
         app, ["bench", "permutation", "--frames", "3", "--height", "5", "--width", "7", "--heads", "2", "--json"]
     )
     assert result.exit_code == 0, result.output
-    r = json.loads(result.output)
+    r = json.loads(result.stdout)
     assert r["tokens"] == 3 * 5 * 7 + 8 and 0 < r["per_call_share"] < 1 and r["per_forward_permute_ms"] > 0
     result = runner.invoke(app, ["bench", "permutation", "--order", "zigzag"])
     assert result.exit_code != 0 and "unknown order 'zigzag'" in result.output

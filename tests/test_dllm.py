@@ -255,12 +255,12 @@ def test_generate_cli_for_text_models(tmp_path, monkeypatch):
     args = ["generate", "--model", "tiny-llada", "--prompt", "a = 3 ; a ?", "--gen-length", "16", "--steps", "8"]
     result = runner.invoke(app, [*args, "--compare", "--json"])
     assert result.exit_code == 0, result.output
-    record = json.loads(result.output.strip().splitlines()[-1])
+    record = json.loads(result.stdout.strip().splitlines()[-1])
     for key in ("dense_s", "sparse_s", "speedup", "density", "context_tokens", "answer_dense", "answer_sparse"):
         assert key in record
     assert record["context_tokens"] == 6 + 16 and record["method"] == "sparsed" and record["random_weights"]
     result = runner.invoke(app, [*args, "--method", "dense", "--json"])
-    assert result.exit_code == 0 and json.loads(result.output.strip().splitlines()[-1])["method"] == "dense"
+    assert result.exit_code == 0 and json.loads(result.stdout.strip().splitlines()[-1])["method"] == "dense"
     # A local folder (model + tokenizer saved with save_pretrained) loads as a text model.
     from sparsediff.pipelines.registry import load_model
 

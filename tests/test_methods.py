@@ -160,27 +160,37 @@ def test_structure_measures_where_attention_goes(tmp_path):
         assert image.size[0] > 400
 
 
-@pytest.mark.parametrize("kv_heads", [3, 1])
-def test_pyramid_heads_of_a_per_head_config_run_per_call_psa(kv_heads):
-    """A searched config may give some heads `Pyramid`: they get PSA's output, the others their plan."""
-    from sparsediff import Diagonal, Pyramid, SparseConfig, build_plan
+@pytest.mark.parametrize("kv_heads", [4, 1])
+def test_per_call_heads_of_a_per_head_config_run_their_method(kv_heads):
+    """A searched config may give some heads `Pyramid` or `HilbertWindow`: they get PSA's or the
+    Hilbert windows' output for that head alone, the others their static plan."""
+    from sparsediff import Diagonal, HilbertWindow, Pyramid, SparseConfig, build_plan
     from sparsediff.integrations.diffusers import SparseState, StepTracker
 
     layout = TokenLayout(frames=2, height=7, width=9, text_prefix=5)
-    q, k, v = _qkv(layout, 3, heads=3, kv_heads=kv_heads)
-    heads = [Pyramid(budget=0.3), Diagonal(radius=1), Pyramid(budget=0.5)]
+    q, k, v = _qkv(layout, 3, heads=4, kv_heads=kv_heads)
+    heads = [
+        Pyramid(budget=0.3),
+        Diagonal(radius=1),
+        HilbertWindow(density=0.4),
+        HilbertWindow(density=0.4, order="hilbert"),
+    ]
     config = SparseConfig(method="pattern", heads={"attn": heads}, block_size=16)
     state = SparseState(config, StepTracker(), ["attn"], fixed_layout=layout)
     out = state.attend("attn", q, k, v)
-    k, v = (t.repeat_interleave(3 // kv_heads, 1) for t in (k, v))
+    k, v = (t.repeat_interleave(4 // kv_heads, 1) for t in (k, v))
     densities = []
     for h, pattern in enumerate(heads):
         one = (q[:, [h]], k[:, [h]], v[:, [h]])
         if isinstance(pattern, Pyramid):
             expected, density = pyramid_attention(*one, layout, pattern.budget, 16, "reference", 8**-0.5)
+        elif isinstance(pattern, HilbertWindow):
+            expected, density = local_global_attention(*one, layout, pattern.density, 16, "reference", 8**-0.5,
+                                                       order=pattern.order)  # fmt: skip
         else:
             plan = build_plan(layout, pattern, 16)
             expected, density = sparse_attention(*one, plan, "reference"), plan.density
         densities.append(density)
         assert torch.allclose(out[:, [h]], expected, atol=1e-4), pattern
-    assert state.density() == pytest.approx(sum(densities) / 3, rel=1e-6)
+    assert not torch.allclose(out[:, [2]], out[:, [3]], atol=1e-3)  # the two curves differ
+    assert state.density() == pytest.approx(sum(densities) / 4, rel=1e-6)

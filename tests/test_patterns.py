@@ -85,7 +85,7 @@ def test_plan_density_shrinks_with_radius():
     [
         (Stripe(frames=(5,)), "do not fit a layout with 2 frames"),
         (Stripe(tokens=(99,)), "raster indices"),
-        (AnyOf(parts=(Skip(), Full())), "skip and pyramid cannot be part of a union"),
+        (AnyOf(parts=(Skip(), Full())), "skip, pyramid and hilbert-window cannot be part of a union"),
     ],
 )
 def test_bad_patterns(pattern, message):

@@ -7,7 +7,19 @@ import torch
 from PIL import Image
 
 import sparsediff
-from sparsediff import Diagonal, Full, Pyramid, Skip, SparseConfig, Stripe, TokenLayout, build_plan, sparse_attention
+from sparsediff import (
+    Diagonal,
+    Full,
+    HilbertWindow,
+    Pyramid,
+    Skip,
+    SparseConfig,
+    Stripe,
+    TokenLayout,
+    build_plan,
+    sparse_attention,
+)
+from sparsediff.methods.hilbert import local_global_attention
 from sparsediff.methods.pyramid import pyramid_attention
 from sparsediff.pipelines.tiny import TINY_TRANSFORMERS, tiny_pipeline
 from sparsediff.search import CostModel, search, solve_budget, solve_max_error
@@ -18,7 +30,10 @@ from sparsediff.search.solver import total_cost
 
 FIXED_COSTS = CostModel(
     backend="torch", device="cpu", tokens=1280, heads=2, head_dim=16, block_size=64,
-    per_block_pair_ms=0.006, per_group_ms=0.0, fixed_ms=0.1, dense_ms=8.0, pyramid_ms={"0.125": 2.0, "0.25": 3.0},
+    per_block_pair_ms=0.006, per_group_ms=0.0, fixed_ms=0.1, dense_ms=8.0,
+    per_call_ms={"pyramid(budget=0.125)": 2.0, "pyramid(budget=0.25)": 3.0,
+                 "hilbert-window(density=0.125, order=hilbert-frame)": 2.5,
+                 "hilbert-window(density=0.25, order=hilbert-frame)": 3.5},
 )  # fmt: skip
 
 
@@ -76,12 +91,25 @@ def test_candidates_fit_the_layout():
     assert not any(isinstance(p, Skip) for p in default_candidates(layout, allow_skip=False))
 
 
+def test_cost_model_reads_old_pyramid_timings_and_measures_only_missing_per_call_patterns():
+    old = json.loads(FIXED_COSTS.model_dump_json())
+    del old["per_call_ms"]
+    old["pyramid_ms"] = {"0.125": 2.0, "0.25": 3.0}  # how cost models were saved before per_call_ms
+    read = CostModel.model_validate(old)
+    assert read.per_call_ms == {"pyramid(budget=0.125)": 2.0, "pyramid(budget=0.25)": 3.0}
+    extended = read.with_per_call([Pyramid(budget=0.125), HilbertWindow(density=0.25)], repeat=1)
+    assert extended.per_call_ms["pyramid(budget=0.125)"] == 2.0  # kept, not re-measured
+    assert extended.per_call_ms["hilbert-window(density=0.25, order=hilbert-frame)"] > 0
+    assert FIXED_COSTS.with_per_call([Pyramid(budget=0.25)]) is FIXED_COSTS
+
+
 def test_calibration_errors_match_reference_sparse_attention():
     """The calibrated error of each candidate is the relative L2 error of its exact plan on the sampled rows."""
     model = TINY_TRANSFORMERS["wan"].build()
     inputs = TINY_TRANSFORMERS["wan"].make_inputs(1, 3, 16, 16, 8, 900, torch.Generator().manual_seed(0))
     layout = TokenLayout(frames=3, height=8, width=8)
-    candidates = [Full(), Diagonal(radius=1), Diagonal(radius=2, temporal_radius=1), Pyramid(budget=0.3)]
+    candidates = [Full(), Diagonal(radius=1), Diagonal(radius=2, temporal_radius=1), Pyramid(budget=0.3),
+                  HilbertWindow(density=0.3)]  # fmt: skip
     cal = Calibration(candidates=candidates, sample_steps=frozenset({0}), rows=50, seed=0)
     captured = {}
     state_class = type("Bound", (CalibrationState,), {"calibration": cal})
@@ -101,8 +129,11 @@ def test_calibration_errors_match_reference_sparse_attention():
     for layer, (q, k, v) in captured.items():
         exact = sparse_attention(q, k, v, build_plan(layout, Full(), 16), "reference")[:, :, rows]
         for c, pattern in enumerate(candidates):
+            scale = q.shape[-1] ** -0.5
             if isinstance(pattern, Pyramid):
-                approx = pyramid_attention(q, k, v, layout, 0.3, 16, "reference", q.shape[-1] ** -0.5)[0][:, :, rows]
+                approx = pyramid_attention(q, k, v, layout, 0.3, 16, "reference", scale)[0][:, :, rows]
+            elif isinstance(pattern, HilbertWindow):
+                approx = local_global_attention(q, k, v, layout, 0.3, 16, "reference", scale)[0][:, :, rows]
             else:
                 approx = sparse_attention(q, k, v, build_plan(layout, pattern, 16), "reference")[:, :, rows]
             expected = ((approx - exact).square().sum((0, 2, 3)) / exact.square().sum((0, 2, 3))).sqrt()

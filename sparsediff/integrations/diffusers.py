@@ -36,9 +36,8 @@ from sparsediff.attention import sparse_attention
 from sparsediff.config import ModelSignature, SparseConfig
 from sparsediff.integrations.families import Family, family_of
 from sparsediff.layout import TokenLayout
-from sparsediff.methods import DYNAMIC, layer_patterns
-from sparsediff.methods.pyramid import pyramid_attention
-from sparsediff.patterns import Full, Pattern, Pyramid, Skip, build_plan
+from sparsediff.methods import DYNAMIC, layer_patterns, per_call_heads
+from sparsediff.patterns import PER_CALL, Full, Pattern, Skip, build_plan
 from sparsediff.plan import BlockPlan
 
 logger = logging.getLogger(__name__)
@@ -232,10 +231,10 @@ class SparseState:
                 previous = None
             running = self.skipped_heads_running(patterns, can_reuse=previous is not None)
             plan = self.plan(layer, layout, heads, running)
-            reuse, pyramid_density = self._pyramid_heads(patterns, layout, query, key, value, previous, scale)
+            reuse, per_call_density = self._per_call_heads(patterns, layout, query, key, value, previous, scale)
             out = sparse_attention(query, key, value, plan, self.config.backend, scale=scale, reuse=reuse)
             self.calls["sparse"] += 1
-            self._call_density.append(plan.density + pyramid_density)
+            self._call_density.append(plan.density + per_call_density)
         if keeps_output:
             self.reuse[reuse_key] = out
             self._kept_now.add(layer)
@@ -269,9 +268,9 @@ class SparseState:
             else:
                 patterns = layer_patterns(self.config, layer, sub, heads)
                 plan = self.plan(layer, sub, heads, self.skipped_heads_running(patterns, can_reuse=False))
-                reuse, pyramid_density = self._pyramid_heads(patterns, sub, q, k, v, None, scale)
+                reuse, per_call_density = self._per_call_heads(patterns, sub, q, k, v, None, scale)
                 result = sparse_attention(q, k, v, plan, self.config.backend, scale=scale, reuse=reuse)
-                self._call_density.append(plan.density + pyramid_density)
+                self._call_density.append(plan.density + per_call_density)
             padded = (
                 F.scaled_dot_product_attention(query[samples][:, :, pad], k, v, scale=scale) if pad.numel() else None
             )
@@ -281,24 +280,25 @@ class SparseState:
                     out[b, :, pad] = padded[i]
         return out
 
-    def _pyramid_heads(self, patterns, layout, query, key, value, reuse, scale) -> tuple[Tensor | None, float]:
-        """`reuse` with the layer's `Pyramid` heads filled by per-call PSA, and their share of the density."""
+    def _per_call_heads(self, patterns, layout, query, key, value, reuse, scale) -> tuple[Tensor | None, float]:
+        """`reuse` with the layer's per-call heads (`Pyramid`, `HilbertWindow`) filled, heads with
+        the same pattern in one call, and their share of the density."""
         heads = query.shape[1]
-        by_budget: dict[float, list[int]] = {}
+        by_pattern: dict[Pattern, list[int]] = {}
         for h, p in enumerate(patterns):
-            if isinstance(p, Pyramid):
-                by_budget.setdefault(p.budget, []).append(h)
-        if not by_budget:
+            if isinstance(p, PER_CALL):
+                by_pattern.setdefault(p, []).append(h)
+        if not by_pattern:
             return reuse, 0.0
         if key.shape[1] != heads:  # grouped-query attention
             key, value = (t.repeat_interleave(heads // t.shape[1], 1) for t in (key, value))
         filled = torch.empty_like(query) if reuse is None else reuse.clone()
         scale = query.shape[-1] ** -0.5 if scale is None else scale
         density = 0.0
-        for budget, chosen in by_budget.items():
+        for pattern, chosen in by_pattern.items():
             idx = torch.tensor(chosen, device=query.device)
-            out, head_density = pyramid_attention(query[:, idx], key[:, idx], value[:, idx], layout, budget,
-                                                  self.config.block_size, self.config.backend, scale)  # fmt: skip
+            out, head_density = per_call_heads(pattern, query[:, idx], key[:, idx], value[:, idx], layout,
+                                               self.config.block_size, self.config.backend, scale)  # fmt: skip
             filled[:, idx] = out
             density += head_density * len(chosen) / heads
         return filled, density

@@ -7,10 +7,14 @@ queries and keys (or permute them) and run through `DYNAMIC`.
 
 from __future__ import annotations
 
+import torch
+
+from sparsediff.layout import TokenLayout
 from sparsediff.methods.hilbert import local_global_attention
 from sparsediff.methods.pyramid import pyramid_attention, topk_attention
 from sparsediff.methods.resolve import layer_patterns
 from sparsediff.methods.window import window_pattern
+from sparsediff.patterns import HilbertWindow, Pattern, Pyramid
 
 
 def _hilbert(q, k, v, layout, config, scale):
@@ -34,4 +38,17 @@ def _topk(q, k, v, layout, config, scale):
 # name -> f(q, k, v, layout, config, scale) -> (output, density of this call)
 DYNAMIC = {"pyramid": _pyramid, "topk": _topk, "hilbert": _hilbert, "raster-window": _raster_window}
 
-__all__ = ["DYNAMIC", "layer_patterns", "window_pattern"]
+
+def per_call_heads(
+    pattern: Pattern, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: TokenLayout, block: int,
+    backend: str, scale: float,
+) -> tuple[torch.Tensor, float]:  # fmt: skip
+    """(output, density) of the heads `q` holds under a per-call head pattern (`patterns.PER_CALL`)."""
+    if isinstance(pattern, Pyramid):
+        return pyramid_attention(q, k, v, layout, pattern.budget, block, backend, scale)
+    if isinstance(pattern, HilbertWindow):
+        return local_global_attention(q, k, v, layout, pattern.density, block, backend, scale, order=pattern.order)
+    raise TypeError(f"{pattern} is not planned per call")
+
+
+__all__ = ["DYNAMIC", "layer_patterns", "per_call_heads", "window_pattern"]

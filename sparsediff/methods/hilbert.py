@@ -63,7 +63,7 @@ def _radii(limit: int):
 
 def local_global_attention(
     q: Tensor, k: Tensor, v: Tensor, layout: TokenLayout, density: float, block: int, backend: str, scale: float,
-    order: str = "hilbert", pool: int = 16,
+    order: str = "hilbert-frame", pool: int = 16,
 ) -> tuple[Tensor, float]:  # fmt: skip
     """(output in raster order, density = computed / dense attention FLOPs)."""
     layout.check_length(q.shape[2])

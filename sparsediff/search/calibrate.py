@@ -25,8 +25,8 @@ from tqdm import tqdm
 from sparsediff.config import SparseConfig
 from sparsediff.integrations.diffusers import SparseState, _mask_is_trivial, install, remove
 from sparsediff.layout import TokenLayout
-from sparsediff.methods.pyramid import pyramid_attention
-from sparsediff.patterns import Full, Pattern, Pyramid, Skip, Stripe, build_plan
+from sparsediff.methods import per_call_heads
+from sparsediff.patterns import PER_CALL, Full, Pattern, Skip, Stripe, build_plan
 from sparsediff.search.candidates import BandAndHeavyColumns, Candidate, default_candidates
 
 Tensor = torch.Tensor
@@ -155,8 +155,8 @@ class CalibrationState(DenseWatcher):
                 continue
             if isinstance(pattern, Full):
                 continue
-            if isinstance(pattern, Pyramid):  # planned per call: run it on the whole call, keep the rows
-                approx = pyramid_attention(query, key, value, layout, pattern.budget, block, "auto", scale)[0]
+            if isinstance(pattern, PER_CALL):  # planned per call: run it on the whole call, keep the rows
+                approx = per_call_heads(pattern, query, key, value, layout, block, "auto", scale)[0]
                 stats.err[:, c] += (approx[:, :, rows].double() - exact).square().sum(dim=(0, 2, 3))
                 continue
             allowed = _key_mask(cal, pattern, layout, block, rows)

@@ -4,7 +4,9 @@ The set follows Sparse-vDiT's strategies: full, skip (run every 2nd or 4th step,
 output in between), diagonal bands of several radii (local 3-D neighbourhoods), multi-diagonals
 (the same place in every other frame), a first-frame stripe, unions of a band with the other
 two, a band plus the heaviest key columns each head showed in calibration (its attention
-sinks); and PSA's pyramid pooled KV, planned per call, for heads no static pattern fits.
+sinks); and, planned per call for heads no static pattern fits, PSA's pyramid pooled KV and
+Scale-DiT's windows in Hilbert order (with coarse global tokens), which only pay on permuted
+tokens (a static plan runs in raster order).
 Candidates too large for the layout (a radius covering the whole grid) are left out: they
 equal `full`.
 """
@@ -14,11 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sparsediff.layout import TokenLayout
-from sparsediff.patterns import Diagonal, Full, MultiDiagonal, Pattern, Pyramid, Skip, Stripe
+from sparsediff.patterns import Diagonal, Full, HilbertWindow, MultiDiagonal, Pattern, Pyramid, Skip, Stripe
 
 RADII = (1, 2, 3, 4, 6, 8, 12, 16)
 SKIP_PERIODS = (2, 4)
 PYRAMID_BUDGETS = (0.125, 0.25)  # PSA, planned per call (blocks must split into 8 pooled tokens)
+HILBERT_DENSITIES = (0.125, 0.25)  # Hilbert windows (2-D curve per frame) + coarse tokens, per call
 HEAVY_COLUMNS = 8  # key columns per head in the band-plus-columns candidates
 
 
@@ -64,4 +67,5 @@ def default_candidates(layout: TokenLayout, allow_skip: bool = True, block_size:
     found.extend(BandAndHeavyColumns(r, min(1, frames - 1)) for r in radii[:4])
     if block_size % 8 == 0:
         found.extend(Pyramid(budget=b) for b in PYRAMID_BUDGETS)
+    found.extend(HilbertWindow(density=d) for d in HILBERT_DENSITIES)
     return list(dict.fromkeys(found))

@@ -6,8 +6,8 @@
 
 fitted by least squares to timings of the chosen backend on random plans of several densities
 and head groupings at the model's own layout size; `dense_ms` is SDPA on the same inputs.
-Per-call methods have no static plan to count: `pyramid_ms` holds PSA's measured time per call
-(all heads) at each budget the search offers.
+Per-call head patterns (`Pyramid`, `HilbertWindow`) have no static plan to count:
+`per_call_ms` holds each one's measured time per call (all heads), keyed by `str(pattern)`.
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ import statistics
 import time
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from sparsediff.attention import resolve_backend, sparse_attention
 from sparsediff.layout import TokenLayout
-from sparsediff.methods.pyramid import pyramid_attention
+from sparsediff.methods import per_call_heads
+from sparsediff.patterns import Pattern, Pyramid
 from sparsediff.plan import BlockPlan
 
 DENSITIES = (0.1, 0.25, 0.5, 0.75)
@@ -40,14 +41,42 @@ class CostModel(BaseModel):
     per_group_ms: float
     fixed_ms: float
     dense_ms: float
-    pyramid_ms: dict[str, float] = {}  # budget (as written by `budget_key`) -> ms per call, all heads
+    per_call_ms: dict[str, float] = {}  # str(per-call pattern) -> ms per call, all heads
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_pyramid_ms(cls, data):
+        """Cost models saved before `per_call_ms` timed only pyramids, keyed by budget."""
+        if isinstance(data, dict) and "pyramid_ms" in data:
+            data = dict(data)
+            old = data.pop("pyramid_ms")
+            data["per_call_ms"] = {str(Pyramid(budget=float(b))): ms for b, ms in old.items()} | data.get(
+                "per_call_ms", {}
+            )
+        return data
 
     def predict_ms(self, pairs: float, groups: int) -> float:
         return self.per_block_pair_ms * pairs + self.per_group_ms * groups + self.fixed_ms
 
+    def with_per_call(self, patterns, repeat: int = 3, seed: int = 0) -> CostModel:
+        """This model plus timings of the per-call `patterns` it lacks (measured now, on its device)."""
+        missing = [p for p in dict.fromkeys(patterns) if str(p) not in self.per_call_ms]
+        if not missing:
+            return self
+        gen = torch.Generator().manual_seed(seed)
+        q, k, v = (torch.randn(1, self.heads, self.tokens, self.head_dim, generator=gen).to(self.device)
+                   for _ in range(3))  # fmt: skip
+        timed = _per_call_ms(q, k, v, missing, self.block_size, self.backend, repeat)
+        return self.model_copy(update={"per_call_ms": self.per_call_ms | timed})
 
-def budget_key(budget: float) -> str:
-    return f"{budget:g}"
+
+def _per_call_ms(q, k, v, patterns, block_size: int, backend: str, repeat: int) -> dict[str, float]:
+    flat = TokenLayout(frames=1, height=1, width=q.shape[2])
+    scale = q.shape[-1] ** -0.5
+    return {
+        str(p): _median_ms(lambda p=p: per_call_heads(p, q, k, v, flat, block_size, backend, scale), repeat)
+        for p in patterns
+    }
 
 
 def _median_ms(fn, repeat: int) -> float:
@@ -72,10 +101,10 @@ def _random_plan(n: int, heads: int, block: int, density: float, groups: int, ge
 @torch.no_grad()
 def measure(
     tokens: int, heads: int, head_dim: int, block_size: int = 64, backend: str = "auto", device: str = "cpu",
-    dtype: torch.dtype = torch.float32, repeat: int = 3, seed: int = 0, pyramid_budgets: tuple[float, ...] = (),
+    dtype: torch.dtype = torch.float32, repeat: int = 3, seed: int = 0, per_call: tuple[Pattern, ...] = (),
 ) -> CostModel:  # fmt: skip
     """Time the backend on random plans at this size and fit the model (a few seconds at 8k tokens);
-    time PSA at each of `pyramid_budgets` on the same inputs."""
+    time each per-call head pattern of `per_call` on the same inputs."""
     gen = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(1, heads, tokens, head_dim, generator=gen).to(device, dtype) for _ in range(3))
     dense_ms = _median_ms(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), repeat)
@@ -91,15 +120,8 @@ def measure(
         torch.tensor(rows, dtype=torch.float64), torch.tensor(times, dtype=torch.float64)[:, None]
     )
     per_pair, per_group, fixed = (float(x) for x in solution.solution[:, 0])
-    flat = TokenLayout(frames=1, height=1, width=tokens)
-    pyramid_ms = {
-        budget_key(b): _median_ms(
-            lambda b=b: pyramid_attention(q, k, v, flat, b, block_size, chosen, head_dim**-0.5), repeat
-        )
-        for b in pyramid_budgets
-    }
     return CostModel(
         backend=chosen, device=device, tokens=tokens, heads=heads, head_dim=head_dim, block_size=block_size,
         per_block_pair_ms=max(per_pair, 1e-9), per_group_ms=max(per_group, 0.0), fixed_ms=max(fixed, 0.0),
-        dense_ms=dense_ms, pyramid_ms=pyramid_ms,
+        dense_ms=dense_ms, per_call_ms=_per_call_ms(q, k, v, per_call, block_size, chosen, repeat),
     )  # fmt: skip

@@ -15,10 +15,10 @@ from rich.table import Table
 from sparsediff.config import Schedule, SparseConfig
 from sparsediff.integrations.diffusers import _transformers_of, model_signature
 from sparsediff.layout import TokenLayout
-from sparsediff.patterns import Full, Pattern, Pyramid, Skip, build_plan
+from sparsediff.patterns import PER_CALL, Full, HilbertWindow, Pattern, Pyramid, Skip, build_plan
 from sparsediff.search.calibrate import Calibration, CalibrationState, watched_dense_runs
 from sparsediff.search.candidates import BandAndHeavyColumns, Candidate
-from sparsediff.search.cost import CostModel, budget_key, measure
+from sparsediff.search.cost import CostModel, measure
 from sparsediff.search.report import heatmap, short_name
 from sparsediff.search.solver import Choices, solve_budget, solve_max_error
 
@@ -115,10 +115,11 @@ def search(
         raise ValueError("no self/joint attention call had a known layout: nothing to search (see the log's warnings)")
     layout = next(iter(cal.layouts.values()))
     heads = next(iter(cal.errors.values())).err.shape[0]
+    per_call = tuple(p for p in cal.candidates if isinstance(p, PER_CALL))
     if cost_model is None:
-        budgets = tuple(sorted({p.budget for p in cal.candidates if isinstance(p, Pyramid)}))
         head_dim = next(iter(cal.head_dims.values()))
-        cost_model = measure(layout.num_tokens, heads, head_dim, block_size, backend, pyramid_budgets=budgets)
+        cost_model = measure(layout.num_tokens, heads, head_dim, block_size, backend, per_call=per_call)
+    cost_model = cost_model.with_per_call(per_call)  # a reused model may lack newer candidates
     costs = {layer: _candidate_costs(cal, layer, block_size, cost_model) for layer in cal.errors}
     errors = {layer: stats.relative().float() for layer, stats in cal.errors.items()}
     if max_error is not None:
@@ -199,11 +200,10 @@ def _full_index(candidates: list[Candidate]) -> int:
 
 def _head_ms(layout: TokenLayout, pattern: Pattern, block: int, cost_model: CostModel) -> float:
     """Predicted ms per step of one head (a skip's full run spread over its period)."""
-    if isinstance(pattern, Pyramid):
-        key = budget_key(pattern.budget)
-        if key not in cost_model.pyramid_ms:
-            raise ValueError(f"the cost model has no timing of pyramid at budget {pattern.budget}; measure it")
-        return cost_model.pyramid_ms[key] / cost_model.heads
+    if isinstance(pattern, PER_CALL):
+        if str(pattern) not in cost_model.per_call_ms:
+            raise ValueError(f"the cost model has no timing of {pattern}; measure it (CostModel.with_per_call)")
+        return cost_model.per_call_ms[str(pattern)] / cost_model.heads
     # Full heads (and skipped heads on their refresh steps) run through dense SDPA.
     if isinstance(pattern, Skip | Full):
         return cost_model.dense_ms / cost_model.heads / (pattern.every if isinstance(pattern, Skip) else 1)
@@ -215,6 +215,8 @@ def _amortized_density(layout: TokenLayout, pattern: Pattern, block: int) -> flo
         return 1.0 / pattern.every
     if isinstance(pattern, Pyramid):
         return pattern.budget
+    if isinstance(pattern, HilbertWindow):
+        return pattern.density
     return build_plan(layout, pattern, block).density
 
 

@@ -7,7 +7,18 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from sparsediff.patterns import AnyOf, Diagonal, Full, MultiDiagonal, Pattern, Pyramid, Skip, Stripe, Window
+from sparsediff.patterns import (
+    AnyOf,
+    Diagonal,
+    Full,
+    HilbertWindow,
+    MultiDiagonal,
+    Pattern,
+    Pyramid,
+    Skip,
+    Stripe,
+    Window,
+)
 
 # Hue per strategy; lightness per density (darker = denser).
 HUES = {
@@ -19,6 +30,7 @@ HUES = {
     "window": 0.8,
     "union": 0.48,
     "pyramid": 0.9,
+    "hilbert-window": 0.7,
 }
 
 
@@ -29,6 +41,8 @@ def short_name(p: Pattern) -> str:
         return f"S{p.every}"
     if isinstance(p, Pyramid):
         return f"P{p.budget:g}"
+    if isinstance(p, HilbertWindow):
+        return f"H{p.density:g}" + ("" if p.order == "hilbert-frame" else "3d")
     if isinstance(p, Diagonal):
         return f"D{p.radius}" + (f"t{p.temporal_radius}" if p.temporal_radius else "")
     if isinstance(p, MultiDiagonal):
@@ -50,6 +64,7 @@ _EXAMPLES = {
     "union": Diagonal(radius=1) | Stripe(frames=(0,)),
     "skip": Skip(),
     "pyramid": Pyramid(budget=0.25),
+    "hilbert-window": HilbertWindow(density=0.25),
 }
 
 
@@ -68,7 +83,7 @@ def heatmap(layers: list[str], patterns: list[list[Pattern]], densities: list[li
     heads = max(len(row) for row in patterns)
     cell, label_w, top = 44, max(90, 7 * max(len(n) for n in layers)), 8
     legend_y = top + len(layers) * cell + 8
-    width = max(label_w + heads * cell + 10, 580)
+    width = max(label_w + heads * cell + 10, 8 * 80)
     image = Image.new("RGB", (width, legend_y + 46), "white")
     draw = ImageDraw.Draw(image)
     for i, (name, row, dens) in enumerate(zip(layers, patterns, densities, strict=True)):
@@ -81,7 +96,7 @@ def heatmap(layers: list[str], patterns: list[list[Pattern]], densities: list[li
             draw.text((x + 3, y + cell - 16), f"{d:.2f}", fill="black")
     x = 4
     labels = {"full": "full", "diagonal": "diagonal", "multi_diagonal": "multi-diag", "stripe": "stripe",
-              "union": "union", "pyramid": "pyramid", "skip": "skip"}  # fmt: skip
+              "union": "union", "pyramid": "pyramid", "hilbert-window": "hilbert", "skip": "skip"}  # fmt: skip
     for kind, label in labels.items():
         draw.rectangle((x, legend_y, x + 14, legend_y + 14), fill=_colour(_EXAMPLES[kind], 0.5))
         draw.text((x + 18, legend_y + 2), label, fill="black")
