@@ -501,7 +501,7 @@ def _print_summary(summary: dict) -> None:
         ("SSIM vs dense", "ssim", "{:.4f}"),
         ("density", "density", "{:.3f}"),
         ("load (one-off)", "load_s", "{:.1f} s"),
-        ("warm-up step (one-off)", "warmup_s", "{:.2f} s"),
+        ("warm-up, dense + sparse (one-off)", "warmup_s", "{:.2f} s"),
         ("plan building (one-off)", "sparse_setup_s", "{:.2f} s"),
     ]
     for label, key, fmt in rows:

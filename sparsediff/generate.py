@@ -108,9 +108,11 @@ def run(loaded: LoadedModel, request: Request, steps: int | None = None, label: 
     return Run(frames, seconds)
 
 
-def warm_up(loaded: LoadedModel, request: Request) -> Run:
-    """A short run that pays one-off costs first (two steps: some multistep schedulers cannot run one)."""
-    return run(loaded, request, steps=min(2, request.steps), label="warm-up")
+def warm_up(loaded: LoadedModel, request: Request, config: SparseConfig | None = None) -> Run:
+    """A short run that pays one-off costs first (two steps: some multistep schedulers cannot run one);
+    with `config`, a sparse one (its first video paid thread-pool and buffer set-up otherwise)."""
+    short = replace(request, steps=min(2, request.steps))
+    return run(loaded, short, label="warm-up") if config is None else run_sparse(loaded, short, config)
 
 
 def run_sparse(loaded: LoadedModel, request: Request, config: SparseConfig) -> Run:
@@ -176,7 +178,7 @@ def compare(loaded: LoadedModel, request: Request, config: SparseConfig, out: Pa
     paths = compare_paths(out)
     for path in paths.values():
         check_writable(path)
-    warmup = warm_up(loaded, request)
+    warmup_s = warm_up(loaded, request).seconds + warm_up(loaded, request, config).seconds
     dense = run(loaded, request, label="dense")
     sparse_run = run_sparse(loaded, request, config)
     write_frames(dense.frames, paths["dense"])
@@ -199,7 +201,7 @@ def compare(loaded: LoadedModel, request: Request, config: SparseConfig, out: Pa
         ssim=ssim(dense.frames, sparse_run.frames),
         outputs={k: str(v) for k, v in paths.items()},
         load_s=loaded.load_s,
-        warmup_s=warmup.seconds,
+        warmup_s=warmup_s,
         sparse_setup_s=sparse_run.setup_s,
         random_weights=loaded.entry.random_weights,
         attention_calls=sparse_run.calls,
@@ -345,7 +347,7 @@ def compare_methods(
     for method in methods:
         config = SparseConfig.load(method, density=density, **overrides)
         bar.set_description(method)
-        run_sparse(loaded, replace(requests[0], steps=min(2, requests[0].steps)), config)  # one-off costs
+        warm_up(loaded, requests[0], config)
         runs = each(lambda r, config=config: run_sparse(loaded, r, config))
         finite = [p for p in (psnr(d.frames, s.frames) for d, s in zip(dense, runs, strict=True)) if math.isfinite(p)]
         seconds = sum(s.seconds for s in runs) / len(runs)
