@@ -313,25 +313,32 @@ def compare_methods(
     loaded: LoadedModel, requests: list[Request], methods: list[str], density: float, progress: bool = False,
     **overrides,
 ) -> tuple[float, list[MethodResult]]:  # fmt: skip
-    """Dense once per request, then every method on the same seeds: (dense seconds, one row per method).
+    """Dense and every method on the same seeds: (dense seconds, one row per method).
 
-    The first row is dense itself, so its judge score stands beside the methods'. PSNR/SSIM and
-    seconds are averaged over the requests; the judge's score is the share of requests whose
-    colour and direction it reads right (where the model has a judge).
+    Per request, dense runs and then each method, so the slow spells of a shared machine fall on
+    all of them alike (running each method's requests back to back let them land on one); each
+    config is warmed up first, as dense is. The first row is dense itself, so its judge score
+    stands beside the methods'. PSNR/SSIM and seconds are averaged over the requests; the judge's
+    score is the share of requests whose colour and direction it reads right (where the model has
+    a judge).
     """
     for request in requests:
         check_size(loaded, request.size)
+    configs = {method: SparseConfig.load(method, density=density, **overrides) for method in methods}
     warm_up(loaded, requests[0])
-    bar = tqdm(total=len(requests) * (1 + len(methods)), desc="dense", unit="video", disable=not progress)
-
-    def each(fn) -> list[Run]:
-        out = []
+    for config in configs.values():
+        warm_up(loaded, requests[0], config)
+    dense: list[Run] = []
+    sparse_runs: dict[str, list[Run]] = {method: [] for method in methods}
+    with tqdm(total=len(requests) * (1 + len(methods)), unit="video", disable=not progress) as bar:
         for request in requests:
-            out.append(fn(request))
+            bar.set_description("dense")
+            dense.append(run(loaded, request, label="dense"))
             bar.update()
-        return out
-
-    dense = each(lambda r: run(loaded, r, label="dense"))
+            for method, config in configs.items():
+                bar.set_description(method)
+                sparse_runs[method].append(run_sparse(loaded, request, config))
+                bar.update()
     dense_s = sum(d.seconds for d in dense) / len(dense)
 
     def judged(runs: list[Run]) -> dict | None:
@@ -344,11 +351,7 @@ def compare_methods(
         )
 
     rows = [MethodResult("dense", 1.0, dense_s, 1.0, None, 1.0, judged(dense))]
-    for method in methods:
-        config = SparseConfig.load(method, density=density, **overrides)
-        bar.set_description(method)
-        warm_up(loaded, requests[0], config)
-        runs = each(lambda r, config=config: run_sparse(loaded, r, config))
+    for method, runs in sparse_runs.items():
         finite = [p for p in (psnr(d.frames, s.frames) for d, s in zip(dense, runs, strict=True)) if math.isfinite(p)]
         seconds = sum(s.seconds for s in runs) / len(runs)
         rows.append(
@@ -362,5 +365,4 @@ def compare_methods(
                 judge=judged(runs),
             )
         )
-    bar.close()
     return dense_s, rows
