@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import sparsediff
 from sparsediff import TokenLayout, sparse_attention
-from sparsediff.methods.bank import bank_attention_reference, pool_blocks
+from sparsediff.methods.bank import MASKED, bank_attention_reference, pool_blocks
 from sparsediff.methods.hilbert import local_global_attention, local_global_plan
 from sparsediff.methods.pyramid import (
     assign_levels,
@@ -49,6 +49,19 @@ def test_pyramid_matches_its_reference(layout, block, budget, seed):
     expected = bank_attention_reference(q, bank_k, bank_v, bias, plan.to_token_mask(), 0.3)
     assert (out - expected).abs().max() <= 1e-4
     assert 0 < density <= 1.0001
+
+
+@pytest.mark.parametrize(("n", "block"), [(64, 16), (61, 16), (45, 8), (3, 8)])
+def test_pyramid_bank_is_the_padded_keys_then_each_pooled_level(n, block):
+    k, v = torch.randn(2, 3, n, 4), torch.randn(2, 3, n, 4)
+    bank_k, bank_v, bias = pyramid_bank(k, v, block)
+    padded = math.ceil(n / block) * block
+    for x, bank in ((k, bank_k), (v, bank_v)):
+        x = torch.nn.functional.pad(x, (0, 0, 0, padded - n))
+        levels = [pool_blocks(x, n, pool) for pool in (2, 4, 8)]
+        assert torch.allclose(bank, torch.cat([x, *(pooled for pooled, _ in levels)], 2), atol=1e-6)
+    expected_bias = torch.cat([torch.where(torch.arange(padded) < n, 0.0, MASKED), *(b for _, b in levels)])
+    assert torch.equal(bias, expected_bias)
 
 
 def test_pyramid_levels_spend_the_budget_on_the_heaviest_blocks():
