@@ -25,11 +25,19 @@ def pool_blocks(x: Tensor, valid: int, size: int) -> tuple[Tensor, Tensor]:
     MASKED where a group holds none.
     """
     n = x.shape[2]
-    counts = (torch.arange(n, device=x.device) < valid).to(x.dtype).view(n // size, size).sum(-1)
+    counts = group_counts(n, valid, size, x.device, x.dtype)
     sums = x.reshape(*x.shape[:2], n // size, size, x.shape[-1]).sum(3)
-    pooled = sums / counts.clamp_min(1)[:, None]
-    bias = torch.where(counts > 0, counts.clamp_min(1).log(), torch.full_like(counts, MASKED))
-    return pooled, bias
+    return sums / counts.clamp_min(1)[:, None], count_bias(counts)
+
+
+def group_counts(length: int, valid: int, size: int, device, dtype) -> Tensor:
+    """[length / size] valid tokens in each group of `size` of a run of `length` padded past `valid`."""
+    return (torch.arange(length, device=device) < valid).to(dtype).view(length // size, size).sum(-1)
+
+
+def count_bias(counts: Tensor) -> Tensor:
+    """log(count) per pooled key (it stands for that many keys), MASKED where a group is all padding."""
+    return torch.where(counts > 0, counts.clamp_min(1).log(), torch.full_like(counts, MASKED))
 
 
 def padding_bias(valid: int, length: int, device, dtype) -> Tensor:

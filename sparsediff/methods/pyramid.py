@@ -20,7 +20,7 @@ import torch
 
 from sparsediff.attention import sparse_attention
 from sparsediff.layout import TokenLayout
-from sparsediff.methods.bank import MASKED, pad_to, padding_bias, pool_blocks
+from sparsediff.methods.bank import count_bias, group_counts, pad_to, padding_bias, pool_blocks
 from sparsediff.plan import BlockPlan
 
 Tensor = torch.Tensor
@@ -84,12 +84,8 @@ def pyramid_bank(k: Tensor, v: Tensor, block: int) -> tuple[Tensor, Tensor, Tens
     """
     n = k.shape[2]
     padded = math.ceil(n / block) * block
-    valid = (torch.arange(padded, device=k.device) < n).to(k.dtype)
-    counts = [valid.view(-1, pool).sum(-1) for pool in POOLS]
-    bias = torch.cat([
-        padding_bias(n, padded, k.device, k.dtype),
-        *(torch.where(c > 0, c.clamp_min(1).log(), torch.full_like(c, MASKED)) for c in counts),
-    ])  # fmt: skip
+    counts = [group_counts(padded, n, pool, k.device, k.dtype) for pool in POOLS]
+    bias = torch.cat([padding_bias(n, padded, k.device, k.dtype), *map(count_bias, counts)])
     return _bank(k, n, padded, counts), _bank(v, n, padded, counts), bias
 
 
