@@ -33,6 +33,7 @@ class _Chunk:
     kv_rows: Tensor  # [R * C] index into the (kv_head * Kb + kv_block) blocks
     kv_blocks: Tensor  # [R * C] the KV block of each (for a per-key bias)
     bias: Tensor | None  # [R, 1, C * block_kv] 0 / -inf for padding slots and keys past N
+    q_len: int  # query rows to compute: fewer than a block when every row is the last, partial block
 
 
 @dataclass
@@ -44,9 +45,11 @@ class _Schedule:
 
 
 def _build_schedule(
-    kv_indices: Tensor, kv_counts: Tensor, block_kv: int, n_kv: int, kv_heads: int, budget: int
-) -> _Schedule:
+    kv_indices: Tensor, kv_counts: Tensor, block_q: int, block_kv: int, n_q: int, n_kv: int, kv_heads: int,
+    budget: int,
+) -> _Schedule:  # fmt: skip
     heads, q_blocks, _ = kv_indices.shape
+    last_rows = n_q - (q_blocks - 1) * block_q  # valid rows of the last query block
     kv_blocks = math.ceil(n_kv / block_kv)
     group = heads // kv_heads
     indices = kv_indices.reshape(heads * q_blocks, -1).long()
@@ -68,7 +71,8 @@ def _build_schedule(
         if not bool(valid.all()):
             bias = torch.zeros(valid.shape, device=idx.device).masked_fill_(~valid, float("-inf"))
             bias = bias.view(len(rows), 1, width * block_kv)
-        chunks.append(_Chunk(rows, (kv_head[:, None] * kv_blocks + idx).reshape(-1), idx.reshape(-1), bias))
+        q_len = last_rows if bool((rows % q_blocks == q_blocks - 1).all()) else block_q
+        chunks.append(_Chunk(rows, (kv_head[:, None] * kv_blocks + idx).reshape(-1), idx.reshape(-1), bias, q_len))
         start = stop
     return _Schedule(
         chunks,
@@ -108,8 +112,9 @@ def _attend_chunk(
 
     `bias_blocks` [Kb, block_kv]: the per-key bias, or None.
     """
-    batch, _, block_q, dim = q_blocks.shape
-    block_kv = k_blocks.shape[2]
+    batch, _, _, dim = q_blocks.shape
+    block_q, block_kv = chunk.q_len, k_blocks.shape[2]
+    q_blocks, out = q_blocks[:, :, :block_q], out[:, :, :block_q]  # a partial last block: its valid rows
     r = len(chunk.rows)
     keys = len(chunk.kv_rows) * block_kv // r
     qc = torch.index_select(q_blocks, 1, chunk.rows, out=ws.q[: batch * r * block_q * dim].view(batch, r, block_q, dim))
@@ -151,9 +156,9 @@ def block_sparse_attention_gather(
     cache = {} if cache is None else cache
     budget = budget or CHUNK_BLOCK_PAIRS * max(1, 64 // block_kv)  # the same keys per chunk for small KV blocks
     batch, heads, n_q, dim = q.shape
-    key = ("gather_schedule", q.device, k.shape[1], k.shape[2], budget)
+    key = ("gather_schedule", q.device, n_q, k.shape[1], k.shape[2], budget)
     if key not in cache:
-        cache[key] = _build_schedule(kv_indices, kv_counts, block_kv, k.shape[2], k.shape[1], budget)
+        cache[key] = _build_schedule(kv_indices, kv_counts, block_q, block_kv, n_q, k.shape[2], k.shape[1], budget)
     schedule: _Schedule = cache[key]
     q_blocks = _to_blocks(q, block_q)
     k_blocks, v_blocks = _to_blocks(k, block_kv), _to_blocks(v, block_kv)

@@ -409,6 +409,9 @@ def search_cmd(
     calibration_steps: Annotated[int, typer.Option(help="steps scored per prompt")] = 4,
     rows: Annotated[int, typer.Option(help="query rows sampled per attention call")] = 128,
     block_size: Annotated[int, typer.Option(help="block size in tokens")] = 64,
+    kv_block_size: Annotated[
+        int | None, typer.Option(help="KV block size of static plans (default: --block-size)")
+    ] = None,
     dense_fraction: Annotated[float, typer.Option(help="first fraction of steps kept dense")] = 0.0,
     cost_model: Annotated[Path | None, typer.Option(help="reuse the cost model of an earlier config")] = None,
     seed: Annotated[int, typer.Option(help="seed of the calibration runs and row sampling")] = 0,
@@ -436,8 +439,8 @@ def search_cmd(
         loaded.pipe.set_progress_bar_config(disable=True)
         result = search(
             loaded.pipe, texts, max_error=max_error, budget=budget, num_inference_steps=request.steps,
-            calibration_steps=calibration_steps, rows=rows, block_size=block_size, dense_fraction=dense_fraction,
-            cost_model=costs, seed=seed, **kwargs,
+            calibration_steps=calibration_steps, rows=rows, block_size=block_size, kv_block_size=kv_block_size,
+            dense_fraction=dense_fraction, cost_model=costs, seed=seed, **kwargs,
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as err:
         console.print(f"[red]error:[/red] {err}")

@@ -71,6 +71,9 @@ class SparseConfig(BaseModel):
     pattern: PatternSpec | None = None
     heads: dict[str, list[PatternSpec]] = Field(default_factory=dict)
     block_size: int = Field(default=64, ge=1)
+    # Static plans (window, pattern) only: KV blocks of another size than query blocks (None: the
+    # same). Smaller KV blocks follow a local band more closely; the search prices either.
+    kv_block_size: int | None = Field(default=None, ge=1)
     recompute_every: int = Field(default=0, ge=0)  # sparsed: recompute patterns every k sparse steps (0: never)
     # hilbert: a 2-D curve per frame (default: it beat raster windows at densities 0.1 and 0.25 on
     # shapes-t2v, the 3-D curve only at 0.1; README), or one 3-D curve through the video.
@@ -86,6 +89,11 @@ class SparseConfig(BaseModel):
         if self.method == "pattern" and self.pattern is None and not self.heads:
             raise ValueError("method 'pattern' needs `pattern` (all layers) or `heads` (per layer and head)")
         return self
+
+    @property
+    def plan_blocks(self) -> tuple[int, int]:
+        """(query, KV) block sizes of static plans."""
+        return self.block_size, self.kv_block_size or self.block_size
 
     @classmethod
     def load(cls, source: SparseConfig | dict | str | os.PathLike, **overrides) -> SparseConfig:

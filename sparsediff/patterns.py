@@ -385,3 +385,12 @@ def build_plan(
         skipped_heads=skipped,
         head_groups=tuple(tuple(g) for g in groups.values()),
     )
+
+
+def aligned_plan(
+    layout: TokenLayout, patterns: Pattern | Sequence[Pattern], block_size: int | tuple[int, int] = 64
+) -> BlockPlan:
+    """The plan static methods run: `build_plan` on `layout.block_aligned(...)`, whose token order
+    it uses (`TokenLayout.move_to` carries q, k, v and the output there and back)."""
+    blocks = (block_size, block_size) if isinstance(block_size, int) else block_size
+    return build_plan(layout.block_aligned(*blocks), patterns, blocks)

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from sparsediff import BlockPlan, Diagonal, Full, Skip, Stripe, TokenLayout, build_plan, sparse_attention
 from sparsediff.attention import resolve_backend
+from sparsediff.kernels import block_sparse_attention_gather
 
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 2e-2}
 
@@ -170,3 +171,22 @@ def test_bad_inputs_raise_clear_errors():
         sparse_attention(q, q, q, plan, backend="fast")
     with pytest.raises(RuntimeError, match="runs on"):
         resolve_backend("flex", torch.device("meta"))
+
+
+def test_a_partial_last_query_block_alone_in_its_chunk_computes_only_its_rows():
+    """The last query block (4 of 16 rows valid) lists every KV block, so it fills a chunk alone and
+    the kernel computes just its valid rows; the output still equals the reference."""
+    gen = torch.Generator().manual_seed(3)
+    n, block = 100, 16
+    blocks = math.ceil(n / block)
+    mask = torch.eye(blocks, dtype=torch.bool)[None].repeat(2, 1, 1)
+    mask[:, -1] = True
+    plan = BlockPlan.from_block_mask(mask, block, seq_len=n)
+    q, k, v = _qkv(gen, 2, 2, 2, n, 16, torch.float32)
+    ref = sparse_attention(q, k, v, plan, backend="reference")
+    cache = {}
+    out = block_sparse_attention_gather(q, k, v, plan.kv_indices, plan.kv_counts, block, block, 0.25, cache,
+                                        budget=blocks)  # fmt: skip
+    (schedule,) = cache.values()
+    assert [c.q_len for c in schedule.chunks[:2]] == [4, 4]  # the two heads' last blocks, one chunk each
+    assert (out - ref).abs().max() <= TOLERANCE[torch.float32]

@@ -200,10 +200,36 @@ def test_per_call_heads_of_a_per_head_config_run_their_method(kv_heads):
         elif isinstance(pattern, HilbertWindow):
             expected, density = local_global_attention(*one, layout, pattern.density, 16, "reference", 8**-0.5,
                                                        order=pattern.order)  # fmt: skip
-        else:
-            plan = build_plan(layout, pattern, 16)
-            expected, density = sparse_attention(*one, plan, "reference"), plan.density
+        else:  # static plans run with the text moved behind the grid (5 text tokens are not a block)
+            aligned = layout.block_aligned(16, 16)
+            plan = build_plan(aligned, pattern, 16)
+            moved = (layout.move_to(t, aligned) for t in one)
+            expected, density = aligned.move_to(sparse_attention(*moved, plan, "reference"), layout), plan.density
         densities.append(density)
         assert torch.allclose(out[:, [h]], expected, atol=1e-4), pattern
     assert not torch.allclose(out[:, [2]], out[:, [3]], atol=1e-3)  # the two curves differ
     assert state.density() == pytest.approx(sum(densities) / 4, rel=1e-6)
+
+
+def test_static_plans_run_block_aligned_with_their_own_kv_blocks():
+    """A text prefix that is not whole blocks and KV blocks smaller than query blocks: the runtime
+    output equals masked attention, in the caller's token order, over exactly the keys of the plan
+    it runs (the block-aligned plan moved back), and that plan covers the pattern."""
+    import torch.nn.functional as F
+
+    from sparsediff import Diagonal, MultiDiagonal, SparseConfig
+    from sparsediff.integrations.diffusers import SparseState, StepTracker
+    from sparsediff.patterns import aligned_plan
+
+    layout = TokenLayout(frames=3, height=8, width=8, text_prefix=5)
+    heads = [Diagonal(radius=1, temporal_radius=1), Diagonal(radius=1) | MultiDiagonal(radius=0, frame_offsets=(2,))]
+    config = SparseConfig(method="pattern", heads={"attn": heads}, block_size=16, kv_block_size=8)
+    q, k, v = _qkv(layout, 5, heads=2)
+    out = SparseState(config, StepTracker(), ["attn"], fixed_layout=layout).attend("attn", q, k, v)
+    aligned = layout.block_aligned(16, 8)
+    for h, pattern in enumerate(heads):
+        keys = aligned_plan(layout, pattern, (16, 8)).to_token_mask()[0]
+        keys = aligned.move_to(aligned.move_to(keys, layout, 0), layout, 1)
+        assert not (pattern.token_mask(layout) & ~keys).any()
+        expected = F.scaled_dot_product_attention(q[:, [h]], k[:, [h]], v[:, [h]], attn_mask=keys)
+        assert torch.allclose(out[:, [h]], expected, atol=1e-5), pattern

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sparsediff import AnyOf, Diagonal, Full, MultiDiagonal, Pattern, Skip, Stripe, TokenLayout, Window, build_plan
-from sparsediff.patterns import _reduce_to_blocks
+from sparsediff.patterns import _reduce_to_blocks, aligned_plan
 
 layouts = st.builds(
     TokenLayout,
@@ -100,3 +100,38 @@ def test_bad_pattern_values():
         Pattern.model_validate({"kind": "nope"})
     with pytest.raises(TypeError, match="expected Pattern"):
         build_plan(TokenLayout(height=2, width=2), ["diagonal"])
+
+
+@given(layouts, patterns, st.sampled_from([(8, 8), (16, 8), (8, 4), (16, 16)]))
+def test_aligned_plan_computes_every_pair_of_the_pattern_in_the_callers_order(layout, pattern, blocks):
+    """Static plans run on `block_aligned` (text moved last when the prefix is not whole blocks);
+    moved back to the caller's order, the plan's token mask still covers the pattern's pairs."""
+    aligned = layout.block_aligned(*blocks)
+    assert aligned.text_prefix % blocks[0] == 0 and aligned.text_prefix % blocks[1] == 0
+    assert aligned.num_tokens == layout.num_tokens and aligned.num_text == layout.num_text
+    computed = aligned.move_to(aligned.move_to(aligned_plan(layout, pattern, blocks).to_token_mask()[0], layout, 0),
+                               layout, 1)  # fmt: skip
+    wanted = pattern.token_mask(layout)
+    assert not (wanted & ~computed).any()
+
+
+def test_text_moved_last_keeps_bands_on_grid_rows():
+    """8 text tokens before a 16-wide grid shift every 64-token block across grid rows; moved behind
+    the grid, a radius-1 band needs fewer blocks (the reason `block_aligned` exists)."""
+    layout = TokenLayout(frames=4, height=16, width=16, text_prefix=8)
+    band = Diagonal(radius=1, temporal_radius=1)
+    assert layout.block_aligned(64, 64) == TokenLayout(frames=4, height=16, width=16, text_suffix=8)
+    assert aligned_plan(layout, band, 64).density < build_plan(layout, band, 64).density
+    flux_like = TokenLayout(height=8, width=8, text_prefix=64)
+    assert flux_like.block_aligned(64, 16) is flux_like  # already whole blocks: nothing moves
+
+
+def test_move_to_round_trips_and_refuses_other_layouts():
+    layout = TokenLayout(frames=2, height=3, width=3, text_prefix=5, text_suffix=2)
+    aligned = layout.block_aligned(4, 4)
+    x = torch.arange(layout.num_tokens).float()[:, None]
+    moved = layout.move_to(x, aligned, dim=0)
+    assert moved[: layout.num_visual, 0].tolist() == list(range(5, 5 + layout.num_visual))
+    assert torch.equal(aligned.move_to(moved, layout, dim=0), x)
+    with pytest.raises(ValueError, match="only the text may move"):
+        layout.move_to(x, TokenLayout(frames=1, height=3, width=6, text_suffix=7), dim=0)

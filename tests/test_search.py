@@ -19,6 +19,7 @@ from sparsediff import (
     build_plan,
     sparse_attention,
 )
+from sparsediff.integrations.diffusers import SparseState, StepTracker
 from sparsediff.methods.hilbert import local_global_attention
 from sparsediff.methods.pyramid import pyramid_attention
 from sparsediff.pipelines.tiny import TINY_TRANSFORMERS, tiny_pipeline
@@ -103,11 +104,19 @@ def test_cost_model_reads_old_pyramid_timings_and_measures_only_missing_per_call
     assert FIXED_COSTS.with_per_call([Pyramid(budget=0.25)]) is FIXED_COSTS
 
 
-def test_calibration_errors_match_reference_sparse_attention():
-    """The calibrated error of each candidate is the relative L2 error of its exact plan on the sampled rows."""
-    model = TINY_TRANSFORMERS["wan"].build()
-    inputs = TINY_TRANSFORMERS["wan"].make_inputs(1, 3, 16, 16, 8, 900, torch.Generator().manual_seed(0))
-    layout = TokenLayout(frames=3, height=8, width=8)
+@pytest.mark.parametrize(
+    ("family", "layout", "kv_block"),
+    [
+        ("wan", TokenLayout(frames=3, height=8, width=8), None),
+        # 8 text tokens before the grid (runs block-aligned, text moved last) and smaller KV blocks
+        ("cogvideox", TokenLayout(frames=3, height=8, width=8, text_prefix=8), 8),
+    ],
+)
+def test_calibration_errors_match_reference_sparse_attention(family, layout, kv_block):
+    """The calibrated error of each candidate is the relative L2 error, on the sampled rows, of what
+    the runtime computes for it."""
+    model = TINY_TRANSFORMERS[family].build()
+    inputs = TINY_TRANSFORMERS[family].make_inputs(1, 3, 16, 16, 8, 900, torch.Generator().manual_seed(0))
     candidates = [Full(), Diagonal(radius=1), Diagonal(radius=2, temporal_radius=1), Pyramid(budget=0.3),
                   HilbertWindow(density=0.3)]  # fmt: skip
     cal = Calibration(candidates=candidates, sample_steps=frozenset({0}), rows=50, seed=0)
@@ -121,10 +130,12 @@ def test_calibration_errors_match_reference_sparse_attention():
         return original(self, layer, query, key, value, *args, **kwargs)
 
     state_class.attend = spy
-    sparsediff.integrations.diffusers.install(model, SparseConfig(method="dense", block_size=16), state_class)
+    config = SparseConfig(method="dense", block_size=16, kv_block_size=kv_block)
+    sparsediff.integrations.diffusers.install(model, config, state_class)
     with torch.no_grad():
         model(**inputs)
     sparsediff.remove(model)
+    assert set(cal.layouts.values()) == {layout}
     rows = sample_rows(layout, cal.rows, cal.seed)
     for layer, (q, k, v) in captured.items():
         exact = sparse_attention(q, k, v, build_plan(layout, Full(), 16), "reference")[:, :, rows]
@@ -134,8 +145,11 @@ def test_calibration_errors_match_reference_sparse_attention():
                 approx = pyramid_attention(q, k, v, layout, 0.3, 16, "reference", scale)[0][:, :, rows]
             elif isinstance(pattern, HilbertWindow):
                 approx = local_global_attention(q, k, v, layout, 0.3, 16, "reference", scale)[0][:, :, rows]
-            else:
-                approx = sparse_attention(q, k, v, build_plan(layout, pattern, 16), "reference")[:, :, rows]
+            else:  # the runtime's static path, plan and token order included
+                runtime = SparseConfig(method="pattern", pattern=pattern, block_size=16, kv_block_size=kv_block,
+                                       backend="reference")  # fmt: skip
+                state = SparseState(runtime, StepTracker(), [layer], fixed_layout=layout)
+                approx = state.attend(layer, q, k, v, scale=scale)[:, :, rows]
             expected = ((approx - exact).square().sum((0, 2, 3)) / exact.square().sum((0, 2, 3))).sqrt()
             got = cal.errors[layer].relative()[:, c].float()
             assert torch.allclose(got, expected, atol=1e-4), (layer, pattern, got, expected)
@@ -305,3 +319,11 @@ def test_band_and_heavy_columns_choose_columns_once_and_score_them_later():
         expected = ((approx - exact).square().sum((0, 2, 3)) / exact.square().sum((0, 2, 3))).sqrt()
         assert torch.allclose(cal.errors[layer].relative()[:, 1].float(), expected, atol=1e-4)
         assert all(isinstance(p.parts[-1], Stripe) and len(p.parts[-1].positions) == 4 for p in resolved)
+
+
+def test_cost_model_times_plans_with_their_kv_blocks_and_the_search_refuses_other_blocks():
+    measured = sparsediff.search.cost.measure(256, 2, 16, block_size=32, kv_block_size=8, repeat=1)
+    assert measured.plan_blocks == (32, 8) and measured.per_block_pair_ms > 0
+    pipe = tiny_pipeline("wan")
+    with pytest.raises(ValueError, match=r"fitted on \(64, 64\) \(query, KV\) blocks, the search plans \(64, 16\)"):
+        search(pipe, ["a red circle"], budget=0.5, kv_block_size=16, cost_model=FIXED_COSTS, num_inference_steps=2)

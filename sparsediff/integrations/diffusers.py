@@ -140,15 +140,24 @@ class SparseState:
         return any(d in (layer, index, index - len(self.layers)) for d in schedule.dense_layers)
 
     def plan(self, layer: str, layout: TokenLayout, heads: int, running: frozenset[int] = frozenset()) -> BlockPlan:
-        """The layer's plan with the skipped heads in `running` computed in full (`Full`)."""
+        """The layer's plan with the skipped heads in `running` computed in full (`Full`), in the
+        token order of `layout.block_aligned(...)`."""
         key = (layer, layout, heads, running)
         if key not in self.plans:
-            patterns = layer_patterns(self.config, layer, layout, heads)
+            aligned = layout.block_aligned(*self.config.plan_blocks)
+            patterns = layer_patterns(self.config, layer, aligned, heads)
             patterns = [Full() if h in running else p for h, p in enumerate(patterns)]
             start = time.perf_counter()
-            self.plans[key] = build_plan(layout, patterns, self.config.block_size)
+            self.plans[key] = build_plan(aligned, patterns, self.config.plan_blocks)
             self.plan_seconds += time.perf_counter() - start
         return self.plans[key]
+
+    def _run_plan(self, plan: BlockPlan, layout: TokenLayout, query, key, value, scale, reuse) -> Tensor:
+        """`sparse_attention` of a static plan, in the plan's token order and back."""
+        aligned = layout.block_aligned(*self.config.plan_blocks)
+        q, k, v, reuse = (t if t is None else layout.move_to(t, aligned) for t in (query, key, value, reuse))
+        out = sparse_attention(q, k, v, plan, self.config.backend, scale=scale, reuse=reuse)
+        return aligned.move_to(out, layout)
 
     def _skips(self, layer: str) -> list[Skip] | None:
         """The layer's head patterns when every one is a `Skip`, else None."""
@@ -232,7 +241,7 @@ class SparseState:
             running = self.skipped_heads_running(patterns, can_reuse=previous is not None)
             plan = self.plan(layer, layout, heads, running)
             reuse, per_call_density = self._per_call_heads(patterns, layout, query, key, value, previous, scale)
-            out = sparse_attention(query, key, value, plan, self.config.backend, scale=scale, reuse=reuse)
+            out = self._run_plan(plan, layout, query, key, value, scale, reuse)
             self.calls["sparse"] += 1
             self._call_density.append(plan.density + per_call_density)
         if keeps_output:
@@ -269,7 +278,7 @@ class SparseState:
                 patterns = layer_patterns(self.config, layer, sub, heads)
                 plan = self.plan(layer, sub, heads, self.skipped_heads_running(patterns, can_reuse=False))
                 reuse, per_call_density = self._per_call_heads(patterns, sub, q, k, v, None, scale)
-                result = sparse_attention(q, k, v, plan, self.config.backend, scale=scale, reuse=reuse)
+                result = self._run_plan(plan, sub, q, k, v, scale, reuse)
                 self._call_density.append(plan.density + per_call_density)
             padded = (
                 F.scaled_dot_product_attention(query[samples][:, :, pad], k, v, scale=scale) if pad.numel() else None

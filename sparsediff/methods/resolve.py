@@ -13,7 +13,7 @@ def layer_patterns(config: SparseConfig, layer: str, layout: TokenLayout, heads:
     if config.method == "dense":
         return [Full()] * heads
     if config.method == "window":
-        return [window_pattern(layout, config.density, config.block_size)] * heads
+        return [window_pattern(layout, config.density, config.plan_blocks)] * heads
     per_head = config.heads.get(layer)
     if per_head is None:
         if config.pattern is None:

@@ -9,16 +9,16 @@ from __future__ import annotations
 from functools import lru_cache
 
 from sparsediff.layout import TokenLayout
-from sparsediff.patterns import Diagonal, build_plan
+from sparsediff.patterns import Diagonal, aligned_plan
 
 
 @lru_cache(maxsize=128)
-def window_pattern(layout: TokenLayout, density: float, block_size: int = 64) -> Diagonal:
+def window_pattern(layout: TokenLayout, density: float, block_size: int | tuple[int, int] = 64) -> Diagonal:
     """The Diagonal whose plan density (text stripes included) is closest to `density`."""
     best, best_gap = None, float("inf")
     for radius in range(max(layout.height, layout.width)):
         pattern = Diagonal(radius=radius, temporal_radius=min(radius, layout.frames - 1))
-        achieved = build_plan(layout, pattern, block_size).density
+        achieved = aligned_plan(layout, pattern, block_size).density
         gap = abs(achieved - density)
         if gap < best_gap:
             best, best_gap = pattern, gap

@@ -26,7 +26,7 @@ from sparsediff.config import SparseConfig
 from sparsediff.integrations.diffusers import SparseState, _mask_is_trivial, install, remove
 from sparsediff.layout import TokenLayout
 from sparsediff.methods import per_call_heads
-from sparsediff.patterns import PER_CALL, Full, Pattern, Skip, Stripe, build_plan
+from sparsediff.patterns import PER_CALL, Full, Pattern, Skip, Stripe, aligned_plan
 from sparsediff.search.candidates import BandAndHeavyColumns, Candidate, default_candidates
 
 Tensor = torch.Tensor
@@ -133,7 +133,7 @@ class CalibrationState(DenseWatcher):
             value = value.repeat_interleave(heads // value.shape[1], 1)
         q_rows = query[:, :, rows]
         per_chunk = max(1, _SCORE_BUFFER // (q_rows.shape[0] * rows.numel() * key.shape[-2]))
-        block = self.config.block_size
+        block, plan_blocks = self.config.block_size, self.config.plan_blocks
         heavy = [p.count for p in cal.candidates if isinstance(p, BandAndHeavyColumns)]
         choosing_columns = bool(heavy) and layer not in cal.columns
         if choosing_columns:
@@ -142,7 +142,7 @@ class CalibrationState(DenseWatcher):
             if isinstance(pattern, BandAndHeavyColumns):
                 if not choosing_columns:
                     allowed = torch.stack(
-                        [_plan_key_mask(pattern.resolve(p), layout, block, rows) for p in cal.columns[layer]]
+                        [_plan_key_mask(pattern.resolve(p), layout, plan_blocks, rows) for p in cal.columns[layer]]
                     )
                     stats.norm[:, c] += norm
                     stats.err[:, c] += _masked_error(q_rows, key, value, exact, allowed, scale, per_chunk)
@@ -159,7 +159,7 @@ class CalibrationState(DenseWatcher):
                 approx = per_call_heads(pattern, query, key, value, layout, block, "auto", scale)[0]
                 stats.err[:, c] += (approx[:, :, rows].double() - exact).square().sum(dim=(0, 2, 3))
                 continue
-            allowed = _key_mask(cal, pattern, layout, block, rows)
+            allowed = _key_mask(cal, pattern, layout, plan_blocks, rows)
             stats.err[:, c] += _masked_error(q_rows, key, value, exact, allowed, scale, per_chunk)
 
 
@@ -195,9 +195,10 @@ def _heaviest_columns(q_rows, key, layout: TokenLayout, scale: float, count: int
 
 
 def watched_dense_runs(pipe, state_class: type[SparseState], prompts, block_size: int, seed: int,
-                       num_inference_steps: int, progress: bool = False, **call_kwargs) -> None:  # fmt: skip
+                       num_inference_steps: int, progress: bool = False, kv_block_size: int | None = None,
+                       **call_kwargs) -> None:  # fmt: skip
     """Run the pipeline once per prompt (seed + i) with `state_class` watching every attention call."""
-    install(pipe, SparseConfig(method="dense", block_size=block_size), state_class)
+    install(pipe, SparseConfig(method="dense", block_size=block_size, kv_block_size=kv_block_size), state_class)
     try:
         for i, prompt in enumerate(tqdm(prompts, desc="dense runs", disable=not progress)):
             pipe(prompt=prompt, num_inference_steps=num_inference_steps,
@@ -214,15 +215,20 @@ def sample_rows(layout: TokenLayout, rows: int, seed: int) -> Tensor:
     return torch.randperm(layout.num_visual, generator=gen)[:count].sort().values + layout.text_prefix
 
 
-def _key_mask(cal: Calibration, pattern: Pattern, layout: TokenLayout, block: int, rows: Tensor) -> Tensor:
+def _key_mask(cal: Calibration, pattern: Pattern, layout: TokenLayout, blocks: tuple[int, int], rows) -> Tensor:
     """`_plan_key_mask`, cached per candidate shared by all heads."""
-    key = (pattern, layout, block)
+    key = (pattern, layout, blocks)
     if key not in cal._key_masks:
-        cal._key_masks[key] = _plan_key_mask(pattern, layout, block, rows)
+        cal._key_masks[key] = _plan_key_mask(pattern, layout, blocks, rows)
     return cal._key_masks[key]
 
 
-def _plan_key_mask(pattern: Pattern, layout: TokenLayout, block: int, rows: Tensor) -> Tensor:
-    """[rows, N] keys the pattern's plan computes for each sampled row (text rules included)."""
-    blocks = build_plan(layout, pattern, block).to_dense_mask()[0]  # [Qb, Kb]
-    return blocks[rows // block].repeat_interleave(block, 1)[:, : layout.num_tokens]
+def _plan_key_mask(pattern: Pattern, layout: TokenLayout, blocks: tuple[int, int], rows: Tensor) -> Tensor:
+    """[rows, N] keys the pattern's plan computes for each sampled row (text rules included), as
+    the runtime plans it: in the block-aligned token order, moved back to this layout's."""
+    block_q, block_kv = blocks
+    aligned = layout.block_aligned(block_q, block_kv)
+    mask = aligned_plan(layout, pattern, blocks).to_dense_mask()[0]  # [Qb, Kb], aligned order
+    where = aligned.move_to(torch.arange(layout.num_tokens), layout, dim=0)  # aligned position of each token
+    keys = mask[where[rows] // block_q].repeat_interleave(block_kv, 1)[:, : layout.num_tokens]
+    return aligned.move_to(keys, layout, dim=1)

@@ -37,6 +37,7 @@ class CostModel(BaseModel):
     heads: int
     head_dim: int
     block_size: int
+    kv_block_size: int | None = None  # KV blocks of the timed plans, when not block_size
     per_block_pair_ms: float
     per_group_ms: float
     fixed_ms: float
@@ -54,6 +55,11 @@ class CostModel(BaseModel):
                 "per_call_ms", {}
             )
         return data
+
+    @property
+    def plan_blocks(self) -> tuple[int, int]:
+        """(query, KV) block sizes of the plans it was fitted on."""
+        return self.block_size, self.kv_block_size or self.block_size
 
     def predict_ms(self, pairs: float, groups: int) -> float:
         return self.per_block_pair_ms * pairs + self.per_group_ms * groups + self.fixed_ms
@@ -89,22 +95,27 @@ def _median_ms(fn, repeat: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-def _random_plan(n: int, heads: int, block: int, density: float, groups: int, gen: torch.Generator) -> BlockPlan:
-    blocks = math.ceil(n / block)
-    per_group = [torch.rand(blocks, blocks, generator=gen) < density for _ in range(groups)]
-    masks = [per_group[h % groups] for h in range(heads)]
-    mask = torch.stack(masks)
-    mask |= torch.eye(blocks, dtype=torch.bool)  # no empty rows
-    return BlockPlan.from_block_mask(mask, block, seq_len=n)
+def _random_plan(
+    n: int, heads: int, blocks: tuple[int, int], density: float, groups: int, gen: torch.Generator
+) -> BlockPlan:
+    q_blocks, kv_blocks = (math.ceil(n / b) for b in blocks)
+    per_group = [torch.rand(q_blocks, kv_blocks, generator=gen) < density for _ in range(groups)]
+    mask = torch.stack([per_group[h % groups] for h in range(heads)])
+    mask[:, torch.arange(q_blocks), torch.arange(q_blocks) * kv_blocks // q_blocks] = True  # no empty rows
+    return BlockPlan.from_block_mask(mask, blocks, seq_len=n)
 
 
 @torch.no_grad()
 def measure(
     tokens: int, heads: int, head_dim: int, block_size: int = 64, backend: str = "auto", device: str = "cpu",
     dtype: torch.dtype = torch.float32, repeat: int = 3, seed: int = 0, per_call: tuple[Pattern, ...] = (),
+    kv_block_size: int | None = None,
 ) -> CostModel:  # fmt: skip
     """Time the backend on random plans at this size and fit the model (a few seconds at 8k tokens);
-    time each per-call head pattern of `per_call` on the same inputs."""
+    time each per-call head pattern of `per_call` on the same inputs. Plans use query blocks of
+    `block_size` and KV blocks of `kv_block_size` (default: the same); per-call patterns plan
+    their own blocks of `block_size`."""
+    blocks = (block_size, kv_block_size or block_size)
     gen = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(1, heads, tokens, head_dim, generator=gen).to(device, dtype) for _ in range(3))
     dense_ms = _median_ms(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), repeat)
@@ -112,7 +123,7 @@ def measure(
     rows, times = [], []
     for density in DENSITIES:
         for groups in sorted({1, heads}):
-            plan = _random_plan(tokens, heads, block_size, density, groups, gen)
+            plan = _random_plan(tokens, heads, blocks, density, groups, gen)
             ms = _median_ms(lambda plan=plan: sparse_attention(q, k, v, plan, chosen), repeat)
             rows.append([float(plan.kv_counts.sum()), float(len(plan.head_groups)), 1.0])
             times.append(ms)
@@ -122,6 +133,7 @@ def measure(
     per_pair, per_group, fixed = (float(x) for x in solution.solution[:, 0])
     return CostModel(
         backend=chosen, device=device, tokens=tokens, heads=heads, head_dim=head_dim, block_size=block_size,
+        kv_block_size=kv_block_size,
         per_block_pair_ms=max(per_pair, 1e-9), per_group_ms=max(per_group, 0.0), fixed_ms=max(fixed, 0.0),
         dense_ms=dense_ms, per_call_ms=_per_call_ms(q, k, v, per_call, block_size, chosen, repeat),
     )  # fmt: skip

@@ -15,12 +15,14 @@ from rich.table import Table
 from sparsediff.config import Schedule, SparseConfig
 from sparsediff.integrations.diffusers import _transformers_of, model_signature
 from sparsediff.layout import TokenLayout
-from sparsediff.patterns import PER_CALL, Full, HilbertWindow, Pattern, Pyramid, Skip, build_plan
+from sparsediff.patterns import PER_CALL, Full, HilbertWindow, Pattern, Pyramid, Skip, aligned_plan
 from sparsediff.search.calibrate import Calibration, CalibrationState, watched_dense_runs
 from sparsediff.search.candidates import BandAndHeavyColumns, Candidate
 from sparsediff.search.cost import CostModel, measure
 from sparsediff.search.report import heatmap, short_name
 from sparsediff.search.solver import Choices, solve_budget, solve_max_error
+
+Blocks = tuple[int, int]  # (query, KV) block sizes of static plans
 
 
 @dataclass
@@ -79,6 +81,7 @@ def search(
     calibration_steps: int = 4,
     rows: int = 128,
     block_size: int = 64,
+    kv_block_size: int | None = None,
     backend: str = "auto",
     dense_fraction: float = 0.0,
     candidates: Sequence[Candidate] | None = None,
@@ -91,7 +94,8 @@ def search(
 
     Exactly one of `max_error` (relative L2 error per head, on sampled query rows) or `budget`
     (predicted attention time as a fraction of dense) is given. `call_kwargs` go to every
-    pipeline call (sizes, guidance); each prompt runs with seed `seed + i`.
+    pipeline call (sizes, guidance); each prompt runs with seed `seed + i`. Static plans use
+    query blocks of `block_size` and KV blocks of `kv_block_size` (default: the same).
     """
     if (max_error is None) == (budget is None):
         raise ValueError("give exactly one of max_error (per-head error bound) or budget (fraction of dense time)")
@@ -99,6 +103,12 @@ def search(
         raise ValueError(f"budget is a fraction of dense attention time in (0, 1], got {budget}")
     if not prompts:
         raise ValueError("search needs at least one calibration prompt")
+    blocks = (block_size, kv_block_size or block_size)
+    if cost_model is not None and cost_model.plan_blocks != blocks:
+        raise ValueError(
+            f"the cost model was fitted on {cost_model.plan_blocks} (query, KV) blocks, the search plans "
+            f"{blocks}; measure a new one or search with its block sizes"
+        )
     start = time.perf_counter()
     schedule = Schedule(dense_fraction=dense_fraction)
     cal = Calibration(
@@ -110,7 +120,8 @@ def search(
         seed=seed,
         dense_steps=schedule.dense_step_count(num_inference_steps),
     )
-    watched_dense_runs(pipe, _state_class(cal), prompts, block_size, seed, num_inference_steps, progress, **call_kwargs)
+    watched_dense_runs(pipe, _state_class(cal), prompts, block_size, seed, num_inference_steps, progress,
+                       kv_block_size=kv_block_size, **call_kwargs)  # fmt: skip
     if not cal.errors:
         raise ValueError("no self/joint attention call had a known layout: nothing to search (see the log's warnings)")
     layout = next(iter(cal.layouts.values()))
@@ -118,9 +129,10 @@ def search(
     per_call = tuple(p for p in cal.candidates if isinstance(p, PER_CALL))
     if cost_model is None:
         head_dim = next(iter(cal.head_dims.values()))
-        cost_model = measure(layout.num_tokens, heads, head_dim, block_size, backend, per_call=per_call)
+        cost_model = measure(layout.num_tokens, heads, head_dim, block_size, backend, per_call=per_call,
+                             kv_block_size=kv_block_size)  # fmt: skip
     cost_model = cost_model.with_per_call(per_call)  # a reused model may lack newer candidates
-    costs = {layer: _candidate_costs(cal, layer, block_size, cost_model) for layer in cal.errors}
+    costs = {layer: _candidate_costs(cal, layer, blocks, cost_model) for layer in cal.errors}
     errors = {layer: stats.relative().float() for layer, stats in cal.errors.items()}
     if max_error is not None:
         choices = solve_max_error(errors, costs, max_error)
@@ -135,17 +147,18 @@ def search(
                 "or search at a longer layout, where sparse attention pays"
             )
         choices = solve_budget(errors, costs, budget * dense_total - overhead)
-    choices = _dense_where_faster(choices, cal, block_size, cost_model)
+    choices = _dense_where_faster(choices, cal, blocks, cost_model)
     transformer = _transformers_of(pipe)[0]
     per_head = {layer: [cal.resolve(layer, h, c) for h, c in enumerate(picks)] for layer, picks in choices.items()}
-    densities = {layer: [_amortized_density(cal.layouts[layer], p, block_size) for p in pats]
+    densities = {layer: [_amortized_density(cal.layouts[layer], p, blocks) for p in pats]
                  for layer, pats in per_head.items()}  # fmt: skip
-    predicted = _predict(per_head, cal.layouts, block_size, cost_model)
+    predicted = _predict(per_head, cal.layouts, blocks, cost_model)
     config = SparseConfig(
         method="pattern",
         pattern=Full(),  # layers the calibration never saw stay dense
         heads=per_head,
         block_size=block_size,
+        kv_block_size=kv_block_size,
         backend=backend,
         schedule=schedule,
         model=model_signature(transformer),
@@ -170,27 +183,27 @@ def _state_class(cal: Calibration) -> type[CalibrationState]:
     return type("BoundCalibrationState", (CalibrationState,), {"calibration": cal})
 
 
-def _dense_where_faster(choices: Choices, cal: Calibration, block: int, cost_model: CostModel) -> Choices:
+def _dense_where_faster(choices: Choices, cal: Calibration, blocks: Blocks, cost_model: CostModel) -> Choices:
     """A layer whose sparse plan is predicted no faster than dense SDPA runs dense (exact, and faster)."""
     full = _full_index(cal.candidates)
     out = {}
     for layer, picks in choices.items():
         patterns = [cal.resolve(layer, h, c) for h, c in enumerate(picks)]
-        dense_ms, sparse_ms = _layer_ms(cal.layouts[layer], patterns, block, cost_model)
+        dense_ms, sparse_ms = _layer_ms(cal.layouts[layer], patterns, blocks, cost_model)
         out[layer] = [full] * len(picks) if sparse_ms >= dense_ms and any(c != full for c in picks) else picks
     return out
 
 
-def _layer_ms(layout: TokenLayout, patterns: list[Pattern], block: int, cost_model: CostModel) -> tuple[float, float]:
+def _layer_ms(layout: TokenLayout, patterns: list[Pattern], blocks: Blocks, cost_model: CostModel) -> tuple[float, ...]:
     """(dense SDPA ms, predicted ms per step of the plan) for one layer; a full plan runs SDPA.
 
     A `Skip(every=k)` head runs in full on one step in k: its work is spread over the k steps.
     """
-    plan = build_plan(layout, patterns, block)
+    plan = aligned_plan(layout, patterns, blocks)
     dense_ms = cost_model.dense_ms * plan.num_heads / cost_model.heads
     if plan.is_full:
         return dense_ms, dense_ms
-    heads_ms = sum(_head_ms(layout, p, block, cost_model) for p in patterns)
+    heads_ms = sum(_head_ms(layout, p, blocks, cost_model) for p in patterns)
     return dense_ms, heads_ms + cost_model.predict_ms(0.0, len(plan.head_groups))
 
 
@@ -198,7 +211,7 @@ def _full_index(candidates: list[Candidate]) -> int:
     return next(i for i, p in enumerate(candidates) if isinstance(p, Full))
 
 
-def _head_ms(layout: TokenLayout, pattern: Pattern, block: int, cost_model: CostModel) -> float:
+def _head_ms(layout: TokenLayout, pattern: Pattern, blocks: Blocks, cost_model: CostModel) -> float:
     """Predicted ms per step of one head (a skip's full run spread over its period)."""
     if isinstance(pattern, PER_CALL):
         if str(pattern) not in cost_model.per_call_ms:
@@ -207,38 +220,38 @@ def _head_ms(layout: TokenLayout, pattern: Pattern, block: int, cost_model: Cost
     # Full heads (and skipped heads on their refresh steps) run through dense SDPA.
     if isinstance(pattern, Skip | Full):
         return cost_model.dense_ms / cost_model.heads / (pattern.every if isinstance(pattern, Skip) else 1)
-    return float(build_plan(layout, pattern, block).kv_counts.sum()) * cost_model.per_block_pair_ms
+    return float(aligned_plan(layout, pattern, blocks).kv_counts.sum()) * cost_model.per_block_pair_ms
 
 
-def _amortized_density(layout: TokenLayout, pattern: Pattern, block: int) -> float:
+def _amortized_density(layout: TokenLayout, pattern: Pattern, blocks: Blocks) -> float:
     if isinstance(pattern, Skip):
         return 1.0 / pattern.every
     if isinstance(pattern, Pyramid):
         return pattern.budget
     if isinstance(pattern, HilbertWindow):
         return pattern.density
-    return build_plan(layout, pattern, block).density
+    return aligned_plan(layout, pattern, blocks).density
 
 
-def _candidate_costs(cal: Calibration, layer: str, block: int, cost_model: CostModel) -> torch.Tensor:
+def _candidate_costs(cal: Calibration, layer: str, blocks: Blocks, cost_model: CostModel) -> torch.Tensor:
     """Predicted ms per step of one head under each candidate (the heads' mean where heads fill it in)."""
     layout, heads = cal.layouts[layer], cal.errors[layer].err.shape[0]
     costs = [
-        sum(_head_ms(layout, cal.resolve(layer, h, c), block, cost_model) for h in range(heads)) / heads
+        sum(_head_ms(layout, cal.resolve(layer, h, c), blocks, cost_model) for h in range(heads)) / heads
         if isinstance(candidate, BandAndHeavyColumns)
-        else _head_ms(layout, candidate, block, cost_model)
+        else _head_ms(layout, candidate, blocks, cost_model)
         for c, candidate in enumerate(cal.candidates)
     ]
     return torch.tensor(costs, dtype=torch.float64)
 
 
-def _predict(per_head: dict, layouts: dict, block: int, cost_model: CostModel) -> dict:
+def _predict(per_head: dict, layouts: dict, blocks: Blocks, cost_model: CostModel) -> dict:
     sparse_ms = dense_ms = density = 0.0
     for layer, patterns in per_head.items():
-        layer_dense, layer_sparse = _layer_ms(layouts[layer], patterns, block, cost_model)
+        layer_dense, layer_sparse = _layer_ms(layouts[layer], patterns, blocks, cost_model)
         dense_ms += layer_dense
         sparse_ms += layer_sparse
-        density += sum(_amortized_density(layouts[layer], p, block) for p in patterns) / len(patterns)
+        density += sum(_amortized_density(layouts[layer], p, blocks) for p in patterns) / len(patterns)
     return {
         "density": round(density / len(per_head), 4),
         "attention_ms": round(sparse_ms, 3),
