@@ -27,7 +27,7 @@ from sparsediff.search import CostModel, search, solve_budget, solve_max_error
 from sparsediff.search.calibrate import Calibration, CalibrationState, _heaviest_columns, sample_rows
 from sparsediff.search.candidates import BandAndHeavyColumns, default_candidates
 from sparsediff.search.offline import sample_steps
-from sparsediff.search.solver import total_cost
+from sparsediff.search.solver import LayerReuse, reused_share, total_cost
 
 FIXED_COSTS = CostModel(
     backend="torch", device="cpu", tokens=1280, heads=2, head_dim=16, block_size=64,
@@ -35,6 +35,7 @@ FIXED_COSTS = CostModel(
     per_call_ms={"pyramid(budget=0.125)": 2.0, "pyramid(budget=0.25)": 3.0,
                  "hilbert-window(density=0.125, order=hilbert-frame)": 2.5,
                  "hilbert-window(density=0.25, order=hilbert-frame)": 3.5},
+    outside_ratio={"blocks.0.attn1": 0.5, "blocks.1.attn1": 0.5},  # tiny Wan's layers
 )  # fmt: skip
 
 
@@ -61,16 +62,38 @@ def test_budget_spends_error_where_it_is_cheapest():
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_budget_solver_meets_random_budgets(seed):
+@pytest.mark.parametrize("whole_layers", [False, True])
+def test_budget_solver_meets_random_budgets(seed, whole_layers):
     gen = torch.Generator().manual_seed(seed)
     errors = {f"l{i}": torch.rand(3, 5, generator=gen) for i in range(4)}
     for t in errors.values():
         t[:, 0] = 0
     costs = {k: torch.tensor([10.0, 6.0, 4.0, 2.0, 1.0]) for k in errors}
+    reuse = LayerReuse({1: 2, 2: 4}, {k: 8 * float(torch.rand(1, generator=gen)) for k in errors})
+    reuse = reuse if whole_layers else LayerReuse()
     for budget in (20.0, 50.0, 90.0):
-        choices = solve_budget(errors, costs, budget)
-        assert total_cost(choices, costs) <= budget
-        assert choices == solve_budget(errors, costs, budget)  # deterministic
+        choices = solve_budget(errors, costs, budget, reuse)
+        assert total_cost(choices, costs, reuse) <= budget
+        assert choices == solve_budget(errors, costs, budget, reuse)  # deterministic
+
+
+def test_reused_share_counts_steps_no_skipped_head_refreshes():
+    assert reused_share({2}) == 0.5 and reused_share({4}) == 0.75
+    assert reused_share({2, 4}) == 0.5  # every 4th step is also a 2nd
+    assert reused_share({3, 4}) == 0.5  # of 12 steps, 0 3 4 6 8 9 refresh a head
+
+
+def test_solvers_take_a_whole_layer_skip_when_its_spared_projections_pay():
+    """Per head a cheap static pattern beats a skip (4 vs 5 ms, same error); a layer of skips
+    every 2nd step also spares its 6 ms of projections on every other step (5 + 5 - 3 < 4 + 4)."""
+    errors = {"a": torch.tensor([[0.0, 0.10, 0.10], [0.0, 0.10, 0.10]]), "b": torch.tensor([[0.0, 0.3, 0.10]] * 2)}
+    costs = {"a": torch.tensor([10.0, 5.0, 4.0]), "b": torch.tensor([10.0, 5.0, 4.0])}
+    reuse = LayerReuse(periods={1: 2}, saving_ms={"a": 6.0, "b": 6.0})
+    assert solve_max_error(errors, costs, 0.2) == {"a": [2, 2], "b": [2, 2]}
+    assert solve_max_error(errors, costs, 0.2, reuse) == {"a": [1, 1], "b": [2, 2]}  # b's skip is over the bound
+    assert total_cost({"a": [1, 1]}, costs, reuse) == 7.0 and total_cost({"a": [1, 2]}, costs, reuse) == 9.0
+    assert solve_budget(errors, costs, 16.0) == {"a": [2, 2], "b": [2, 2]}
+    assert solve_budget(errors, costs, 16.0, reuse) == {"a": [1, 1], "b": [2, 2]}
 
 
 def test_sample_steps():
@@ -208,6 +231,20 @@ def test_search_end_to_end_is_deterministic_and_within_bound(searched):
     predicted = result.config.search["predicted"]
     assert 0 < predicted["density"] <= 1 and predicted["dense_attention_ms"] > 0
     assert result.config.model.model_class == "WanTransformer3DModel"
+
+
+def test_search_measures_what_reusing_a_layer_whole_spares(searched):
+    """Without ratios in the cost model, the dense runs measure each layer's time outside attention;
+    the config records them (in its cost model) and the spared ms the solver used."""
+    pipe, result, _, _ = searched
+    bare = FIXED_COSTS.model_copy(update={"outside_ratio": {}})
+    measured = search(pipe, ["a red circle"], max_error=0.12, cost_model=bare, num_frames=5, height=128, width=128,
+                      guidance_scale=3.0, num_inference_steps=4, calibration_steps=2)  # fmt: skip
+    ratios = measured.cost_model.outside_ratio
+    assert set(ratios) == {"blocks.0.attn1", "blocks.1.attn1"} and all(r > 0 for r in ratios.values())
+    saved = measured.config.search["whole_layer_saving_ms"]
+    assert saved["blocks.0.attn1"] == pytest.approx(ratios["blocks.0.attn1"] * FIXED_COSTS.dense_ms, rel=1e-3)
+    assert result.config.search["whole_layer_saving_ms"] == {"blocks.0.attn1": 4.0, "blocks.1.attn1": 4.0}
 
 
 def test_searched_config_round_trips_and_applies(searched):

@@ -312,6 +312,9 @@ class SparseState:
             density += head_density * len(chosen) / heads
         return filled, density
 
+    def processor_done(self, layer: str, seconds: float) -> None:
+        """Told the wall time of each processor call that ran (the search prices projections from it)."""
+
     def observe(self, timestep) -> None:
         """Advance the step tracker; a new pipeline call drops outputs kept for reuse."""
         self.tracker.observe(timestep)
@@ -378,10 +381,9 @@ class SparseAttnProcessor:
 
     def _run(self, attn, *args, **kwargs):
         # A layer whose heads all reuse now returns its last output whole, sparing the Q/K/V and
-        # output projections too: exact, as DiT processors' outputs depend on the attention
-        # output only (not for processors that add their input back: `residual_connection`).
+        # output projections too (exact where `can_reuse_whole`).
         state = self.state
-        whole = state.all_heads_skip(self.layer) and not getattr(attn, "residual_connection", False)
+        whole = state.all_heads_skip(self.layer) and can_reuse_whole(attn)
         key = ("layer output", self.layer, state.tracker.call_in_step)
         inputs = _tensor_shapes(args, kwargs)
         if whole and state.reuses_whole_layer(self.layer):
@@ -391,8 +393,10 @@ class SparseAttnProcessor:
                 state._call_density.append(0.0)
                 return kept[1]
         state._kept_now.discard(self.layer)
+        start = time.perf_counter()
         with _SDPAInterceptor(functools.partial(state.attend, self.layer)):
             out = self.inner(attn, *args, **kwargs)
+        state.processor_done(self.layer, time.perf_counter() - start)
         if whole and self.layer in state._kept_now:  # never cross-attention or masked calls
             state.reuse[key] = (inputs, out)
         return out
@@ -405,6 +409,13 @@ class SparseAttnProcessor:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(layer={self.layer!r}, inner={type(self.inner).__name__})"
+
+
+def can_reuse_whole(attn) -> bool:
+    """Whether a layer's output depends on its attention output only (DiT processors), so a layer
+    whose heads all reuse may return its last output whole; not for processors that add their
+    input back (`residual_connection`)."""
+    return not getattr(attn, "residual_connection", False)
 
 
 def _tensor_shapes(args, kwargs) -> tuple:

@@ -15,6 +15,8 @@ work is about candidates x rows / tokens of one dense attention.
 
 from __future__ import annotations
 
+import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -59,6 +61,8 @@ class Calibration:
     layouts: dict[str, TokenLayout] = field(default_factory=dict)  # the layout each layer was scored at
     head_dims: dict[str, int] = field(default_factory=dict)
     columns: dict[str, list[tuple]] = field(default_factory=dict)  # layer -> per head, heaviest key positions
+    # layer -> per processor call, its time outside attention over its dense attention time
+    outside: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     _refreshed: dict = field(default_factory=dict)  # (layer, call_in_step, every) -> rows at the last refresh
     _key_masks: dict = field(default_factory=dict)
 
@@ -73,11 +77,16 @@ class Calibration:
 class DenseWatcher(SparseState):
     """Serves every attention call densely; self/joint calls with a known layout also go to `watch`."""
 
+    _inside_s: float = 0.0  # time in `attend` during the running processor call (watching included)
+    _sdpa_s: float = 0.0  # of which dense attention itself
+
     def attend(self, layer, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                enable_gqa=False):  # fmt: skip
+        start = time.perf_counter()
         out = F.scaled_dot_product_attention(
             query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa
         )
+        self._sdpa_s += time.perf_counter() - start
         if query.shape[-2] != key.shape[-2] or is_causal:
             return out
         if attn_mask is not None and not _mask_is_trivial(attn_mask):
@@ -86,7 +95,15 @@ class DenseWatcher(SparseState):
         if layout is not None:
             with torch.no_grad():
                 self.watch(layer, query, key, value, out, layout, query.shape[-1] ** -0.5 if scale is None else scale)
+        self._inside_s += time.perf_counter() - start
         return out
+
+    def processor_done(self, layer: str, seconds: float) -> None:
+        self.outside(layer, seconds - self._inside_s, self._sdpa_s)
+        self._inside_s = self._sdpa_s = 0.0
+
+    def outside(self, layer: str, outside_s: float, sdpa_s: float) -> None:
+        """A processor call's time outside attention (projections, norms) and its dense attention time."""
 
     def watch(self, layer, query, key, value, out, layout: TokenLayout, scale: float) -> None:
         raise NotImplementedError
@@ -100,6 +117,10 @@ class CalibrationState(DenseWatcher):
     def watch(self, layer, query, key, value, out, layout: TokenLayout, scale: float) -> None:
         self.calls["calibration: dense"] += 1
         self._score(layer, query, key, value, out, layout, scale)
+
+    def outside(self, layer: str, outside_s: float, sdpa_s: float) -> None:
+        if layer in self.calibration.errors and sdpa_s > 0:
+            self.calibration.outside[layer].append(outside_s / sdpa_s)
 
     def _score(self, layer, query, key, value, out, layout: TokenLayout, scale: float) -> None:
         cal = self.calibration

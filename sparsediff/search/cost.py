@@ -43,6 +43,9 @@ class CostModel(BaseModel):
     fixed_ms: float
     dense_ms: float
     per_call_ms: dict[str, float] = {}  # str(per-call pattern) -> ms per call, all heads
+    # attention layer -> its processor's time outside attention (projections, norms) over its
+    # dense attention time, from the search's dense runs: what a layer reused whole spares
+    outside_ratio: dict[str, float] = {}
 
     @model_validator(mode="before")
     @classmethod
@@ -74,6 +77,12 @@ class CostModel(BaseModel):
                    for _ in range(3))  # fmt: skip
         timed = _per_call_ms(q, k, v, missing, self.block_size, self.backend, repeat)
         return self.model_copy(update={"per_call_ms": self.per_call_ms | timed})
+
+    def with_outside_ratios(self, measured: dict[str, list[float]]) -> CostModel:
+        """This model plus the median of `measured` ratios for layers it has none for (a reused model
+        keeps its own, so the same inputs give the same search)."""
+        missing = {n: statistics.median(r) for n, r in measured.items() if r and n not in self.outside_ratio}
+        return self.model_copy(update={"outside_ratio": self.outside_ratio | missing}) if missing else self
 
 
 def _per_call_ms(q, k, v, patterns, block_size: int, backend: str, repeat: int) -> dict[str, float]:

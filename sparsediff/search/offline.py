@@ -13,14 +13,14 @@ from rich.console import Console
 from rich.table import Table
 
 from sparsediff.config import Schedule, SparseConfig
-from sparsediff.integrations.diffusers import _transformers_of, model_signature
+from sparsediff.integrations.diffusers import _transformers_of, can_reuse_whole, model_signature
 from sparsediff.layout import TokenLayout
 from sparsediff.patterns import PER_CALL, Full, HilbertWindow, Pattern, Pyramid, Skip, aligned_plan
 from sparsediff.search.calibrate import Calibration, CalibrationState, watched_dense_runs
 from sparsediff.search.candidates import BandAndHeavyColumns, Candidate
 from sparsediff.search.cost import CostModel, measure
 from sparsediff.search.report import heatmap, short_name
-from sparsediff.search.solver import Choices, solve_budget, solve_max_error
+from sparsediff.search.solver import Choices, LayerReuse, reused_share, solve_budget, solve_max_error
 
 Blocks = tuple[int, int]  # (query, KV) block sizes of static plans
 
@@ -132,10 +132,14 @@ def search(
         cost_model = measure(layout.num_tokens, heads, head_dim, block_size, backend, per_call=per_call,
                              kv_block_size=kv_block_size)  # fmt: skip
     cost_model = cost_model.with_per_call(per_call)  # a reused model may lack newer candidates
+    cost_model = cost_model.with_outside_ratios(cal.outside)
     costs = {layer: _candidate_costs(cal, layer, blocks, cost_model) for layer in cal.errors}
     errors = {layer: stats.relative().float() for layer, stats in cal.errors.items()}
+    transformer = _transformers_of(pipe)[0]
+    savings = _whole_layer_savings(cal, transformer, cost_model)
+    reuse = LayerReuse({c: p.every for c, p in enumerate(cal.candidates) if isinstance(p, Skip)}, savings)
     if max_error is not None:
-        choices = solve_max_error(errors, costs, max_error)
+        choices = solve_max_error(errors, costs, max_error, reuse)
     else:
         # Budget: predicted sparse time <= budget x dense SDPA time; per-call fixed costs come off the top.
         dense_total = sum(cost_model.dense_ms * t.shape[0] / cost_model.heads for t in errors.values())
@@ -146,13 +150,12 @@ def search(
                 f"cost ({overhead:.3g} ms over {len(errors)} layers) at {layout.num_tokens} tokens; raise the budget "
                 "or search at a longer layout, where sparse attention pays"
             )
-        choices = solve_budget(errors, costs, budget * dense_total - overhead)
-    choices = _dense_where_faster(choices, cal, blocks, cost_model)
-    transformer = _transformers_of(pipe)[0]
+        choices = solve_budget(errors, costs, budget * dense_total - overhead, reuse)
+    choices = _dense_where_faster(choices, cal, blocks, cost_model, savings)
     per_head = {layer: [cal.resolve(layer, h, c) for h, c in enumerate(picks)] for layer, picks in choices.items()}
     densities = {layer: [_amortized_density(cal.layouts[layer], p, blocks) for p in pats]
                  for layer, pats in per_head.items()}  # fmt: skip
-    predicted = _predict(per_head, cal.layouts, blocks, cost_model)
+    predicted = _predict(per_head, cal.layouts, blocks, cost_model, savings)
     config = SparseConfig(
         method="pattern",
         pattern=Full(),  # layers the calibration never saw stay dense
@@ -171,6 +174,7 @@ def search(
             },
             "predicted": predicted,
             "cost_model": cost_model.model_dump(),
+            "whole_layer_saving_ms": {n: round(ms, 3) for n, ms in savings.items()},
             "head_error": {n: [float(errors[n][h, c]) for h, c in enumerate(p)] for n, p in choices.items()},
         },
     )  # fmt: skip
@@ -183,28 +187,48 @@ def _state_class(cal: Calibration) -> type[CalibrationState]:
     return type("BoundCalibrationState", (CalibrationState,), {"calibration": cal})
 
 
-def _dense_where_faster(choices: Choices, cal: Calibration, blocks: Blocks, cost_model: CostModel) -> Choices:
+def _whole_layer_savings(cal: Calibration, transformer, cost_model: CostModel) -> dict[str, float]:
+    """Per layer, the ms (in the cost model's units) a call reused whole spares beyond attention:
+    its ratio of time outside attention to dense attention times the cost model's dense time for
+    the layer's heads; none where the layer cannot be reused whole."""
+    savings = {}
+    for layer, table in cal.errors.items():
+        ratio = cost_model.outside_ratio.get(layer)
+        if ratio is not None and can_reuse_whole(transformer.get_submodule(layer)):
+            savings[layer] = max(ratio, 0.0) * cost_model.dense_ms * table.err.shape[0] / cost_model.heads
+    return savings
+
+
+def _dense_where_faster(
+    choices: Choices, cal: Calibration, blocks: Blocks, cost_model: CostModel, savings: dict[str, float]
+) -> Choices:
     """A layer whose sparse plan is predicted no faster than dense SDPA runs dense (exact, and faster)."""
     full = _full_index(cal.candidates)
     out = {}
     for layer, picks in choices.items():
         patterns = [cal.resolve(layer, h, c) for h, c in enumerate(picks)]
-        dense_ms, sparse_ms = _layer_ms(cal.layouts[layer], patterns, blocks, cost_model)
+        dense_ms, sparse_ms = _layer_ms(cal.layouts[layer], patterns, blocks, cost_model, savings.get(layer, 0.0))
         out[layer] = [full] * len(picks) if sparse_ms >= dense_ms and any(c != full for c in picks) else picks
     return out
 
 
-def _layer_ms(layout: TokenLayout, patterns: list[Pattern], blocks: Blocks, cost_model: CostModel) -> tuple[float, ...]:
+def _layer_ms(
+    layout: TokenLayout, patterns: list[Pattern], blocks: Blocks, cost_model: CostModel, saving_ms: float = 0.0
+) -> tuple[float, float]:
     """(dense SDPA ms, predicted ms per step of the plan) for one layer; a full plan runs SDPA.
 
     A `Skip(every=k)` head runs in full on one step in k: its work is spread over the k steps.
+    A layer of skipped heads only also spares `saving_ms` on the steps it is reused whole.
     """
     plan = aligned_plan(layout, patterns, blocks)
     dense_ms = cost_model.dense_ms * plan.num_heads / cost_model.heads
     if plan.is_full:
         return dense_ms, dense_ms
     heads_ms = sum(_head_ms(layout, p, blocks, cost_model) for p in patterns)
-    return dense_ms, heads_ms + cost_model.predict_ms(0.0, len(plan.head_groups))
+    sparse_ms = heads_ms + cost_model.predict_ms(0.0, len(plan.head_groups))
+    if all(isinstance(p, Skip) for p in patterns):
+        sparse_ms -= saving_ms * reused_share({p.every for p in patterns})
+    return dense_ms, sparse_ms
 
 
 def _full_index(candidates: list[Candidate]) -> int:
@@ -245,10 +269,11 @@ def _candidate_costs(cal: Calibration, layer: str, blocks: Blocks, cost_model: C
     return torch.tensor(costs, dtype=torch.float64)
 
 
-def _predict(per_head: dict, layouts: dict, blocks: Blocks, cost_model: CostModel) -> dict:
+def _predict(per_head: dict, layouts: dict, blocks: Blocks, cost_model: CostModel, savings: dict) -> dict:
+    """Predicted density and attention time; a layer reused whole counts the projections it spares."""
     sparse_ms = dense_ms = density = 0.0
     for layer, patterns in per_head.items():
-        layer_dense, layer_sparse = _layer_ms(layouts[layer], patterns, blocks, cost_model)
+        layer_dense, layer_sparse = _layer_ms(layouts[layer], patterns, blocks, cost_model, savings.get(layer, 0.0))
         dense_ms += layer_dense
         sparse_ms += layer_sparse
         density += sum(_amortized_density(layouts[layer], p, blocks) for p in patterns) / len(patterns)

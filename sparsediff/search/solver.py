@@ -3,65 +3,128 @@
 `errors[layer]` is [heads, candidates] relative L2 error, `costs[layer]` is [candidates]
 predicted milliseconds per head. Both solvers are deterministic: ties go to the lower cost,
 then the lower error, then the earlier candidate.
+
+Whole-layer reuse couples a layer's heads: when every head of a layer is a skip, the runtime
+reuses the layer's whole output on steps where no head refreshes, sparing its projections too
+(`LayerReuse.saving_ms` per call). Per-head costs cannot see that, so each solver also weighs,
+per layer, every head taking the same skip candidate, with the saving counted.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from functools import reduce
 
 import torch
 
 Choices = dict[str, list[int]]
 
 
+@dataclass(frozen=True)
+class LayerReuse:
+    """What whole-layer reuse saves: `periods` maps skip candidates to their period, `saving_ms`
+    a layer to the time one reused call spares beyond its attention (projections, norms)."""
+
+    periods: dict[int, int] = field(default_factory=dict)
+    saving_ms: dict[str, float] = field(default_factory=dict)
+
+    def layer_saving(self, layer: str, picks: list[int]) -> float:
+        """Predicted ms per step the layer saves by reusing whole (0 unless every head is a skip)."""
+        if not picks or any(c not in self.periods for c in picks):
+            return 0.0
+        return self.saving_ms.get(layer, 0.0) * reused_share({self.periods[c] for c in picks})
+
+
+def reused_share(periods: set[int]) -> float:
+    """Share of steps on which skipped heads of these periods all reuse (none refreshes)."""
+    cycle = reduce(math.lcm, periods)
+    return sum(all(step % p for p in periods) for step in range(cycle)) / cycle
+
+
+NO_REUSE = LayerReuse()
+
+
 def _best(errs: list[float], costs: list[float], key) -> int:
     return min(range(len(errs)), key=lambda c: (*key(errs[c], costs[c]), c))
 
 
-def solve_max_error(errors: dict[str, torch.Tensor], costs: dict[str, torch.Tensor], max_error: float) -> Choices:
-    """Per head, the cheapest candidate whose error is at most `max_error` (full always qualifies)."""
+def layer_cost(layer: str, picks: list[int], costs: dict[str, torch.Tensor], reuse: LayerReuse = NO_REUSE) -> float:
+    cost = costs[layer].tolist()
+    return sum(cost[c] for c in picks) - reuse.layer_saving(layer, picks)
+
+
+def total_cost(choices: Choices, costs: dict[str, torch.Tensor], reuse: LayerReuse = NO_REUSE) -> float:
+    return sum(layer_cost(layer, picks, costs, reuse) for layer, picks in choices.items())
+
+
+def solve_max_error(
+    errors: dict[str, torch.Tensor], costs: dict[str, torch.Tensor], max_error: float, reuse: LayerReuse = NO_REUSE
+) -> Choices:
+    """Per head, the cheapest candidate whose error is at most `max_error` (full always qualifies);
+    a layer whose heads all meet the bound with one skip takes it when that is cheaper whole."""
     if max_error < 0:
         raise ValueError(f"max_error must be >= 0, got {max_error}")
     choices = {}
     for layer, table in errors.items():
         cost = costs[layer].tolist()
-        choices[layer] = []
+        picks = []
         for head_errs in table.tolist():
             feasible = [e if e <= max_error else math.inf for e in head_errs]
-            choices[layer].append(_best(feasible, cost, lambda e, c: (math.inf if e == math.inf else c, e)))
+            picks.append(_best(feasible, cost, lambda e, c: (math.inf if e == math.inf else c, e)))
+        for c in reuse.periods:
+            whole = [c] * len(picks)
+            if bool((table[:, c] <= max_error).all()) and layer_cost(layer, whole, costs, reuse) < layer_cost(
+                layer, picks, costs, reuse
+            ):
+                picks = whole
+        choices[layer] = picks
     return choices
 
 
-def total_cost(choices: Choices, costs: dict[str, torch.Tensor]) -> float:
-    return sum(float(costs[layer][c]) for layer, heads in choices.items() for c in heads)
-
-
-def _lagrangian(errors, costs, lam: float) -> Choices:
+def _lagrangian(errors, costs, lam: float, reuse: LayerReuse) -> Choices:
     out = {}
     for layer, table in errors.items():
         cost = costs[layer].tolist()
-        out[layer] = [_best(e, cost, lambda err, c: (err * err + lam * c, c)) for e in table.tolist()]
+        rows = table.tolist()
+
+        def objective(picks: list[int], layer=layer, rows=rows) -> float:
+            return sum(rows[h][c] ** 2 for h, c in enumerate(picks)) + lam * layer_cost(layer, picks, costs, reuse)
+
+        options = [[_best(e, cost, lambda err, c: (err * err + lam * c, c)) for e in rows]]
+        options += [[c] * len(rows) for c in reuse.periods]
+        out[layer] = min(options, key=objective)  # first wins ties: the per-head choice
     return out
 
 
-def solve_budget(errors: dict[str, torch.Tensor], costs: dict[str, torch.Tensor], budget_ms: float) -> Choices:
+def solve_budget(
+    errors: dict[str, torch.Tensor], costs: dict[str, torch.Tensor], budget_ms: float, reuse: LayerReuse = NO_REUSE
+) -> Choices:
     """Least total squared error with total cost <= budget_ms (Lagrangian relaxation, bisection on
     the multiplier): error is spent where it buys the most time."""
     cheapest = {layer: [_best([0.0] * len(c), c.tolist(), lambda e, x: (x, e))] * t.shape[0]
                 for layer, t, c in ((k, errors[k], costs[k]) for k in errors)}  # fmt: skip
-    if total_cost(cheapest, costs) > budget_ms:
-        raise ValueError(
-            f"budget {budget_ms:.3g} ms is below the cheapest possible plan ({total_cost(cheapest, costs):.3g} ms)"
-        )
+    for layer, table in errors.items():  # a whole-layer skip may be cheaper still
+        for c in reuse.periods:
+            whole = [c] * table.shape[0]
+            if layer_cost(layer, whole, costs, reuse) < layer_cost(layer, cheapest[layer], costs, reuse):
+                cheapest[layer] = whole
+    floor = total_cost(cheapest, costs, reuse)
+    if floor > budget_ms:
+        raise ValueError(f"budget {budget_ms:.3g} ms is below the cheapest possible plan ({floor:.3g} ms)")
+
+    def spent(lam: float) -> float:
+        return total_cost(_lagrangian(errors, costs, lam, reuse), costs, reuse)
+
     low, high = 0.0, 1.0
-    while total_cost(_lagrangian(errors, costs, high), costs) > budget_ms:
+    while spent(high) > budget_ms:
         high *= 4
-    if total_cost(_lagrangian(errors, costs, low), costs) <= budget_ms:
-        return _lagrangian(errors, costs, low)
+    if spent(low) <= budget_ms:
+        return _lagrangian(errors, costs, low, reuse)
     for _ in range(60):
         mid = (low + high) / 2
-        if total_cost(_lagrangian(errors, costs, mid), costs) > budget_ms:
+        if spent(mid) > budget_ms:
             low = mid
         else:
             high = mid
-    return _lagrangian(errors, costs, high)
+    return _lagrangian(errors, costs, high, reuse)
