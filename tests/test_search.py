@@ -359,8 +359,13 @@ def test_band_and_heavy_columns_choose_columns_once_and_score_them_later():
 
 
 def test_cost_model_times_plans_with_their_kv_blocks_and_the_search_refuses_other_blocks():
-    measured = sparsediff.search.cost.measure(256, 2, 16, block_size=32, kv_block_size=8, repeat=1)
-    assert measured.plan_blocks == (32, 8) and measured.per_block_pair_ms > 0
+    grid = TokenLayout(frames=4, height=8, width=8)
+    measured = sparsediff.search.cost.measure(256, 2, 16, block_size=32, kv_block_size=8, repeat=1, batch=2,
+                                              layout=grid, per_call=(HilbertWindow(density=0.25),))  # fmt: skip
+    assert measured.plan_blocks == (32, 8) and measured.per_block_pair_ms > 0 and measured.batch == 2
+    assert measured.per_call_ms["hilbert-window(density=0.25, order=hilbert-frame)"] > 0
+    with pytest.raises(ValueError, match="sequence has 256 tokens"):
+        measured.with_per_call([Pyramid(budget=0.25)], TokenLayout(frames=1, height=8, width=8))
     pipe = tiny_pipeline("wan")
     with pytest.raises(ValueError, match=r"fitted on \(64, 64\) \(query, KV\) blocks, the search plans \(64, 16\)"):
         search(pipe, ["a red circle"], budget=0.5, kv_block_size=16, cost_model=FIXED_COSTS, num_inference_steps=2)

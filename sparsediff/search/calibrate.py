@@ -60,6 +60,7 @@ class Calibration:
     errors: dict[str, LayerErrors] = field(default_factory=dict)
     layouts: dict[str, TokenLayout] = field(default_factory=dict)  # the layout each layer was scored at
     head_dims: dict[str, int] = field(default_factory=dict)
+    batch: int = 1  # of the attention calls (2 with classifier-free guidance in one batch)
     columns: dict[str, list[tuple]] = field(default_factory=dict)  # layer -> per head, heaviest key positions
     # layer -> per processor call, its time outside attention over its dense attention time
     outside: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
@@ -147,6 +148,7 @@ class CalibrationState(DenseWatcher):
         )
         cal.layouts.setdefault(layer, layout)
         cal.head_dims.setdefault(layer, query.shape[-1])
+        cal.batch = query.shape[0]
         stats.calls += 1
         norm = exact.square().sum(dim=(0, 2, 3))  # [H]
         if key.shape[1] != heads:  # grouped-query attention

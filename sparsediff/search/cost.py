@@ -5,9 +5,11 @@
              + fixed
 
 fitted by least squares to timings of the chosen backend on random plans of several densities
-and head groupings at the model's own layout size; `dense_ms` is SDPA on the same inputs.
-Per-call head patterns (`Pyramid`, `HilbertWindow`) have no static plan to count:
-`per_call_ms` holds each one's measured time per call (all heads), keyed by `str(pattern)`.
+and head groupings at the model's own sequence length and batch (the batch matters: at batch 2
+a Hilbert-window call took 2.1x its batch-1 time, a pyramid call 1.55x); `dense_ms` is SDPA on the same
+inputs. Per-call head patterns (`Pyramid`, `HilbertWindow`) have no static plan to count:
+`per_call_ms` holds each one's measured time per call (all heads) on the model's layout, keyed
+by `str(pattern)`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class CostModel(BaseModel):
     backend: str
     device: str
     tokens: int
+    batch: int = 1
     heads: int
     head_dim: int
     block_size: int
@@ -67,15 +70,16 @@ class CostModel(BaseModel):
     def predict_ms(self, pairs: float, groups: int) -> float:
         return self.per_block_pair_ms * pairs + self.per_group_ms * groups + self.fixed_ms
 
-    def with_per_call(self, patterns, repeat: int = 3, seed: int = 0) -> CostModel:
-        """This model plus timings of the per-call `patterns` it lacks (measured now, on its device)."""
+    def with_per_call(self, patterns, layout: TokenLayout | None = None, repeat: int = 3, seed: int = 0) -> CostModel:
+        """This model plus timings of the per-call `patterns` it lacks (measured now, on its device,
+        on `layout`: by default a flat one of its length)."""
         missing = [p for p in dict.fromkeys(patterns) if str(p) not in self.per_call_ms]
         if not missing:
             return self
         gen = torch.Generator().manual_seed(seed)
-        q, k, v = (torch.randn(1, self.heads, self.tokens, self.head_dim, generator=gen).to(self.device)
+        q, k, v = (torch.randn(self.batch, self.heads, self.tokens, self.head_dim, generator=gen).to(self.device)
                    for _ in range(3))  # fmt: skip
-        timed = _per_call_ms(q, k, v, missing, self.block_size, self.backend, repeat)
+        timed = _per_call_ms(q, k, v, missing, self.block_size, self.backend, repeat, layout)
         return self.model_copy(update={"per_call_ms": self.per_call_ms | timed})
 
     def with_outside_ratios(self, measured: dict[str, list[float]]) -> CostModel:
@@ -85,11 +89,12 @@ class CostModel(BaseModel):
         return self.model_copy(update={"outside_ratio": self.outside_ratio | missing}) if missing else self
 
 
-def _per_call_ms(q, k, v, patterns, block_size: int, backend: str, repeat: int) -> dict[str, float]:
-    flat = TokenLayout(frames=1, height=1, width=q.shape[2])
+def _per_call_ms(q, k, v, patterns, block_size: int, backend: str, repeat: int, layout=None) -> dict[str, float]:
+    layout = layout or TokenLayout(frames=1, height=1, width=q.shape[2])
+    layout.check_length(q.shape[2])
     scale = q.shape[-1] ** -0.5
     return {
-        str(p): _median_ms(lambda p=p: per_call_heads(p, q, k, v, flat, block_size, backend, scale), repeat)
+        str(p): _median_ms(lambda p=p: per_call_heads(p, q, k, v, layout, block_size, backend, scale), repeat)
         for p in patterns
     }
 
@@ -118,15 +123,15 @@ def _random_plan(
 def measure(
     tokens: int, heads: int, head_dim: int, block_size: int = 64, backend: str = "auto", device: str = "cpu",
     dtype: torch.dtype = torch.float32, repeat: int = 3, seed: int = 0, per_call: tuple[Pattern, ...] = (),
-    kv_block_size: int | None = None,
+    kv_block_size: int | None = None, batch: int = 1, layout: TokenLayout | None = None,
 ) -> CostModel:  # fmt: skip
-    """Time the backend on random plans at this size and fit the model (a few seconds at 8k tokens);
-    time each per-call head pattern of `per_call` on the same inputs. Plans use query blocks of
-    `block_size` and KV blocks of `kv_block_size` (default: the same); per-call patterns plan
-    their own blocks of `block_size`."""
+    """Time the backend on random plans at this size and batch and fit the model (a few seconds at
+    8k tokens); time each per-call head pattern of `per_call` on the same inputs, on `layout` (by
+    default a flat one). Plans use query blocks of `block_size` and KV blocks of `kv_block_size`
+    (default: the same); per-call patterns plan their own blocks of `block_size`."""
     blocks = (block_size, kv_block_size or block_size)
     gen = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(1, heads, tokens, head_dim, generator=gen).to(device, dtype) for _ in range(3))
+    q, k, v = (torch.randn(batch, heads, tokens, head_dim, generator=gen).to(device, dtype) for _ in range(3))
     dense_ms = _median_ms(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), repeat)
     chosen = resolve_backend(backend, torch.device(device)).name
     rows, times = [], []
@@ -141,8 +146,8 @@ def measure(
     )
     per_pair, per_group, fixed = (float(x) for x in solution.solution[:, 0])
     return CostModel(
-        backend=chosen, device=device, tokens=tokens, heads=heads, head_dim=head_dim, block_size=block_size,
-        kv_block_size=kv_block_size,
+        backend=chosen, device=device, tokens=tokens, batch=batch, heads=heads, head_dim=head_dim,
+        block_size=block_size, kv_block_size=kv_block_size,
         per_block_pair_ms=max(per_pair, 1e-9), per_group_ms=max(per_group, 0.0), fixed_ms=max(fixed, 0.0),
-        dense_ms=dense_ms, per_call_ms=_per_call_ms(q, k, v, per_call, block_size, chosen, repeat),
+        dense_ms=dense_ms, per_call_ms=_per_call_ms(q, k, v, per_call, block_size, chosen, repeat, layout),
     )  # fmt: skip

@@ -130,8 +130,8 @@ def search(
     if cost_model is None:
         head_dim = next(iter(cal.head_dims.values()))
         cost_model = measure(layout.num_tokens, heads, head_dim, block_size, backend, per_call=per_call,
-                             kv_block_size=kv_block_size)  # fmt: skip
-    cost_model = cost_model.with_per_call(per_call)  # a reused model may lack newer candidates
+                             kv_block_size=kv_block_size, batch=cal.batch, layout=layout)  # fmt: skip
+    cost_model = cost_model.with_per_call(per_call, layout)  # a reused model may lack newer candidates
     cost_model = cost_model.with_outside_ratios(cal.outside)
     costs = {layer: _candidate_costs(cal, layer, blocks, cost_model) for layer in cal.errors}
     errors = {layer: stats.relative().float() for layer, stats in cal.errors.items()}
