@@ -88,11 +88,9 @@ class DenseWatcher(SparseState):
             query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa
         )
         self._sdpa_s += time.perf_counter() - start
-        if query.shape[-2] != key.shape[-2] or is_causal:
-            return out
-        if attn_mask is not None and not _mask_is_trivial(attn_mask):
-            return out
-        layout = self.layout_for(query.shape[-2])
+        self_attention = query.shape[-2] == key.shape[-2] and not is_causal
+        unmasked = attn_mask is None or _mask_is_trivial(attn_mask)
+        layout = self.layout_for(query.shape[-2]) if self_attention and unmasked else None
         if layout is not None:
             with torch.no_grad():
                 self.watch(layer, query, key, value, out, layout, query.shape[-1] ** -0.5 if scale is None else scale)
