@@ -108,8 +108,8 @@ class TokenLayout:
         """The layout a static block plan runs on. A text prefix that is not a whole number of
         blocks shifts the visual grid off block boundaries, so every block straddles two grid rows
         and a local band touches a third more blocks; then the text goes behind the visual tokens
-        (shapes-t2v, 8 text tokens: a radius-1 band plan fell from density 0.163 to 0.112, 35 -> 28 ms
-        per call). `move_to` carries tensors between the two orders.
+        (8 text tokens before a 16 x 16 x 16 grid, 64-token blocks: a radius-1 band plan fell from
+        density 0.163 to 0.112, 35 -> 28 ms per call). `move_to` carries tensors between the two orders.
         """
         if self.text_prefix % math.lcm(block_q, block_kv) == 0:
             return self

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from sparsediff.layout import TokenLayout
-from sparsediff.plan import BlockPlan
+from sparsediff.plan import BlockPlan, as_pair
 
 Tensor = torch.Tensor
 
@@ -355,7 +355,7 @@ def build_plan(
     Deterministic: the same layout and patterns always give the same plan. Block masks are
     cached per (pattern, layout, block size), so heads and layers sharing a pattern share work.
     """
-    block_q, block_kv = (block_size, block_size) if isinstance(block_size, int) else block_size
+    block_q, block_kv = as_pair(block_size)
     per_head = [patterns] if isinstance(patterns, Pattern) else list(patterns)
     if not per_head:
         raise ValueError("build_plan needs at least one pattern")
@@ -392,5 +392,4 @@ def aligned_plan(
 ) -> BlockPlan:
     """The plan static methods run: `build_plan` on `layout.block_aligned(...)`, whose token order
     it uses (`TokenLayout.move_to` carries q, k, v and the output there and back)."""
-    blocks = (block_size, block_size) if isinstance(block_size, int) else block_size
-    return build_plan(layout.block_aligned(*blocks), patterns, blocks)
+    return build_plan(layout.block_aligned(*as_pair(block_size)), patterns, block_size)

@@ -30,6 +30,11 @@ def _block_lengths(seq_len: int, block: int) -> Tensor:
     return lengths
 
 
+def as_pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    """(query, KV) sizes from one size for both, or the pair as given."""
+    return (value, value) if isinstance(value, int) else value
+
+
 @dataclass(eq=False)
 class BlockPlan:
     """Per (head, query block) KV block lists.
@@ -71,13 +76,13 @@ class BlockPlan:
             raise ValueError(
                 f"block mask must be a bool tensor [heads, q_blocks, kv_blocks], got {mask.dtype} {tuple(mask.shape)}"
             )
-        block_q, block_kv = (block_size, block_size) if isinstance(block_size, int) else block_size
+        block_q, block_kv = as_pair(block_size)
         if block_q < 1 or block_kv < 1:
             raise ValueError(f"block sizes must be positive, got {(block_q, block_kv)}")
         heads, q_blocks, kv_blocks = mask.shape
         if seq_len is None:
             seq_len = (q_blocks * block_q, kv_blocks * block_kv)
-        seq_len_q, seq_len_kv = (seq_len, seq_len) if isinstance(seq_len, int) else seq_len
+        seq_len_q, seq_len_kv = as_pair(seq_len)
         for name, n, blocks, size in (
             ("query", seq_len_q, q_blocks, block_q),
             ("key", seq_len_kv, kv_blocks, block_kv),

@@ -28,7 +28,7 @@ from sparsediff.config import SparseConfig
 from sparsediff.integrations.diffusers import SparseState, _mask_is_trivial, install, remove
 from sparsediff.layout import TokenLayout
 from sparsediff.methods import per_call_heads
-from sparsediff.patterns import PER_CALL, Full, Pattern, Skip, Stripe, aligned_plan
+from sparsediff.patterns import PER_CALL, Full, Pattern, Skip, Stripe, build_plan
 from sparsediff.search.candidates import BandAndHeavyColumns, Candidate, default_candidates
 
 Tensor = torch.Tensor
@@ -249,7 +249,7 @@ def _plan_key_mask(pattern: Pattern, layout: TokenLayout, blocks: tuple[int, int
     the runtime plans it: in the block-aligned token order, moved back to this layout's."""
     block_q, block_kv = blocks
     aligned = layout.block_aligned(block_q, block_kv)
-    mask = aligned_plan(layout, pattern, blocks).to_dense_mask()[0]  # [Qb, Kb], aligned order
+    mask = build_plan(aligned, pattern, blocks).to_dense_mask()[0]  # [Qb, Kb], aligned order
     where = aligned.move_to(torch.arange(layout.num_tokens), layout, dim=0)  # aligned position of each token
     keys = mask[where[rows] // block_q].repeat_interleave(block_kv, 1)[:, : layout.num_tokens]
     return aligned.move_to(keys, layout, dim=1)

@@ -35,6 +35,10 @@ class LayerReuse:
             return 0.0
         return self.saving_ms.get(layer, 0.0) * reused_share({self.periods[c] for c in picks})
 
+    def whole_layer_options(self, heads: int) -> list[list[int]]:
+        """Every head of a layer taking the same skip candidate, one option per skip."""
+        return [[c] * heads for c in self.periods]
+
 
 def reused_share(periods: set[int]) -> float:
     """Share of steps on which skipped heads of these periods all reuse (none refreshes)."""
@@ -72,13 +76,9 @@ def solve_max_error(
         for head_errs in table.tolist():
             feasible = [e if e <= max_error else math.inf for e in head_errs]
             picks.append(_best(feasible, cost, lambda e, c: (math.inf if e == math.inf else c, e)))
-        for c in reuse.periods:
-            whole = [c] * len(picks)
-            if bool((table[:, c] <= max_error).all()) and layer_cost(layer, whole, costs, reuse) < layer_cost(
-                layer, picks, costs, reuse
-            ):
-                picks = whole
-        choices[layer] = picks
+        wholes = [w for w in reuse.whole_layer_options(len(picks)) if bool((table[:, w[0]] <= max_error).all())]
+        # min keeps the first of equals: the per-head choice unless a whole-layer skip is cheaper
+        choices[layer] = min([picks, *wholes], key=lambda p, layer=layer: layer_cost(layer, p, costs, reuse))
     return choices
 
 
@@ -91,9 +91,8 @@ def _lagrangian(errors, costs, lam: float, reuse: LayerReuse) -> Choices:
         def objective(picks: list[int], layer=layer, rows=rows) -> float:
             return sum(rows[h][c] ** 2 for h, c in enumerate(picks)) + lam * layer_cost(layer, picks, costs, reuse)
 
-        options = [[_best(e, cost, lambda err, c: (err * err + lam * c, c)) for e in rows]]
-        options += [[c] * len(rows) for c in reuse.periods]
-        out[layer] = min(options, key=objective)  # first wins ties: the per-head choice
+        per_head = [_best(e, cost, lambda err, c: (err * err + lam * c, c)) for e in rows]
+        out[layer] = min([per_head, *reuse.whole_layer_options(len(rows))], key=objective)  # ties: per head
     return out
 
 
@@ -102,13 +101,11 @@ def solve_budget(
 ) -> Choices:
     """Least total squared error with total cost <= budget_ms (Lagrangian relaxation, bisection on
     the multiplier): error is spent where it buys the most time."""
-    cheapest = {layer: [_best([0.0] * len(c), c.tolist(), lambda e, x: (x, e))] * t.shape[0]
-                for layer, t, c in ((k, errors[k], costs[k]) for k in errors)}  # fmt: skip
-    for layer, table in errors.items():  # a whole-layer skip may be cheaper still
-        for c in reuse.periods:
-            whole = [c] * table.shape[0]
-            if layer_cost(layer, whole, costs, reuse) < layer_cost(layer, cheapest[layer], costs, reuse):
-                cheapest[layer] = whole
+    cheapest = {}
+    for layer, table in errors.items():  # a whole-layer skip may be cheaper than every head's cheapest
+        per_head = [_best([0.0] * len(costs[layer]), costs[layer].tolist(), lambda e, x: (x, e))] * table.shape[0]
+        options = [per_head, *reuse.whole_layer_options(table.shape[0])]
+        cheapest[layer] = min(options, key=lambda p, layer=layer: layer_cost(layer, p, costs, reuse))
     floor = total_cost(cheapest, costs, reuse)
     if floor > budget_ms:
         raise ValueError(f"budget {budget_ms:.3g} ms is below the cheapest possible plan ({floor:.3g} ms)")
