@@ -14,6 +14,6 @@ correct; the others must match it.
 
 from .flex import block_sparse_attention_flex
 from .gather import block_sparse_attention_gather
-from .reference import block_sparse_attention_ref
+from .reference import block_sparse_attention_ref, expand_kv
 
-__all__ = ["block_sparse_attention_flex", "block_sparse_attention_gather", "block_sparse_attention_ref"]
+__all__ = ["block_sparse_attention_flex", "block_sparse_attention_gather", "block_sparse_attention_ref", "expand_kv"]

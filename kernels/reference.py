@@ -11,6 +11,11 @@ import torch.nn.functional as F
 Tensor = torch.Tensor
 
 
+def expand_kv(t: Tensor, heads: int) -> Tensor:
+    """K or V [B, H_kv, N, D] with each head repeated to `heads` (grouped-query attention)."""
+    return t if t.shape[1] == heads else t.repeat_interleave(heads // t.shape[1], 1)
+
+
 def expand_block_lists(
     kv_indices: Tensor, kv_counts: Tensor, block_q: int, block_kv: int, n_q: int, n_kv: int
 ) -> Tensor:
@@ -36,8 +41,7 @@ def block_sparse_attention_ref(
     cache: dict | None = None,
     key_bias: Tensor | None = None,
 ) -> Tensor:
-    groups = q.shape[1] // k.shape[1]
-    k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
+    k, v = expand_kv(k, q.shape[1]), expand_kv(v, q.shape[1])
     mask = expand_block_lists(kv_indices, kv_counts, block_q, block_kv, q.shape[2], k.shape[2])
     attn_mask = mask[None] if key_bias is None else key_bias.masked_fill(~mask, float("-inf"))[None]
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)

@@ -92,6 +92,11 @@ def resolve_backend(name: str, device: torch.device) -> Backend:
     return BACKENDS[name]
 
 
+def is_trivial_mask(mask: Tensor) -> bool:
+    """True when an attention mask allows every key (bool all True, or additive all zero)."""
+    return bool(mask.all()) if mask.dtype == torch.bool else not bool(mask.any())
+
+
 def _check_inputs(q: Tensor, k: Tensor, v: Tensor, plan: BlockPlan) -> None:
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(

@@ -101,7 +101,7 @@ def test_step_tracker_under_cfg():
     seen = []
     for t in (1000, 1000, 750, 750, 500, 500, 1000, 750):  # CFG as two calls; then a new run
         tracker.observe(torch.tensor([float(t)]))
-        seen.append((tracker.step, tracker.call_in_step))
+        seen.append((tracker.step, tracker.branch))
     assert seen == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1), (0, 0), (1, 0)]
     tracker.observe(torch.tensor([[300.0, 400.0]]))  # per-token timesteps (Wan 2.2): max is used
     assert tracker.step == 2

@@ -210,7 +210,9 @@ class ShapesT2VPipeline(DiffusionPipeline):
             for t in self.scheduler.timesteps:
                 batch = torch.cat([latents, latents]) if cfg else latents
                 sigma = (t / self.scheduler.config.num_train_timesteps).expand(batch.shape[0]).to(dtype)
-                velocity = self.predict(batch, sigma, text.to(dtype), pooled.to(dtype))
+                # The context diffusers' cache hooks (and sparsediff's step tracking) key their state by.
+                with self.transformer.cache_context("cond_uncond" if cfg else "cond"):
+                    velocity = self.predict(batch, sigma, text.to(dtype), pooled.to(dtype))
                 if cfg:
                     cond, uncond = velocity.chunk(2)
                     velocity = uncond + guidance_scale * (cond - uncond)

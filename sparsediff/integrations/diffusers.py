@@ -30,14 +30,16 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn.functional as F
 from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.hooks import BaseState, CacheContext, StateManager
 from torch.overrides import TorchFunctionMode
 
-from sparsediff.attention import sparse_attention
+from sparsediff.attention import is_trivial_mask, sparse_attention
 from sparsediff.config import ModelSignature, SparseConfig
 from sparsediff.integrations.families import Family, family_of
+from sparsediff.kernels import expand_kv
 from sparsediff.layout import TokenLayout
-from sparsediff.methods import DYNAMIC, layer_patterns, per_call_heads
-from sparsediff.patterns import PER_CALL, Full, Pattern, Skip, build_plan
+from sparsediff.methods import DYNAMIC, layer_patterns, per_call_heads, searched_patterns
+from sparsediff.patterns import PER_CALL, Full, Pattern, Skip, cached_plan
 from sparsediff.plan import BlockPlan
 
 logger = logging.getLogger(__name__)
@@ -49,50 +51,124 @@ STATE_ATTR = "_sparsediff_state"
 
 @dataclass
 class StepTracker:
-    """Denoising step from the sequence of timesteps the transformer sees.
+    """Where the running pipeline call is: its denoising step, the call's branch, and which run.
 
-    The same timestep again is another call of the same step (CFG as separate calls); a larger
-    one starts a new pipeline call (timesteps only fall during a run).
+    The step comes from what the pipeline does, first found of: the `step_index` a pipeline passes
+    in its cache context (`transformer.cache_context("cond", step_index=i)`); the pipeline
+    scheduler's own `step_index` (one per model call of the loop, so Heun's and KDPM2's two calls
+    at one timestep are two steps, as `scheduler.timesteps` counts them); the timestep alone (a
+    smaller one is the next step, the same one another call of this step). The branch is the
+    cache context's name (`"cond"`, `"uncond"`) or, without one, the call's order within its step;
+    reuse buffers are kept per branch. A new pipeline call starts when the step goes back or the
+    timestep goes up (timesteps only fall during a run); `run` counts them, so that every state
+    sharing the tracker (Wan 2.2's two experts) drops what it kept for the previous call.
     """
 
     total_steps: Callable[[], int | None] = lambda: None
+    scheduler_step: Callable[[], int | None] = lambda: None
     step: int = -1
-    call_in_step: int = 0
-    _last: float | None = None
+    branch: str | int = 0
+    run: int = 0
+    _last_t: float | None = None
+    _calls_in_step: int = 0
 
-    def observe(self, timestep: Tensor | float | None) -> None:
-        if timestep is None:
-            return
-        t = float(timestep.max()) if isinstance(timestep, Tensor) else float(timestep)
-        if self._last is None or t > self._last:
-            self.step, self.call_in_step = 0, 0
-        elif t < self._last:
-            self.step, self.call_in_step = self.step + 1, 0
+    def observe(self, timestep: Tensor | float | None, context: CacheContext | None = None) -> None:
+        t = None if timestep is None else float(timestep.max()) if isinstance(timestep, Tensor) else float(timestep)
+        known = context.step_index if context is not None and context.step_index is not None else None
+        known = self.scheduler_step() if known is None else known
+        went_up = t is not None and self._last_t is not None and t > self._last_t
+        if known is not None:
+            new_run = self.step < 0 or known < self.step or went_up
+            step = known
+        elif t is not None:
+            new_run = self._last_t is None or self.step < 0 or went_up
+            step = 0 if new_run else self.step + (t < self._last_t)
         else:
-            self.call_in_step += 1
-        self._last = t
+            return  # nothing tells the step: it stays unknown (-1), so no step-dependent behaviour
+        if new_run:
+            self.run += 1
+        self._calls_in_step = 0 if new_run or step != self.step else self._calls_in_step + 1
+        self.step = step
+        self.branch = context.name if context is not None else self._calls_in_step
+        self._last_t = t if t is not None else self._last_t
 
     def reset(self) -> None:
-        self.step, self.call_in_step, self._last = -1, 0, None
+        """The pipeline call ended: the next call is a new run whatever its timesteps."""
+        self.step, self.branch, self._calls_in_step, self._last_t = -1, 0, 0, None
+
+    def __repr__(self) -> str:
+        return f"StepTracker(run={self.run}, step={self.step}, branch={self.branch!r})"
+
+
+@dataclass
+class RunStats:
+    """How one pipeline call's attention was served, shared by every transformer of the pipeline.
+
+    Kept from the start of a call until the next call starts, so they can be read after it.
+    Work is dense-equivalent attention work (batch x heads x queries x keys) of the calls the
+    config governs (self and joint attention; cross-attention is never made sparse).
+    """
+
+    run: int = 0
+    calls: Counter = field(default_factory=Counter)
+    work: float = 0.0  # every governed call, dense ones included
+    computed: float = 0.0
+    sparse_work: float = 0.0  # calls that ran a sparse plan or reused
+    sparse_computed: float = 0.0
+
+    def restart(self, run: int) -> None:
+        self.run, self.calls = run, Counter()
+        self.work = self.computed = self.sparse_work = self.sparse_computed = 0.0
+
+    def record(self, reason: str, work: float | None = None, density: float = 1.0) -> None:
+        """Count one call; `work` None for calls outside what the config governs."""
+        self.calls[reason] += 1
+        if work is None:
+            return
+        self.work += work
+        self.computed += work * density
+        if reason.startswith("sparse"):
+            self.sparse_work += work
+            self.sparse_computed += work * density
+
+    def density(self) -> float | None:
+        """Share of the run's self/joint attention work computed, dense steps and layers included."""
+        return self.computed / self.work if self.work else None
+
+    def sparse_density(self) -> float | None:
+        """The same share over the calls that ran sparse only (what a plan's density says)."""
+        return self.sparse_computed / self.sparse_work if self.sparse_work else None
+
+
+def attention_work(query: Tensor, key: Tensor) -> float:
+    """Dense attention work of one call: batch x heads x queries x keys."""
+    return float(query.shape[0] * query.shape[1] * query.shape[-2] * key.shape[-2])
 
 
 @dataclass
 class SparseState:
-    """Everything `apply` installs on one or more transformers of a pipeline."""
+    """Everything `apply` installs on one transformer; the tracker and stats are the pipeline's.
+
+    Per-run state (outputs kept for reuse) is dropped when a new pipeline call starts and released
+    when one ends (diffusers resets stateful hooks at the end of a pipeline call); plans are kept,
+    since they depend only on the layer and layout.
+    """
 
     config: SparseConfig
     tracker: StepTracker
     layers: list[str]  # attention module names, in module order
     family: Family | None = None
+    roles: dict[str, str] = field(default_factory=dict)  # layer -> Family.role; missing: "self"
+    heads: dict[str, int | None] = field(default_factory=dict)  # layer -> the module's head count
+    stats: RunStats = field(default_factory=RunStats)
     grid: tuple[int, int, int] | None = None  # latent grid of the current forward
     plans: dict = field(default_factory=dict)  # (layer, layout, heads, skipped heads running) -> BlockPlan
-    reuse: dict = field(default_factory=dict)  # (layer, call_in_step) -> last output; whole layers too
-    calls: Counter = field(default_factory=Counter)  # how attention calls were served
+    reuse: dict = field(default_factory=dict)  # (layer, branch) -> last output; whole layers too
     fixed_layout: TokenLayout | None = None
     plan_seconds: float = 0.0  # one-off time spent building plans (cached per layer and layout)
-    _call_density: list = field(default_factory=list)  # per sparse call (skipped heads count 0)
+    _run: int = 0  # the tracker's run that `reuse` belongs to
     _warned: set = field(default_factory=set)
-    _kept_now: set = field(default_factory=set)  # layers whose running call kept a self-attention output
+    _kept_now: dict = field(default_factory=dict)  # layer -> work of its running call, if it kept its output
     _layouts: dict = field(default_factory=dict)  # (grid, n) -> TokenLayout | None
     _layer_index: dict = field(init=False)
 
@@ -101,9 +177,41 @@ class SparseState:
 
     def __repr__(self) -> str:
         return (
-            f"SparseState(method={self.config.method!r}, layers={len(self.layers)}, step={self.tracker.step}, "
-            f"plans={len(self.plans)}, calls={dict(self.calls)})"
+            f"SparseState(method={self.config.method!r}, layers={len(self.layers)}, {self.tracker}, "
+            f"plans={len(self.plans)}, kept={len(self.reuse)}, calls={dict(self.calls)})"
         )
+
+    @property
+    def calls(self) -> Counter:
+        """How the current (or last) pipeline call's attention calls were served."""
+        return self.stats.calls
+
+    def density(self) -> float | None:
+        """Share of the current (or last) run's self/joint attention work computed, dense calls included."""
+        return self.stats.density()
+
+    def sparse_density(self) -> float | None:
+        """Density over the calls that ran sparse only."""
+        return self.stats.sparse_density()
+
+    def observe(self, timestep, context: CacheContext | None = None) -> None:
+        """Advance the step tracker; a new pipeline call drops what the last one kept."""
+        self.tracker.observe(timestep, context)
+        self.sync_run()
+
+    def sync_run(self) -> None:
+        """Drop per-run state kept for an earlier run of the shared tracker (stats: once per run)."""
+        run = self.tracker.run
+        if self._run != run:
+            self.release()
+            self._run = run
+        if self.stats.run != run:
+            self.stats.restart(run)
+
+    def release(self) -> None:
+        """Free the outputs kept for reuse (full [B, H, N, D] tensors per layer and branch)."""
+        self.reuse.clear()
+        self._kept_now.clear()
 
     def layout_for(self, n: int) -> TokenLayout | None:
         """The layout of an n-token self/joint attention call in the current forward."""
@@ -141,14 +249,15 @@ class SparseState:
 
     def plan(self, layer: str, layout: TokenLayout, heads: int, running: frozenset[int] = frozenset()) -> BlockPlan:
         """The layer's plan with the skipped heads in `running` computed in full (`Full`), in the
-        token order of `layout.block_aligned(...)`."""
+        token order of `layout.block_aligned(...)`. Plans are remembered process-wide
+        (`patterns.cached_plan`), so a second run at the same layout builds none."""
         key = (layer, layout, heads, running)
         if key not in self.plans:
             aligned = layout.block_aligned(*self.config.plan_blocks)
             patterns = layer_patterns(self.config, layer, aligned, heads)
-            patterns = [Full() if h in running else p for h, p in enumerate(patterns)]
+            patterns = tuple(Full() if h in running else p for h, p in enumerate(patterns))
             start = time.perf_counter()
-            self.plans[key] = build_plan(aligned, patterns, self.config.plan_blocks)
+            self.plans[key] = cached_plan(aligned, patterns, self.config.plan_blocks)
             self.plan_seconds += time.perf_counter() - start
         return self.plans[key]
 
@@ -161,9 +270,10 @@ class SparseState:
 
     def _skips(self, layer: str) -> list[Skip] | None:
         """The layer's head patterns when every one is a `Skip`, else None."""
-        if self.config.method != "pattern":
+        heads = self.heads.get(layer)
+        if self.config.method != "pattern" or heads is None:
             return None
-        patterns = self.config.heads.get(layer) or [self.config.pattern]
+        patterns = searched_patterns(self.config, layer, heads)
         return patterns if all(isinstance(p, Skip) for p in patterns) else None
 
     def all_heads_skip(self, layer: str) -> bool:
@@ -184,11 +294,6 @@ class SparseState:
             h for h, p in enumerate(patterns) if isinstance(p, Skip) and (not can_reuse or step < 0 or p.runs_at(step))
         )
 
-    def density(self) -> float | None:
-        """Mean density of the sparse calls run so far (a skipped head that reused counts 0)."""
-        values = self._call_density
-        return sum(values) / len(values) if values else None
-
     def attend(
         self,
         layer: str,
@@ -202,36 +307,42 @@ class SparseState:
         enable_gqa: bool = False,
     ) -> Tensor:
         """Stands in for `F.scaled_dot_product_attention` inside `layer`'s processor."""
+        work = attention_work(query, key)
 
-        def dense(reason: str) -> Tensor:
-            self.calls[reason] += 1
+        def dense(reason: str, governed: bool = True) -> Tensor:
+            self.stats.record(reason, work if governed else None)
             return F.scaled_dot_product_attention(
                 query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa
             )
 
+        role = self.roles.get(layer, "self")
+        if role != "self":
+            return dense(f"dense: {role} attention", governed=False)
         if query.shape[-2] != key.shape[-2] or is_causal or dropout_p:
-            return dense("dense: cross-attention")
+            return dense("dense: not self-attention", governed=False)
         layout = self.layout_for(query.shape[-2])
         if layout is None:
             return dense("dense: no layout")
-        if attn_mask is not None and not _mask_is_trivial(attn_mask):
+        if attn_mask is not None and not is_trivial_mask(attn_mask):
             groups = _text_padding_groups(attn_mask, layout)
             if groups is None:
                 return dense("dense: attention mask")
             if self.dense_now(layer):
                 return dense("dense: schedule")
-            self.calls["sparse: padded text"] += 1
-            return self._attend_padded(layer, query, key, value, layout, groups, scale)
+            out, density = self._attend_padded(layer, query, key, value, layout, groups, scale)
+            self.stats.record("sparse: padded text", work, density)
+            return out
         if self.config.method in DYNAMIC:
             if self.dense_now(layer):
                 return dense("dense: schedule")
-            self.calls["sparse"] += 1
-            return self._per_call(query, key, value, layout, scale)
+            out, density = self._per_call(query, key, value, layout, scale)
+            self.stats.record("sparse", work, density)
+            return out
         heads = query.shape[1]
         # Layers with skipped heads keep their last output (per CFG branch) for reuse.
         patterns = layer_patterns(self.config, layer, layout, heads)
         keeps_output = any(isinstance(p, Skip) for p in patterns)
-        reuse_key = (layer, self.tracker.call_in_step)
+        reuse_key = (layer, self.tracker.branch)
         if self.dense_now(layer):
             out = dense("dense: schedule")
         else:
@@ -242,44 +353,44 @@ class SparseState:
             plan = self.plan(layer, layout, heads, running)
             reuse, per_call_density = self._per_call_heads(patterns, layout, query, key, value, previous, scale)
             out = self._run_plan(plan, layout, query, key, value, scale, reuse)
-            self.calls["sparse"] += 1
-            self._call_density.append(plan.density + per_call_density)
+            self.stats.record("sparse", work, plan.density + per_call_density)
         if keeps_output:
             self.reuse[reuse_key] = out
-            self._kept_now.add(layer)
+            self._kept_now[layer] = work
         return out
 
-    def _per_call(self, query: Tensor, key: Tensor, value: Tensor, layout: TokenLayout, scale) -> Tensor:
-        """A method planned per call (pyramid, topk, hilbert, raster-window); records its density."""
+    def _per_call(self, query: Tensor, key: Tensor, value: Tensor, layout: TokenLayout, scale) -> tuple[Tensor, float]:
+        """A method planned per call (pyramid, topk, hilbert, raster-window): (output, density)."""
         scale = query.shape[-1] ** -0.5 if scale is None else scale
-        out, density = DYNAMIC[self.config.method](query, key, value, layout, self.config, scale)
-        self._call_density.append(density)
-        return out
+        return DYNAMIC[self.config.method](query, key, value, layout, self.config, scale)
 
     def _attend_padded(
         self, layer: str, query: Tensor, key: Tensor, value: Tensor, layout: TokenLayout, groups, scale
-    ) -> Tensor:
-        """Sparse attention over the unmasked tokens of each group of samples sharing a key mask.
+    ) -> tuple[Tensor, float]:
+        """Sparse attention over the unmasked tokens of each group of samples sharing a key mask:
+        (output, density of the call's dense work).
 
         Padded text keys are dropped (the layout shrinks to the valid text); padded query rows,
         whose outputs only ever reach other padded tokens, attend densely over the valid keys, as
         the masked dense call would. Skipped heads compute in full here (no reuse across masks).
         """
         out = torch.empty_like(query)
-        heads = query.shape[1]
+        heads, n = query.shape[1], query.shape[-2]
+        computed = 0.0
         for valid, samples in groups:
             keep, pad = valid.nonzero().squeeze(1), (~valid).nonzero().squeeze(1)
             q, k, v = (t[samples][:, :, keep] for t in (query, key, value))
             text = keep.numel() - layout.num_visual
             sub = replace(layout, **({"text_prefix": text} if layout.text_prefix else {"text_suffix": text}))
             if self.config.method in DYNAMIC:
-                result = self._per_call(q, k, v, sub, scale)
+                result, density = self._per_call(q, k, v, sub, scale)
             else:
                 patterns = layer_patterns(self.config, layer, sub, heads)
                 plan = self.plan(layer, sub, heads, self.skipped_heads_running(patterns, can_reuse=False))
                 reuse, per_call_density = self._per_call_heads(patterns, sub, q, k, v, None, scale)
                 result = self._run_plan(plan, sub, q, k, v, scale, reuse)
-                self._call_density.append(plan.density + per_call_density)
+                density = plan.density + per_call_density
+            computed += len(samples) * (keep.numel() ** 2 * density + pad.numel() * keep.numel())
             padded = (
                 F.scaled_dot_product_attention(query[samples][:, :, pad], k, v, scale=scale) if pad.numel() else None
             )
@@ -287,7 +398,7 @@ class SparseState:
                 out[b, :, keep] = result[i]
                 if padded is not None:
                     out[b, :, pad] = padded[i]
-        return out
+        return out, computed / (query.shape[0] * n * n)
 
     def _per_call_heads(self, patterns, layout, query, key, value, reuse, scale) -> tuple[Tensor | None, float]:
         """`reuse` with the layer's per-call heads (`Pyramid`, `HilbertWindow`) filled, heads with
@@ -299,8 +410,7 @@ class SparseState:
                 by_pattern.setdefault(p, []).append(h)
         if not by_pattern:
             return reuse, 0.0
-        if key.shape[1] != heads:  # grouped-query attention
-            key, value = (t.repeat_interleave(heads // t.shape[1], 1) for t in (key, value))
+        key, value = expand_kv(key, heads), expand_kv(value, heads)
         filled = torch.empty_like(query) if reuse is None else reuse.clone()
         scale = query.shape[-1] ** -0.5 if scale is None else scale
         density = 0.0
@@ -315,21 +425,10 @@ class SparseState:
     def processor_done(self, layer: str, seconds: float) -> None:
         """Told the wall time of each processor call that ran (the search prices projections from it)."""
 
-    def observe(self, timestep) -> None:
-        """Advance the step tracker; a new pipeline call drops outputs kept for reuse."""
-        self.tracker.observe(timestep)
-        if self.tracker.step == 0 and self.tracker.call_in_step == 0:
-            self.reuse.clear()
-
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
             logger.warning(message)
-
-
-def _mask_is_trivial(mask: Tensor) -> bool:
-    """True when the mask allows every key (bool all True, or additive all zero)."""
-    return bool(mask.all()) if mask.dtype == torch.bool else not bool(mask.any())
 
 
 def _text_padding_groups(mask: Tensor, layout: TokenLayout) -> list[tuple[Tensor, Tensor]] | None:
@@ -384,21 +483,20 @@ class SparseAttnProcessor:
         # output projections too (exact where `can_reuse_whole`).
         state = self.state
         whole = state.all_heads_skip(self.layer) and can_reuse_whole(attn)
-        key = ("layer output", self.layer, state.tracker.call_in_step)
+        key = ("layer output", self.layer, state.tracker.branch)
         inputs = _tensor_shapes(args, kwargs)
         if whole and state.reuses_whole_layer(self.layer):
             kept = state.reuse.get(key)
             if kept is not None and kept[0] == inputs:
-                state.calls["sparse: layer reused"] += 1
-                state._call_density.append(0.0)
+                state.stats.record("sparse: layer reused", kept[2], 0.0)
                 return kept[1]
-        state._kept_now.discard(self.layer)
+        state._kept_now.pop(self.layer, None)
         start = time.perf_counter()
         with _SDPAInterceptor(functools.partial(state.attend, self.layer)):
             out = self.inner(attn, *args, **kwargs)
         state.processor_done(self.layer, time.perf_counter() - start)
         if whole and self.layer in state._kept_now:  # never cross-attention or masked calls
-            state.reuse[key] = (inputs, out)
+            state.reuse[key] = (inputs, out, state._kept_now[self.layer])
         return out
 
     def __getattr__(self, name: str):
@@ -439,25 +537,40 @@ def _forward_signature(model_class: type) -> inspect.Signature:
 
 
 class SparseStepHook(ModelHook):
-    """Reads the timestep and latent shape of each transformer forward."""
+    """Reads the timestep, cache context and latent shape of each transformer forward.
+
+    Stateful, so that diffusers hands it the pipeline's cache context (`cache_context("cond")`)
+    and resets it when a pipeline call ends (`maybe_free_model_hooks`): the outputs kept for
+    reuse are released then, not held until the next call.
+    """
+
+    _is_stateful = True
 
     def __init__(self, state: SparseState) -> None:
         super().__init__()
         self.state = state
+        self.contexts = StateManager(BaseState)  # only its context is read; diffusers sets it
 
     def pre_forward(self, module, *args, **kwargs):
         bound = _forward_signature(type(module)).bind_partial(module, *args, **kwargs).arguments
-        self.state.observe(bound.get("timestep"))
+        self.state.observe(bound.get("timestep"), _current_context(self.contexts))
         self.state.grid = self.state.family.grid(module, bound)
         return args, kwargs
 
     def reset_state(self, module):
         self.state.tracker.reset()
-        self.state.reuse.clear()
+        self.state.release()
         return module
 
 
-def _transformers_of(target) -> list[torch.nn.Module]:
+def _current_context(manager: StateManager) -> CacheContext | None:
+    try:
+        return manager.context
+    except ValueError:  # no cache context: the transformer is called outside a pipeline's loop
+        return None
+
+
+def transformers_of(target) -> list[torch.nn.Module]:
     if hasattr(target, "attn_processors"):
         return [target]
     found = [getattr(target, name, None) for name in ("transformer", "transformer_2")]
@@ -509,10 +622,15 @@ def _check_fits(config: SparseConfig, transformer, layers: dict[str, object]) ->
             raise ValueError(f"schedule.dense_layers index {d} is out of range for {len(layers)} attention layers")
 
 
-def _scheduled_steps(scheduler) -> int | None:
-    """Steps of the pipeline call in progress (schedulers set `timesteps` at its start)."""
-    timesteps = getattr(scheduler, "timesteps", None)
+def _scheduled_steps(target) -> int | None:
+    """Model calls of the pipeline call in progress (schedulers set `timesteps` at its start)."""
+    timesteps = getattr(getattr(target, "scheduler", None), "timesteps", None)
     return len(timesteps) if timesteps is not None and len(timesteps) else None
+
+
+def _scheduler_step(target) -> int | None:
+    """The pipeline scheduler's position in `timesteps` (None before its first step)."""
+    return getattr(getattr(target, "scheduler", None), "step_index", None)
 
 
 def apply(target, config: SparseConfig) -> SparseState:
@@ -528,21 +646,23 @@ def install(target, config: SparseConfig, state_class: type[SparseState]) -> Spa
     """
     if config.method == "sparsed":
         raise ValueError("method 'sparsed' is for diffusion language models (transformers models), not pipelines")
-    transformers = _transformers_of(target)
+    transformers = transformers_of(target)
     for transformer in transformers:
         if hasattr(transformer, STATE_ATTR):
             raise RuntimeError(f"sparsediff is already applied to this {type(transformer).__name__}; call remove first")
-    scheduler = getattr(target, "scheduler", None)
-    if config.schedule.dense_fraction and scheduler is None:
+    if config.schedule.dense_fraction and getattr(target, "scheduler", None) is None:
         raise ValueError(
             "schedule.dense_fraction needs the number of steps: apply to the pipeline, or use schedule.dense_steps"
         )
-    tracker = StepTracker(total_steps=functools.partial(_scheduled_steps, scheduler))
+    # Read from the pipeline at each call, so a scheduler swapped after `apply` is the one followed.
+    tracker = StepTracker(functools.partial(_scheduled_steps, target), functools.partial(_scheduler_step, target))
+    stats = RunStats()
     states = []
     for transformer in transformers:
         layers = _attention_layers(transformer)
         _check_fits(config, transformer, layers)
-        states.append((transformer, layers, state_class(config, tracker, list(layers), family_of(transformer))))
+        state = state_class(config, tracker, list(layers), stats=stats, **_model_facts(transformer, layers))
+        states.append((transformer, layers, state))
     for transformer, layers, state in states:
         originals = transformer.attn_processors
         transformer.set_attn_processor(_wrapped(originals, layers, state))
@@ -553,7 +673,7 @@ def install(target, config: SparseConfig, state_class: type[SparseState]) -> Spa
 
 def remove(target) -> None:
     """Restore the exact original processors and remove the step hook."""
-    transformers = _transformers_of(target)
+    transformers = transformers_of(target)
     if not any(hasattr(t, STATE_ATTR) for t in transformers):
         raise RuntimeError("sparsediff is not applied to this model; nothing to remove")
     for transformer in transformers:
@@ -573,8 +693,18 @@ def sparse_processors(transformer, config: SparseConfig | dict | str, layout: To
     config = SparseConfig.load(config)
     layers = _attention_layers(transformer)
     _check_fits(config, transformer, layers)
-    state = SparseState(config, StepTracker(), list(layers), family_of(transformer), fixed_layout=layout)
+    state = SparseState(config, StepTracker(), list(layers), fixed_layout=layout, **_model_facts(transformer, layers))
     return _wrapped(transformer.attn_processors, layers, state)
+
+
+def _model_facts(transformer, layers: dict[str, object]) -> dict:
+    """What a SparseState needs to know of the model: its family, each layer's role and heads."""
+    family = family_of(transformer)
+    return {
+        "family": family,
+        "roles": {name: family.role(name, module) for name, module in layers.items()},
+        "heads": {name: getattr(module, "heads", None) for name, module in layers.items()},
+    }
 
 
 def _wrapped(originals: dict, layers, state: SparseState) -> dict[str, SparseAttnProcessor]:

@@ -31,6 +31,18 @@ class Family:
     name: str
     text: str  # "none", "prefix", "suffix" or "unknown"
     grid: Callable[[Any, dict], Grid | None]
+    text_only: tuple[str, ...] = ()  # module-name prefixes of attention over text alone (HunyuanVideo's refiner)
+
+    def role(self, name: str, module) -> str:
+        """What an attention module computes: "cross" (queries attend to text keys), "text" (attention
+        among text tokens alone) or "self" (over the visual tokens, with text inside when the family
+        puts it there). Taken from the model, never from sequence lengths: at some sizes the text is
+        exactly as long as the visual sequence (Wan: 512 text tokens, 512 latent tokens)."""
+        if name.startswith(self.text_only):
+            return "text"
+        if getattr(module, "is_cross_attention", False) or name.rsplit(".", 1)[-1] == "attn2":
+            return "cross"  # diffusers names cross-attention `attn2` in every block that has one (LTX, PixArt, Wan)
+        return "self"
 
 
 def _patch(config, name: str, default: int = 1) -> int:
@@ -94,8 +106,8 @@ FAMILIES: dict[str, Family] = {
         Family("WanTransformer3DModel", "none", _channels_first_grid),
         Family("WanVACETransformer3DModel", "none", _channels_first_grid),
         Family("CogVideoXTransformer3DModel", "prefix", _cogvideox_grid),
-        Family("HunyuanVideoTransformer3DModel", "suffix", _channels_first_grid),
-        Family("HunyuanVideo15Transformer3DModel", "suffix", _channels_first_grid),
+        Family("HunyuanVideoTransformer3DModel", "suffix", _channels_first_grid, ("context_embedder.",)),
+        Family("HunyuanVideo15Transformer3DModel", "suffix", _channels_first_grid, ("context_embedder.",)),
         Family("LTXVideoTransformer3DModel", "none", _ltx_grid),
         Family("FluxTransformer2DModel", "prefix", _flux_grid),
         Family("SD3Transformer2DModel", "suffix", _channels_first_grid),

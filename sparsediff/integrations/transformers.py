@@ -29,7 +29,8 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from sparsediff.attention import sparse_attention
 from sparsediff.config import SparseConfig
-from sparsediff.methods.sparsed import block_mass, expand_kv, sparsed_plan
+from sparsediff.kernels import expand_kv
+from sparsediff.methods.sparsed import block_mass, sparsed_plan
 
 logger = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -136,7 +137,10 @@ def _sequences_as_heads(query: Tensor, key: Tensor, value: Tensor) -> tuple[Tens
     patterns, as in SparseD (a needle sits in a different block in each sequence)."""
     if query.shape[0] == 1:
         return query, key, value
-    return tuple(t.reshape(1, -1, *t.shape[2:]) for t in (query, expand_kv(query, key), expand_kv(query, value)))
+    return tuple(
+        t.reshape(1, -1, *t.shape[2:])
+        for t in (query, expand_kv(key, query.shape[1]), expand_kv(value, query.shape[1]))
+    )
 
 
 def _drop_padded_keys(mask: Tensor | None, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, bool]:

@@ -12,7 +12,7 @@ import torch
 from sparsediff.layout import TokenLayout
 from sparsediff.methods.hilbert import local_global_attention
 from sparsediff.methods.pyramid import pyramid_attention, topk_attention
-from sparsediff.methods.resolve import layer_patterns
+from sparsediff.methods.resolve import layer_patterns, searched_patterns
 from sparsediff.methods.window import window_pattern
 from sparsediff.patterns import HilbertWindow, Pattern, Pyramid
 
@@ -51,4 +51,4 @@ def per_call_heads(
     raise TypeError(f"{pattern} is not planned per call")
 
 
-__all__ = ["DYNAMIC", "layer_patterns", "per_call_heads", "window_pattern"]
+__all__ = ["DYNAMIC", "layer_patterns", "per_call_heads", "searched_patterns", "window_pattern"]

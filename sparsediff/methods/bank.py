@@ -13,6 +13,8 @@ import math
 
 import torch
 
+from sparsediff.kernels import expand_kv
+
 Tensor = torch.Tensor
 MASKED = -1000.0  # bias of padding slots: exp(-1000) is 0 in every float type
 
@@ -53,9 +55,7 @@ def bank_attention_reference(
     q: Tensor, k_bank: Tensor, v_bank: Tensor, bias: Tensor, token_mask: Tensor, scale: float
 ) -> Tensor:
     """The definition: dense softmax over allowed bank keys [H, N_q, N_bank] with the bias, in fp64."""
-    if k_bank.shape[1] != q.shape[1]:
-        k_bank = k_bank.repeat_interleave(q.shape[1] // k_bank.shape[1], 1)
-        v_bank = v_bank.repeat_interleave(q.shape[1] // v_bank.shape[1], 1)
+    k_bank, v_bank = expand_kv(k_bank, q.shape[1]), expand_kv(v_bank, q.shape[1])
     scores = q.double() @ k_bank.double().transpose(-1, -2) * scale + bias.double()
     scores = scores.masked_fill(~token_mask, -math.inf)
     return (scores.softmax(-1) @ v_bank.double()).to(q.dtype)

@@ -19,6 +19,7 @@ import math
 import torch
 
 from sparsediff.attention import sparse_attention
+from sparsediff.kernels import expand_kv
 from sparsediff.layout import TokenLayout
 from sparsediff.methods.bank import count_bias, group_counts, pad_to, padding_bias, pool_blocks
 from sparsediff.plan import BlockPlan
@@ -31,8 +32,7 @@ STEP_COST = (1 / 8, 1 / 8, 1 / 4, 1 / 2)  # block cost each refinement adds
 
 def pooled_mass(q: Tensor, k: Tensor, block: int, scale: float) -> Tensor:
     """[H, Qb, Kb] estimated attention mass from block-mean queries and keys (batch averaged)."""
-    if k.shape[1] != q.shape[1]:
-        k = k.repeat_interleave(q.shape[1] // k.shape[1], 1)
+    k = expand_kv(k, q.shape[1])
     n_q, n_kv = q.shape[2], k.shape[2]
     qb, kb = math.ceil(n_q / block), math.ceil(n_kv / block)
     qp, _ = pool_blocks(pad_to(q, qb * block), n_q, block)

@@ -14,6 +14,11 @@ def layer_patterns(config: SparseConfig, layer: str, layout: TokenLayout, heads:
         return [Full()] * heads
     if config.method == "window":
         return [window_pattern(layout, config.density, config.plan_blocks)] * heads
+    return searched_patterns(config, layer, heads)
+
+
+def searched_patterns(config: SparseConfig, layer: str, heads: int) -> list[Pattern]:
+    """A `pattern` config's heads for `layer`: its per-head list, else its one pattern for every head."""
     per_head = config.heads.get(layer)
     if per_head is None:
         if config.pattern is None:

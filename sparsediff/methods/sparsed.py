@@ -13,6 +13,7 @@ import math
 
 import torch
 
+from sparsediff.kernels import expand_kv
 from sparsediff.methods.pyramid import topk_plan
 from sparsediff.plan import BlockPlan
 
@@ -22,14 +23,9 @@ BAND_BLOCKS = 1  # on each side of the aligned diagonal
 _SCORE_BUFFER = 1 << 24  # elements of one chunk of scores
 
 
-def expand_kv(q: Tensor, k: Tensor) -> Tensor:
-    """K or V with its heads repeated to the query's head count (grouped-query attention)."""
-    return k if k.shape[1] == q.shape[1] else k.repeat_interleave(q.shape[1] // k.shape[1], 1)
-
-
 def block_mass_reference(q: Tensor, k: Tensor, scale: float, block: int) -> Tensor:
     """[H, Qb, Kb] attention mass per block, averaged over the batch and the block's query rows."""
-    probs = (q.float() @ expand_kv(q, k).float().transpose(-1, -2) * scale).softmax(-1)
+    probs = (q.float() @ expand_kv(k, q.shape[1]).float().transpose(-1, -2) * scale).softmax(-1)
     n_q, n_kv = probs.shape[-2:]
     qb, kb = math.ceil(n_q / block), math.ceil(n_kv / block)
     padded = torch.nn.functional.pad(probs, (0, kb * block - n_kv, 0, qb * block - n_q))
@@ -45,13 +41,13 @@ def block_mass(q: Tensor, k: Tensor, scale: float, block: int, value: Tensor | N
     With `value`, also returns the exact attention output [B, H, N_q, D] from the same
     probabilities, so the step that takes the pattern costs about one dense attention.
     """
-    k = expand_kv(q, k)
+    k = expand_kv(k, q.shape[1])
     batch, heads, n_q, _ = q.shape
     n_kv = k.shape[2]
     qb, kb = math.ceil(n_q / block), math.ceil(n_kv / block)
     mass = torch.empty(heads, qb, kb)
     out = None if value is None else torch.empty(*q.shape[:3], value.shape[-1], dtype=q.dtype, device=q.device)
-    v = None if value is None else expand_kv(q, value)
+    v = None if value is None else expand_kv(value, q.shape[1])
     chunk_blocks = max(1, _SCORE_BUFFER // (batch * heads * block * n_kv))
     key_t = k.transpose(-1, -2)
     for b0 in range(0, qb, chunk_blocks):

@@ -24,8 +24,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from sparsediff.attention import is_trivial_mask
 from sparsediff.config import SparseConfig
-from sparsediff.integrations.diffusers import SparseState, _mask_is_trivial, install, remove
+from sparsediff.integrations.diffusers import SparseState, install, remove
+from sparsediff.kernels import expand_kv
 from sparsediff.layout import TokenLayout
 from sparsediff.methods import per_call_heads
 from sparsediff.patterns import PER_CALL, Full, Pattern, Skip, Stripe, build_plan
@@ -64,7 +66,7 @@ class Calibration:
     columns: dict[str, list[tuple]] = field(default_factory=dict)  # layer -> per head, heaviest key positions
     # layer -> per processor call, its time outside attention over its dense attention time
     outside: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
-    _refreshed: dict = field(default_factory=dict)  # (layer, call_in_step, every) -> rows at the last refresh
+    _refreshed: dict = field(default_factory=dict)  # (layer, branch, every) -> rows at the last refresh
     _key_masks: dict = field(default_factory=dict)
 
     def resolve(self, layer: str, head: int, candidate: int) -> Pattern:
@@ -88,8 +90,8 @@ class DenseWatcher(SparseState):
             query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa
         )
         self._sdpa_s += time.perf_counter() - start
-        self_attention = query.shape[-2] == key.shape[-2] and not is_causal
-        unmasked = attn_mask is None or _mask_is_trivial(attn_mask)
+        self_attention = self.roles.get(layer, "self") == "self" and query.shape[-2] == key.shape[-2] and not is_causal
+        unmasked = attn_mask is None or is_trivial_mask(attn_mask)
         layout = self.layout_for(query.shape[-2]) if self_attention and unmasked else None
         if layout is not None:
             with torch.no_grad():
@@ -130,7 +132,7 @@ class CalibrationState(DenseWatcher):
         step = self.tracker.step
         stale = {}  # every -> rows a skipped head serves now (None: it runs in full now)
         for skip in {p for p in cal.candidates if isinstance(p, Skip)}:
-            slot = (layer, self.tracker.call_in_step, skip.every)
+            slot = (layer, self.tracker.branch, skip.every)
             refresh = step < cal.dense_steps or skip.runs_at(step) or slot not in cal._refreshed
             stale[skip.every] = None if refresh else cal._refreshed[slot]
             if refresh:
@@ -149,9 +151,7 @@ class CalibrationState(DenseWatcher):
         cal.batch = query.shape[0]
         stats.calls += 1
         norm = exact.square().sum(dim=(0, 2, 3))  # [H]
-        if key.shape[1] != heads:  # grouped-query attention
-            key = key.repeat_interleave(heads // key.shape[1], 1)
-            value = value.repeat_interleave(heads // value.shape[1], 1)
+        key, value = expand_kv(key, heads), expand_kv(value, heads)
         q_rows = query[:, :, rows]
         per_chunk = max(1, _SCORE_BUFFER // (q_rows.shape[0] * rows.numel() * key.shape[-2]))
         block, plan_blocks = self.config.block_size, self.config.plan_blocks

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sparsediff.config import Schedule, SparseConfig
-from sparsediff.integrations.diffusers import _transformers_of, can_reuse_whole, model_signature
+from sparsediff.integrations.diffusers import can_reuse_whole, model_signature, transformers_of
 from sparsediff.layout import TokenLayout
 from sparsediff.patterns import PER_CALL, Full, HilbertWindow, Pattern, Pyramid, Skip, aligned_plan
 from sparsediff.search.calibrate import Calibration, CalibrationState, watched_dense_runs
@@ -135,7 +135,7 @@ def search(
     cost_model = cost_model.with_outside_ratios(cal.outside)
     costs = {layer: _candidate_costs(cal, layer, blocks, cost_model) for layer in cal.errors}
     errors = {layer: stats.relative().float() for layer, stats in cal.errors.items()}
-    transformer = _transformers_of(pipe)[0]
+    transformer = transformers_of(pipe)[0]
     savings = _whole_layer_savings(cal, transformer, cost_model)
     reuse = LayerReuse({c: p.every for c, p in enumerate(cal.candidates) if isinstance(p, Skip)}, savings)
     if max_error is not None:

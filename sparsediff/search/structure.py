@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
+from sparsediff.kernels import expand_kv
 from sparsediff.layout import TokenLayout
 from sparsediff.search.calibrate import DenseWatcher, sample_rows, watched_dense_runs
 
@@ -60,8 +61,7 @@ class StructureState(DenseWatcher):
         s = self.structure
         rows = sample_rows(layout, s.rows, s.seed)
         count = rows.numel()
-        if key.shape[1] != query.shape[1]:
-            key = key.repeat_interleave(query.shape[1] // key.shape[1], 1)
+        key = expand_kv(key, query.shape[1])
         probs = (query[:, :, rows].float() @ key.float().transpose(-1, -2) * scale).softmax(-1)  # [B, H, R, N]
         masks = _category_masks(layout, rows).float()  # [C, R, N]
         mass = torch.einsum("bhrn,crn->hc", probs, masks) / probs.shape[0]
