@@ -279,3 +279,20 @@ def test_padded_text_stays_sparse_and_exact(models, family):
     for method in ("pyramid", "hilbert"):  # per-call methods run on the valid tokens too
         with sparsediff.sparse(model, method, density=0.3, block_size=16) as state:
             assert torch.isfinite(_run(model, inputs)).all() and state.calls["sparse: padded text"] > 0
+
+
+@pytest.mark.parametrize(
+    "family, dense_reason, not_self",
+    [("wan", "dense: cross attention", ".attn2"), ("hunyuanvideo", "dense: text attention", "context_embedder.")],
+)
+def test_roles_come_from_the_model_even_at_equal_lengths(models, family, dense_reason, not_self):
+    """16 text tokens and a 1 x 8 x 8 latent (16 tokens after 2 x 2 patches): cross-attention (Wan's
+    attn2) and HunyuanVideo's text-only token refiner look like self-attention by length."""
+    model = models[family]
+    inputs = TINY_TRANSFORMERS[family].make_inputs(1, 1, 8, 8, 16, 900, torch.Generator().manual_seed(0))
+    layers = [name.removesuffix(".processor") for name in model.attn_processors]
+    others = sum(not_self in name for name in layers)
+    with sparsediff.sparse(model, "window", density=0.5, block_size=4) as state:
+        _run(model, inputs)
+        assert state.calls[dense_reason] == others > 0
+        assert state.calls["sparse"] == len(layers) - others

@@ -269,9 +269,10 @@ class SparseState:
         return aligned.move_to(out, layout)
 
     def _skips(self, layer: str) -> list[Skip] | None:
-        """The layer's head patterns when every one is a `Skip`, else None."""
+        """The layer's head patterns when every one is a `Skip`, else None (and for layers the
+        config does not govern: cross-attention, text-only attention)."""
         heads = self.heads.get(layer)
-        if self.config.method != "pattern" or heads is None:
+        if self.config.method != "pattern" or heads is None or self.roles.get(layer, "self") != "self":
             return None
         patterns = searched_patterns(self.config, layer, heads)
         return patterns if all(isinstance(p, Skip) for p in patterns) else None
