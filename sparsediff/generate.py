@@ -1,9 +1,11 @@
 """Generate with a pipeline, dense and sparse from the same seed, and tell the truth about both.
 
 `compare` runs the pipeline dense, then with sparse attention, on the same seed; it reports wall
-time of each run (one-off costs reported apart: model load, a two-step warm-up run, and plan
-building, which is cached per layer and layout), PSNR and SSIM of sparse vs dense, and the
-model's judge verdicts where it has a judge.
+time of each run as a user pays it, after one-off costs reported apart (model load, a two-step
+warm-up run of each, and plan building: plans are cached process-wide per layer and layout, so
+the warm-up builds them and the timed run builds none), PSNR and SSIM of sparse vs dense,
+density over all the run's attention work (dense steps included) and over its sparse calls, and
+the model's judge verdicts where it has a judge.
 """
 
 from __future__ import annotations
@@ -38,9 +40,10 @@ class Request:
 @dataclass
 class Run:
     frames: np.ndarray  # (F, H, W, 3) in [0, 1]
-    seconds: float
-    setup_s: float = 0.0  # plan building (sparse runs), not in `seconds`
-    density: float | None = None
+    seconds: float  # wall time of the pipeline call, everything included
+    plan_s: float = 0.0  # of which plan building (sparse runs; zero once the layout was planned)
+    density: float | None = None  # share of the run's self/joint attention work computed
+    sparse_density: float | None = None  # the same over the calls that ran sparse
     calls: dict = field(default_factory=dict)
 
 
@@ -52,8 +55,19 @@ def resolve_config(entry: ModelEntry, method: str | None, config: str | None, de
     if source is None:
         shipped = entry.config is not None and entry.config.exists()
         source = str(entry.config) if shipped else "sparsed" if entry.text else "window"
-    overrides = {"density": density} if density is not None else {}
-    return SparseConfig.load(source, **overrides)
+    loaded = SparseConfig.load(source)
+    return loaded if density is None else with_density(loaded, density, source)
+
+
+def with_density(config: SparseConfig, density: float, source: str) -> SparseConfig:
+    """`config` at another density; refused where density means nothing (a searched per-head config)."""
+    if config.method in ("pattern", "dense"):
+        raise ValueError(
+            f"--density does not apply to {source!r} (method {config.method!r}): its density is fixed by "
+            "its patterns. Search again with `sparsediff search --budget ...`, or pick a method that takes a "
+            "density (window, pyramid, topk, hilbert, raster-window, sparsed)"
+        )
+    return SparseConfig.load(config, density=density)
 
 
 def call_kwargs(pipe, entry: ModelEntry, request: Request, steps: int) -> dict:
@@ -118,9 +132,9 @@ def warm_up(loaded: LoadedModel, request: Request, config: SparseConfig | None =
 def run_sparse(loaded: LoadedModel, request: Request, config: SparseConfig) -> Run:
     with sparse(loaded.pipe, config) as state:
         result = run(loaded, request, label="sparse")
-    result.setup_s = state.plan_seconds
-    result.seconds -= state.plan_seconds
+    result.plan_s = state.plan_seconds
     result.density = state.density()
+    result.sparse_density = state.sparse_density()
     result.calls = dict(state.calls)
     return result
 
@@ -133,7 +147,8 @@ class Comparison:
     steps: int
     seed: int
     method: str
-    density: float | None
+    density: float | None  # over all the run's self/joint attention work, dense steps included
+    sparse_density: float | None  # over the calls that ran sparse only
     dense_s: float
     sparse_s: float
     speedup: float
@@ -141,8 +156,8 @@ class Comparison:
     ssim: float
     outputs: dict
     load_s: float
-    warmup_s: float
-    sparse_setup_s: float
+    warmup_s: float  # the dense and sparse warm-up runs, plan building included
+    plan_s: float  # plan building, paid once per layout (in the warm-up); the timed run's share is in sparse_s
     random_weights: bool
     attention_calls: dict
     judge_dense: dict | None = None
@@ -178,7 +193,8 @@ def compare(loaded: LoadedModel, request: Request, config: SparseConfig, out: Pa
     paths = compare_paths(out)
     for path in paths.values():
         check_writable(path)
-    warmup_s = warm_up(loaded, request).seconds + warm_up(loaded, request, config).seconds
+    sparse_warm_up = warm_up(loaded, request, config)
+    warmup_s = warm_up(loaded, request).seconds + sparse_warm_up.seconds
     dense = run(loaded, request, label="dense")
     sparse_run = run_sparse(loaded, request, config)
     write_frames(dense.frames, paths["dense"])
@@ -194,6 +210,7 @@ def compare(loaded: LoadedModel, request: Request, config: SparseConfig, out: Pa
         seed=request.seed,
         method=config.method,
         density=sparse_run.density,
+        sparse_density=sparse_run.sparse_density,
         dense_s=dense.seconds,
         sparse_s=sparse_run.seconds,
         speedup=dense.seconds / sparse_run.seconds,
@@ -202,7 +219,7 @@ def compare(loaded: LoadedModel, request: Request, config: SparseConfig, out: Pa
         outputs={k: str(v) for k, v in paths.items()},
         load_s=loaded.load_s,
         warmup_s=warmup_s,
-        sparse_setup_s=sparse_run.setup_s,
+        plan_s=sparse_warm_up.plan_s + sparse_run.plan_s,
         random_weights=loaded.entry.random_weights,
         attention_calls=sparse_run.calls,
         judge_dense=judge(dense.frames, request.prompt) if judge else None,
@@ -223,8 +240,9 @@ def generate_one(loaded: LoadedModel, request: Request, config: SparseConfig, ou
         "size": str(request.size),
         "method": config.method,
         "density": result.density,
+        "sparse_density": result.sparse_density,
         "sparse_s": result.seconds,
-        "sparse_setup_s": result.setup_s,
+        "plan_s": result.plan_s,
         "load_s": loaded.load_s,
         "outputs": {"sparse": str(out)},
         "random_weights": loaded.entry.random_weights,
@@ -301,7 +319,9 @@ def generate_text_one(loaded: LoadedModel, request: TextRequest, config: SparseC
 @dataclass
 class MethodResult:
     method: str
-    density: float | None
+    density: float | None  # mean over the prompts, all attention work of each run
+    sparse_density: float | None  # mean over the prompts, sparse calls only
+    densities: list  # per prompt (density over all work)
     seconds: float
     speedup: float
     psnr: float | None
@@ -310,7 +330,7 @@ class MethodResult:
 
 
 def compare_methods(
-    loaded: LoadedModel, requests: list[Request], methods: list[str], density: float, progress: bool = False,
+    loaded: LoadedModel, requests: list[Request], methods: list[str], density: float | None, progress: bool = False,
     **overrides,
 ) -> tuple[float, list[MethodResult]]:  # fmt: skip
     """Dense and every method on the same seeds: (dense seconds, one row per method).
@@ -324,7 +344,9 @@ def compare_methods(
     """
     for request in requests:
         check_size(loaded, request.size)
-    configs = {method: SparseConfig.load(method, density=density, **overrides) for method in methods}
+    configs = {method: SparseConfig.load(method, **overrides) for method in methods}
+    if density is not None:
+        configs = {method: with_density(config, density, method) for method, config in configs.items()}
     warm_up(loaded, requests[0])
     for config in configs.values():
         warm_up(loaded, requests[0], config)
@@ -350,14 +372,20 @@ def compare_methods(
             {"colour_and_direction": sum(v["colour_and_direction"] for v in scored) / len(scored)} if scored else None
         )
 
-    rows = [MethodResult("dense", 1.0, dense_s, 1.0, None, 1.0, judged(dense))]
+    def mean(values: list) -> float | None:
+        known = [v for v in values if v is not None]
+        return sum(known) / len(known) if known else None
+
+    rows = [MethodResult("dense", 1.0, 1.0, [1.0] * len(dense), dense_s, 1.0, None, 1.0, judged(dense))]
     for method, runs in sparse_runs.items():
         finite = [p for p in (psnr(d.frames, s.frames) for d, s in zip(dense, runs, strict=True)) if math.isfinite(p)]
         seconds = sum(s.seconds for s in runs) / len(runs)
         rows.append(
             MethodResult(
                 method=method,
-                density=runs[0].density,
+                density=mean([s.density for s in runs]),
+                sparse_density=mean([s.sparse_density for s in runs]),
+                densities=[s.density for s in runs],
                 seconds=seconds,
                 speedup=dense_s / seconds,
                 psnr=sum(finite) / len(finite) if finite else None,
