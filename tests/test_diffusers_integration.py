@@ -169,6 +169,38 @@ def test_layer_whose_heads_all_reuse_returns_its_last_output_whole(models, famil
         assert torch.allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.parametrize("dense_layer", [2, -2, "blocks.1.attn1"])
+def test_dense_layers_by_index_negative_index_or_name(models, dense_layer):
+    """Indices count every attention module in module order (Wan: attn1, attn2 per block)."""
+    model = models["wan"]
+    config = SparseConfig(method="window", block_size=16, density=0.3, schedule={"dense_layers": [dense_layer]})
+    with sparsediff.sparse(model, config) as state:
+        _run(model, _inputs("wan"))
+        kept = state.plans  # layers that planned
+    assert state.calls["dense: schedule"] == 1 and state.calls["sparse"] == 1
+    assert {key[0] for key in kept} == {"blocks.0.attn1"}
+
+
+def test_window_sizing_picks_the_radius_closest_to_the_target():
+    from sparsediff.methods import window_pattern
+    from sparsediff.patterns import aligned_plan
+
+    for layout, blocks in (
+        (TokenLayout(frames=5, height=16, width=20), 16),
+        (TokenLayout(frames=3, height=24, width=24, text_prefix=7), (32, 16)),
+        (TokenLayout(frames=1, height=30, width=40, text_suffix=8), 64),
+    ):
+        by_radius = [
+            aligned_plan(layout, Diagonal(radius=r, temporal_radius=min(r, layout.frames - 1)), blocks).density
+            for r in range(max(layout.height, layout.width))
+        ]
+        assert by_radius == sorted(by_radius)  # a wider window never computes less
+        for target in (0.1, 0.25, 0.3, 0.5):
+            chosen = window_pattern(layout, target, blocks)
+            achieved = aligned_plan(layout, chosen, blocks).density
+            assert abs(achieved - target) == pytest.approx(min(abs(d - target) for d in by_radius))
+
+
 def test_dense_layers_and_skipped_heads(models):
     model = models["wan"]
     inputs = _inputs("wan")
@@ -276,9 +308,17 @@ def test_padded_text_stays_sparse_and_exact(models, family):
     with sparsediff.sparse(model, "window", density=0.3, block_size=16, backend="torch"):
         single = _run(model, alone)
     assert (single[0] - outputs["torch"][0]).abs().max() <= 1e-4
-    for method in ("pyramid", "hilbert"):  # per-call methods run on the valid tokens too
+    second = {k: v[1:] if isinstance(v, torch.Tensor) and v.shape[:1] == (2,) else v for k, v in inputs.items()}
+    if family == "qwenimage":
+        second["img_shapes"] = inputs["img_shapes"][1:]
+    for method in ("pyramid", "hilbert"):  # per-call methods plan on each sample's valid tokens too
         with sparsediff.sparse(model, method, density=0.3, block_size=16) as state:
-            assert torch.isfinite(_run(model, inputs)).all() and state.calls["sparse: padded text"] > 0
+            batch = _run(model, inputs)
+            assert state.calls["sparse: padded text"] > 0
+            padded_alone, full_alone = _run(model, alone), _run(model, second)
+        assert (batch[0] - padded_alone[0]).abs().max() <= 1e-4, method
+        assert (batch[1] - full_alone[0]).abs().max() <= 1e-4, method
+        assert (batch - native).abs().max() > 1e-3, method
 
 
 @pytest.mark.parametrize(
