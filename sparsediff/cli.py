@@ -226,7 +226,9 @@ def bench_methods_cmd(
     ] = [],  # noqa: B006
     density: Annotated[
         float | None,
-        typer.Option(help="the density every method targets (default: each preset's own; refused for searched configs)"),
+        typer.Option(
+            help="the density every method targets (default: each preset's own; refused for searched configs)"
+        ),
     ] = None,
     prompt: Annotated[list[str], typer.Option(help="prompt; repeat for several (same seeds for every method)")] = [],  # noqa: B006
     held_out: Annotated[

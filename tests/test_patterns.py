@@ -74,10 +74,13 @@ def test_build_plan_text_rules_and_determinism():
         build_plan(layout, Diagonal(radius=0), block_size=8, text_keys=False, text_queries_see_all=False)
 
 
-def test_plan_density_shrinks_with_radius():
-    layout = TokenLayout(frames=4, height=16, width=16)
-    densities = [build_plan(layout, Diagonal(radius=r, temporal_radius=1)).density for r in (1, 4, 8)]
-    assert densities == sorted(densities) and densities[0] < 0.5
+def test_plan_density_grows_strictly_with_radius():
+    """At 16-token blocks on a 4 x 32 x 32 grid (a row of the grid is two blocks) each step of the
+    radius reaches new key blocks; one frame is 1/4 of the keys, so +-1 frame caps at 3/4."""
+    layout = TokenLayout(frames=4, height=32, width=32)
+    densities = [build_plan(layout, Diagonal(radius=r, temporal_radius=1), 16).density for r in (1, 4, 8, 16)]
+    assert all(a < b for a, b in zip(densities, densities[1:], strict=False)) and densities[0] < 0.1
+    assert densities[-1] <= 0.75
 
 
 @pytest.mark.parametrize(

@@ -97,9 +97,7 @@ def test_transformer_called_outside_a_pipeline():
     assert torch.equal(second, alone)
 
 
-@pytest.mark.parametrize(
-    "scheduler_class", [HeunDiscreteScheduler, KDPM2DiscreteScheduler], ids=["heun", "kdpm2"]
-)
+@pytest.mark.parametrize("scheduler_class", [HeunDiscreteScheduler, KDPM2DiscreteScheduler], ids=["heun", "kdpm2"])
 @pytest.mark.parametrize("guidance", [1.0, 2.0], ids=["no cfg", "cfg"])
 def test_second_order_schedulers_count_every_model_call_as_a_step(scheduler_class, guidance):
     pipe = tiny_pipeline("pixart")

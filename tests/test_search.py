@@ -27,7 +27,7 @@ from sparsediff.search import CostModel, search, solve_budget, solve_max_error
 from sparsediff.search.calibrate import Calibration, CalibrationState, _heaviest_columns, sample_rows
 from sparsediff.search.candidates import BandAndHeavyColumns, default_candidates
 from sparsediff.search.offline import sample_steps
-from sparsediff.search.solver import LayerReuse, reused_share, total_cost
+from sparsediff.search.solver import LayerReuse, layer_cost, reused_share, total_cost
 
 FIXED_COSTS = CostModel(
     backend="torch", device="cpu", tokens=1280, heads=2, head_dim=16, block_size=64,
@@ -75,6 +75,33 @@ def test_budget_solver_meets_random_budgets(seed, whole_layers):
         choices = solve_budget(errors, costs, budget, reuse)
         assert total_cost(choices, costs, reuse) <= budget
         assert choices == solve_budget(errors, costs, budget, reuse)  # deterministic
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("whole_layers", [False, True])
+def test_budget_solver_is_optimal_for_what_it_spends(seed, whole_layers):
+    """Brute force over every assignment of 2 layers x 2 heads x 4 candidates (256): no assignment
+    that costs at most what the solver's choice costs has less total squared error (what a
+    Lagrangian solution guarantees), and the choice fits the budget."""
+    import itertools
+
+    gen = torch.Generator().manual_seed(seed)
+    errors = {f"l{i}": torch.rand(2, 4, generator=gen) for i in range(2)}
+    for t in errors.values():
+        t[:, 0] = 0
+    costs = {k: torch.tensor([10.0, 5.0, 3.0, 1.0]) + torch.rand(4, generator=gen) for k in errors}
+    reuse = LayerReuse({3: 2}, {k: 3.0 for k in errors}) if whole_layers else LayerReuse()  # one skip candidate
+
+    def squared(choice):
+        return sum(float(errors[layer][h, c]) ** 2 for layer, picks in choice.items() for h, c in enumerate(picks))
+
+    every = [dict(zip(errors, (list(p[:2]), list(p[2:])), strict=True)) for p in itertools.product(range(4), repeat=4)]
+    for budget in (8.0, 14.0, 20.0, 30.0):
+        choice = solve_budget(errors, costs, budget, reuse)
+        spent = total_cost(choice, costs, reuse)
+        assert spent <= budget + 1e-9
+        best = min(squared(c) for c in every if total_cost(c, costs, reuse) <= spent + 1e-9)
+        assert squared(choice) == pytest.approx(best, abs=1e-9)
 
 
 def test_reused_share_counts_steps_no_skipped_head_refreshes():
@@ -221,13 +248,20 @@ def searched(tmp_path_factory):
     return pipe, first, again, tmp_path_factory.mktemp("search")
 
 
-def test_search_end_to_end_is_deterministic_and_within_bound(searched):
+def test_search_end_to_end_is_deterministic_and_the_cheapest_within_bound(searched):
     _, result, again, _ = searched
     assert result.config.model_dump() == again.config.model_dump()
     assert set(result.choices) == {"blocks.0.attn1", "blocks.1.attn1"}
+    full = next(i for i, p in enumerate(result.candidates) if isinstance(p, Full))
     for layer, picks in result.choices.items():
+        errors, cost = result.errors[layer], result.costs[layer]
         for h, c in enumerate(picks):
-            assert float(result.errors[layer][h, c]) <= 0.12
+            assert float(errors[h, c]) <= 0.12
+        if picks == [full] * len(picks):
+            continue  # predicted no faster than dense: the layer runs dense
+        cheapest = sum(min(float(cost[c]) for c in range(len(cost)) if errors[h, c] <= 0.12) for h in range(len(picks)))
+        assert layer_cost(layer, picks, result.costs, result.reuse) <= cheapest + 1e-9
+    assert any(c != full for picks in result.choices.values() for c in picks)  # the bound left room to be sparse
     predicted = result.config.search["predicted"]
     assert 0 < predicted["density"] <= 1 and predicted["dense_attention_ms"] > 0
     assert result.config.model.model_class == "WanTransformer3DModel"
@@ -356,6 +390,41 @@ def test_band_and_heavy_columns_choose_columns_once_and_score_them_later():
         expected = ((approx - exact).square().sum((0, 2, 3)) / exact.square().sum((0, 2, 3))).sqrt()
         assert torch.allclose(cal.errors[layer].relative()[:, 1].float(), expected, atol=1e-4)
         assert all(isinstance(p.parts[-1], Stripe) and len(p.parts[-1].positions) == 4 for p in resolved)
+
+
+def test_search_cli_with_a_budget_kv_blocks_a_reused_cost_model_and_a_report(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from sparsediff.cli import app
+
+    monkeypatch.setenv("SPARSEDIFF_CACHE", str(tmp_path / "cache"))
+    runner = CliRunner()
+    size = ["--num-frames", "5", "--height", "128", "--width", "128", "--steps", "3", "--calibration-steps", "1"]
+    common = ["search", "--model", "tiny-wan", "--prompt", "a cat", *size, "--budget", "0.7", "--block-size", "32",
+              "--kv-block-size", "16"]  # fmt: skip
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    result = runner.invoke(app, [*common, "--out", str(first), "--report", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    config = SparseConfig.load(first)
+    assert config.plan_blocks == (32, 16) and config.search["settings"]["budget"] == 0.7
+    assert config.search["predicted"]["attention_ms"] <= 0.7 * config.search["predicted"]["dense_attention_ms"] + 1e-3
+    assert {p.name for p in (tmp_path / "report").iterdir()} == {"heads.png", "heads.txt"}
+    result = runner.invoke(app, [*common, "--out", str(second), "--cost-model", str(first)])
+    assert result.exit_code == 0, result.output
+    assert SparseConfig.load(second).heads == config.heads  # same calibration, same cost model: same config
+
+
+def test_search_backend_runs_the_per_call_candidates(monkeypatch):
+    import sparsediff.search.calibrate as calibrate
+
+    seen = []
+    original = calibrate.per_call_heads
+    monkeypatch.setattr(calibrate, "per_call_heads", lambda *args: seen.append(args[6]) or original(*args))
+    pipe = tiny_pipeline("wan")
+    search(pipe, ["a red circle"], max_error=0.2, backend="reference", cost_model=FIXED_COSTS, num_inference_steps=2,
+           calibration_steps=1, candidates=[Full(), HilbertWindow(density=0.25)], num_frames=5, height=128,
+           width=128, progress=False)  # fmt: skip
+    assert seen and set(seen) == {"reference"}
 
 
 def test_cost_model_times_plans_with_their_kv_blocks_and_the_search_refuses_other_blocks():

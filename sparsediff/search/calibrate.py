@@ -177,7 +177,7 @@ class CalibrationState(DenseWatcher):
             if isinstance(pattern, Full):
                 continue
             if isinstance(pattern, PER_CALL):  # planned per call: run it on the whole call, keep the rows
-                approx = per_call_heads(pattern, query, key, value, layout, block, "auto", scale)[0]
+                approx = per_call_heads(pattern, query, key, value, layout, block, self.config.backend, scale)[0]
                 stats.err[:, c] += (approx[:, :, rows].double() - exact).square().sum(dim=(0, 2, 3))
                 continue
             allowed = _key_mask(cal, pattern, layout, plan_blocks, rows)
@@ -217,9 +217,11 @@ def _heaviest_columns(q_rows, key, layout: TokenLayout, scale: float, count: int
 
 def watched_dense_runs(pipe, state_class: type[SparseState], prompts, block_size: int, seed: int,
                        num_inference_steps: int, progress: bool = False, kv_block_size: int | None = None,
-                       **call_kwargs) -> None:  # fmt: skip
-    """Run the pipeline once per prompt (seed + i) with `state_class` watching every attention call."""
-    install(pipe, SparseConfig(method="dense", block_size=block_size, kv_block_size=kv_block_size), state_class)
+                       backend: str = "auto", **call_kwargs) -> None:  # fmt: skip
+    """Run the pipeline once per prompt (seed + i) with `state_class` watching every attention call;
+    `backend` runs what the watcher computes beside dense attention (per-call candidates)."""
+    config = SparseConfig(method="dense", block_size=block_size, kv_block_size=kv_block_size, backend=backend)
+    install(pipe, config, state_class)
     try:
         for i, prompt in enumerate(tqdm(prompts, desc="dense runs", disable=not progress)):
             pipe(prompt=prompt, num_inference_steps=num_inference_steps,

@@ -30,6 +30,8 @@ class SearchResult:
     config: SparseConfig
     candidates: list[Candidate]
     errors: dict[str, torch.Tensor]  # layer -> [heads, candidates] relative L2 error
+    costs: dict[str, torch.Tensor]  # layer -> [candidates] predicted ms per head, as the solver saw them
+    reuse: LayerReuse  # what the solver counted for layers reused whole
     choices: Choices
     chosen: dict[str, list[Pattern]]  # layer -> per head, the pattern its choice stands for
     densities: dict[str, list[float]]  # per head, of the chosen pattern
@@ -121,7 +123,7 @@ def search(
         dense_steps=schedule.dense_step_count(num_inference_steps),
     )
     watched_dense_runs(pipe, _state_class(cal), prompts, block_size, seed, num_inference_steps, progress,
-                       kv_block_size=kv_block_size, **call_kwargs)  # fmt: skip
+                       kv_block_size=kv_block_size, backend=backend, **call_kwargs)  # fmt: skip
     if not cal.errors:
         raise ValueError("no self/joint attention call had a known layout: nothing to search (see the log's warnings)")
     layout = next(iter(cal.layouts.values()))
@@ -179,7 +181,7 @@ def search(
         },
     )  # fmt: skip
     seconds = time.perf_counter() - start
-    return SearchResult(config, cal.candidates, errors, choices, per_head, densities, cost_model, seconds)
+    return SearchResult(config, cal.candidates, errors, costs, reuse, choices, per_head, densities, cost_model, seconds)
 
 
 def _state_class(cal: Calibration) -> type[CalibrationState]:
