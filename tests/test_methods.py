@@ -167,7 +167,7 @@ def test_local_global_with_a_window_over_every_key_is_softmax_over_keys_and_coar
         TokenLayout(frames=4, height=16, width=16),
         TokenLayout(frames=2, height=12, width=20, text_suffix=8),
         TokenLayout(frames=1, height=32, width=32, text_prefix=5),
-    ],  # fmt: skip
+    ],
 )
 @pytest.mark.parametrize("target", [0.1, 0.2, 0.3, 0.5])
 def test_local_global_density_is_near_its_target(layout, target):
