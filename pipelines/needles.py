@@ -129,6 +129,7 @@ def exact_accuracy(model, tokenizer, level: Level, count: int, seed: int = HELD_
 class SparsedEval:
     accuracy_dense: float
     accuracy_sparse: float
+    token_agreement: float  # share of answer tokens SparseD decodes as dense does
     speedup: float
     context_tokens: int
     density: float | None  # SparseD's mean density after the switch
@@ -157,14 +158,15 @@ def evaluate_sparsed(
     prompts, answers = sample(tokenizer, level, samples, HELD_OUT_SEED)
     batches = [(prompts[i : i + batch], answers[i : i + batch]) for i in range(0, samples, batch)]
     dense_right, dense_s = 0, 0.0
-    right, seconds = [0] * len(settings), [0.0] * len(settings)
+    right, seconds, agree = [0] * len(settings), [0.0] * len(settings), [0] * len(settings)
     densities: list[list[float]] = [[] for _ in settings]
     with torch.no_grad():
         decode_answers(model, tokenizer, prompts[:1], level.answer_tokens, steps)  # warm-up, untimed
         for p, a in tqdm(batches, desc="dense vs sparsed", disable=not progress):
             start = time.perf_counter()
-            dense_right += int((decode_answers(model, tokenizer, p, level.answer_tokens, steps) == a).all(1).sum())
+            dense = decode_answers(model, tokenizer, p, level.answer_tokens, steps)
             dense_s += time.perf_counter() - start
+            dense_right += int((dense == a).all(1).sum())
             for i, (density, dense_fraction) in enumerate(settings):
                 config = {"density": density, "schedule": {"dense_fraction": dense_fraction}}  # rest: the preset
                 with sparsediff.sparse(model, "sparsed", **config) as state:
@@ -172,12 +174,14 @@ def evaluate_sparsed(
                     got = decode_answers(model, tokenizer, p, level.answer_tokens, steps)
                     seconds[i] += time.perf_counter() - start
                 right[i] += int((got == a).all(1).sum())
+                agree[i] += int((got == dense).sum())
                 if state.density() is not None:
                     densities[i].append(state.density())
     return [
         SparsedEval(
             accuracy_dense=dense_right / samples,
             accuracy_sparse=right[i] / samples,
+            token_agreement=agree[i] / (samples * level.answer_tokens),
             speedup=round(dense_s / seconds[i], 3),
             context_tokens=level.context + level.answer_tokens,
             density=round(sum(densities[i]) / len(densities[i]), 4) if densities[i] else None,

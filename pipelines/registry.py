@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from sparsediff.integrations.families import patch_sizes
 from sparsediff.pipelines.shapes.data import HELD_OUT
 from sparsediff.pipelines.shapes.judge import judge_prompt
 from sparsediff.pipelines.tiny import TEXT_LEN, tiny_pipeline
@@ -289,19 +290,10 @@ def generic_entry(pipe, name: str) -> ModelEntry:
     )
 
 
-def _patch(transformer) -> tuple[int, int]:
-    """(temporal, spatial) patch of a diffusers transformer config."""
-    config = transformer.config
-    patch = getattr(config, "patch_size", 1) or 1
-    if isinstance(patch, (tuple, list)):
-        return int(patch[0]), int(patch[-1])
-    return int(getattr(config, "patch_size_t", 1) or 1), int(patch)
-
-
 def size_rules(pipe) -> tuple[int, int]:
     """(frame step, spatial multiple): valid frame counts are 1 + k * step, sides multiples."""
     transformer = pipe.transformer
-    patch_t, patch = _patch(transformer)
+    patch_t, _, patch = patch_sizes(transformer.config)
     spatial = _first_attr(pipe, ("vae_scale_factor_spatial", "vae_spatial_compression_ratio", "vae_scale_factor"))
     if hasattr(pipe, "_pack_latents"):  # Flux-style 2x2 packing
         patch *= 2

@@ -43,7 +43,7 @@ def _t(batch, timestep):
     return torch.full((batch,), float(timestep))
 
 
-def _wan(batch, frames, height, width, text_len, timestep, gen):
+def _wan_inputs(batch, frames, height, width, text_len, timestep, gen):
     return dict(
         hidden_states=_randn(gen, batch, 4, frames, height, width),
         timestep=_t(batch, timestep),
@@ -51,7 +51,7 @@ def _wan(batch, frames, height, width, text_len, timestep, gen):
     )
 
 
-def _cogvideox(batch, frames, height, width, text_len, timestep, gen):
+def _cogvideox_inputs(batch, frames, height, width, text_len, timestep, gen):
     return dict(
         hidden_states=_randn(gen, batch, frames, 4, height, width),
         encoder_hidden_states=_randn(gen, batch, text_len, TEXT_DIM),
@@ -59,7 +59,7 @@ def _cogvideox(batch, frames, height, width, text_len, timestep, gen):
     )
 
 
-def _hunyuan(batch, frames, height, width, text_len, timestep, gen):
+def _hunyuan_inputs(batch, frames, height, width, text_len, timestep, gen):
     return dict(
         hidden_states=_randn(gen, batch, 4, frames, height, width),
         timestep=_t(batch, timestep),
@@ -69,7 +69,7 @@ def _hunyuan(batch, frames, height, width, text_len, timestep, gen):
     )
 
 
-def _ltx(batch, frames, height, width, text_len, timestep, gen):
+def _ltx_inputs(batch, frames, height, width, text_len, timestep, gen):
     return dict(
         hidden_states=_randn(gen, batch, frames * height * width, 8),
         encoder_hidden_states=_randn(gen, batch, text_len, TEXT_DIM),
@@ -81,7 +81,7 @@ def _ltx(batch, frames, height, width, text_len, timestep, gen):
     )
 
 
-def _flux(batch, frames, height, width, text_len, timestep, gen):
+def _flux_inputs(batch, frames, height, width, text_len, timestep, gen):
     hh, ww = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
     img_ids = torch.stack((torch.zeros_like(hh), hh, ww), -1).view(-1, 3).float()
     return dict(
@@ -94,7 +94,7 @@ def _flux(batch, frames, height, width, text_len, timestep, gen):
     )
 
 
-def _sd3(batch, frames, height, width, text_len, timestep, gen):
+def _sd3_inputs(batch, frames, height, width, text_len, timestep, gen):
     return dict(
         hidden_states=_randn(gen, batch, 4, height, width),
         encoder_hidden_states=_randn(gen, batch, text_len, TEXT_DIM),
@@ -103,7 +103,7 @@ def _sd3(batch, frames, height, width, text_len, timestep, gen):
     )
 
 
-def _pixart(batch, frames, height, width, text_len, timestep, gen):
+def _pixart_inputs(batch, frames, height, width, text_len, timestep, gen):
     return dict(
         hidden_states=_randn(gen, batch, 4, height, width),
         encoder_hidden_states=_randn(gen, batch, text_len, TEXT_DIM),
@@ -112,7 +112,7 @@ def _pixart(batch, frames, height, width, text_len, timestep, gen):
     )
 
 
-def _qwen(batch, frames, height, width, text_len, timestep, gen):
+def _qwen_inputs(batch, frames, height, width, text_len, timestep, gen):
     return dict(
         hidden_states=_randn(gen, batch, (height // 2) * (width // 2), 16),
         encoder_hidden_states=_randn(gen, batch, text_len, TEXT_DIM),
@@ -140,7 +140,7 @@ TINY_TRANSFORMERS: dict[str, TinyTransformer] = {
                 num_layers=2,
                 rope_max_seq_len=64,
             ),
-            _wan,
+            _wan_inputs,
             video=True,
         ),
         TinyTransformer(
@@ -160,7 +160,7 @@ TINY_TRANSFORMERS: dict[str, TinyTransformer] = {
                 patch_size=2,
                 max_text_seq_length=8,
             ),
-            _cogvideox,
+            _cogvideox_inputs,
             video=True,
         ),
         TinyTransformer(
@@ -181,7 +181,7 @@ TINY_TRANSFORMERS: dict[str, TinyTransformer] = {
                 guidance_embeds=False,
                 rope_axes_dim=ROPE_AXES,
             ),
-            _hunyuan,
+            _hunyuan_inputs,
             video=True,
         ),
         TinyTransformer(
@@ -196,7 +196,7 @@ TINY_TRANSFORMERS: dict[str, TinyTransformer] = {
                 num_layers=2,
                 caption_channels=TEXT_DIM,
             ),
-            _ltx,
+            _ltx_inputs,
             video=True,
         ),
         TinyTransformer(
@@ -213,7 +213,7 @@ TINY_TRANSFORMERS: dict[str, TinyTransformer] = {
                 pooled_projection_dim=POOLED_DIM,
                 axes_dims_rope=ROPE_AXES,
             ),
-            _flux,
+            _flux_inputs,
             video=False,
         ),
         TinyTransformer(
@@ -232,7 +232,7 @@ TINY_TRANSFORMERS: dict[str, TinyTransformer] = {
                 out_channels=4,
                 pos_embed_max_size=32,
             ),
-            _sd3,
+            _sd3_inputs,
             video=False,
         ),
         TinyTransformer(
@@ -249,7 +249,7 @@ TINY_TRANSFORMERS: dict[str, TinyTransformer] = {
                 patch_size=2,
                 caption_channels=TEXT_DIM,
             ),
-            _pixart,
+            _pixart_inputs,
             video=False,
         ),
         TinyTransformer(
@@ -265,7 +265,7 @@ TINY_TRANSFORMERS: dict[str, TinyTransformer] = {
                 joint_attention_dim=TEXT_DIM,
                 axes_dims_rope=ROPE_AXES,
             ),
-            _qwen,
+            _qwen_inputs,
             video=False,
         ),
     )
@@ -333,7 +333,7 @@ def _tiny_vae_2d(latent_channels: int):
     )
 
 
-def _wan(seed: int):
+def _wan_pipeline(seed: int):
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline
 
     return WanPipeline(
@@ -355,7 +355,7 @@ def _wan(seed: int):
     )
 
 
-def _cogvideox(seed: int):
+def _cogvideox_pipeline(seed: int):
     from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline
 
     return CogVideoXPipeline(
@@ -378,7 +378,7 @@ def _cogvideox(seed: int):
     )
 
 
-def _hunyuanvideo(seed: int):
+def _hunyuanvideo_pipeline(seed: int):
     import transformers
     from diffusers import AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
 
@@ -412,7 +412,7 @@ def _hunyuanvideo(seed: int):
     )
 
 
-def _ltx(seed: int):
+def _ltx_pipeline(seed: int):
     from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline
 
     return LTXPipeline(
@@ -437,7 +437,7 @@ def _ltx(seed: int):
     )
 
 
-def _flux(seed: int):
+def _flux_pipeline(seed: int):
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 
     return FluxPipeline(
@@ -451,7 +451,7 @@ def _flux(seed: int):
     )
 
 
-def _sd3(seed: int):
+def _sd3_pipeline(seed: int):
     from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
     return StableDiffusion3Pipeline(
@@ -467,7 +467,7 @@ def _sd3(seed: int):
     )
 
 
-def _pixart(seed: int):
+def _pixart_pipeline(seed: int):
     from diffusers import DPMSolverMultistepScheduler, PixArtAlphaPipeline
 
     return PixArtAlphaPipeline(
@@ -480,13 +480,13 @@ def _pixart(seed: int):
 
 
 TINY_PIPELINES = {
-    "wan": _wan,
-    "cogvideox": _cogvideox,
-    "hunyuanvideo": _hunyuanvideo,
-    "ltx": _ltx,
-    "flux": _flux,
-    "sd3": _sd3,
-    "pixart": _pixart,
+    "wan": _wan_pipeline,
+    "cogvideox": _cogvideox_pipeline,
+    "hunyuanvideo": _hunyuanvideo_pipeline,
+    "ltx": _ltx_pipeline,
+    "flux": _flux_pipeline,
+    "sd3": _sd3_pipeline,
+    "pixart": _pixart_pipeline,
 }
 
 

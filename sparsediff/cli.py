@@ -540,7 +540,6 @@ def eval_cmd(
     model: Annotated[str, typer.Option(help="a diffusion LM trained on the needle task (built-in or folder)")] = (
         "tiny-dlm"
     ),
-    method: Annotated[str, typer.Option(help="sparse method to compare with dense")] = "sparsed",
     samples: Annotated[int, typer.Option(help="held-out examples")] = 100,
     density: Annotated[list[float], typer.Option(help="SparseD keep ratio of KV blocks; repeat for a curve")] = [0.3],  # noqa: B006
     dense_fraction: Annotated[
@@ -553,13 +552,12 @@ def eval_cmd(
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per setting, one per line")] = False,
 ) -> None:
-    """Exact accuracy of dense and sparse decoding on held-out needle-retrieval examples, and the speedup."""
+    """Exact accuracy of dense and SparseD decoding on held-out needle-retrieval examples, and the speedup."""
     from dataclasses import replace
 
     from sparsediff.pipelines.needles import evaluate_sparsed, level_of
     from sparsediff.pipelines.registry import load_model
 
-    _choice(method, ["sparsed"], "method")
     if threads:
         torch.set_num_threads(threads)
     try:
@@ -580,11 +578,11 @@ def eval_cmd(
             print(json.dumps(asdict(r)), flush=True)
         return
     table = Table(title=f"{model}: needle retrieval, {level}, {samples} held-out examples")
-    for col in ("dense fraction", "keep ratio", "density", "dense acc", "sparse acc", "speedup"):
+    for col in ("dense fraction", "keep ratio", "density", "dense acc", "sparse acc", "tokens as dense", "speedup"):
         table.add_column(col, justify="right")
     for r in results:
         table.add_row(f"{r.dense_fraction:.2f}", f"{r.keep_ratio:.2f}", f"{r.density}", f"{r.accuracy_dense:.3f}",
-                      f"{r.accuracy_sparse:.3f}", f"{r.speedup:.2f}x")  # fmt: skip
+                      f"{r.accuracy_sparse:.3f}", f"{r.token_agreement:.3f}", f"{r.speedup:.2f}x")  # fmt: skip
     console.print(table)
 
 

@@ -76,6 +76,7 @@ def test_bench_methods_compares_presets_and_config_files(tmp_path, monkeypatch):
     assert all(r["speedup"] > 0 and r["ssim"] <= 1 for r in rows)
     # The config's own schedule holds (step 0 dense, step 1 sparse): its output differs from dense.
     assert rows[0]["psnr"] is None and rows[2]["psnr"] is not None
+    assert len(rows[2]["densities"]) == 1 and rows[2]["sparse_density"] < rows[2]["density"] < 1  # step 0 counts
     result = runner.invoke(app, ["bench", "methods", "--model", "tiny-wan", *size, "--method", "nope.json"])
     assert result.exit_code == 2 and "neither a preset" in " ".join(result.output.split())
 
@@ -97,3 +98,46 @@ def test_bench_methods_held_out_prompts_and_their_errors():
     assert result.exit_code == 2 and "no held-out prompts" in result.output
     result = runner.invoke(app, ["bench", "methods", "--model", "shapes-t2v", "--held-out", "2", "--prompt", "x"])
     assert result.exit_code == 2 and "not both" in result.output
+
+
+def test_bench_dllm_through_the_cli():
+    result = runner.invoke(app, ["bench", "dllm", "--context", "256", "--steps", "8", "--gen-length", "16",
+                                 "--hidden", "32", "--heads", "2", "--density", "0.5", "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    r = json.loads(result.stdout.strip().splitlines()[-1])
+    assert r["context_tokens"] == 256 and r["pattern_computations"] == 1  # one layer, one switch
+    assert 0 < r["density"] < 1 and 0 <= r["token_agreement"] <= 1 and r["speedup"] > 0
+    result = runner.invoke(app, ["bench", "dllm", "--context", "16", "--gen-length", "16"])
+    assert result.exit_code != 0 and "must exceed the answer length" in result.output
+
+
+def test_structure_through_the_cli(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSEDIFF_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "structure.png"
+    size = ["--num-frames", "5", "--height", "64", "--width", "64", "--steps", "3", "--rows", "32"]
+    result = runner.invoke(app, ["structure", "--model", "tiny-wan", *size, "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [r["layer"] for r in records] == ["blocks.0.attn1", "blocks.1.attn1"]  # cross-attention is not measured
+    for r in records:
+        assert r["key_share"]["text"] == 0 and 0 < r["key_share"]["local 3-D"] < 1
+        assert len(r["local 3-D"]) == 2 and all(0 <= x <= 1 + 1e-6 for x in r["local 3-D"])  # per head
+    assert out.stat().st_size > 0
+
+
+def test_shipped_config_compares_at_a_small_size_with_the_judge(tmp_path, monkeypatch):
+    """The default model with its shipped searched config, as `make demo` runs it, at a size that
+    takes seconds; density counts the config's dense first step."""
+    monkeypatch.setenv("SPARSEDIFF_CACHE", str(tmp_path / "cache"))
+    result = runner.invoke(app, ["generate", "--model", "shapes-t2v", "--num-frames", "8", "--height", "32",
+                                 "--width", "32", "--steps", "4", "--compare", "--json",
+                                 "--out", str(tmp_path / "demo.mp4")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    r = json.loads(result.stdout.strip().splitlines()[-1])
+    assert r["method"] == "pattern" and r["attention_calls"]["dense: schedule"] > 0
+    assert r["sparse_density"] < r["density"] < 1  # the dense step counts in the run's density
+    for verdict in (r["judge_dense"], r["judge_sparse"]):
+        assert set(verdict) >= {"seen", "colour_and_direction"}
+    result = runner.invoke(app, ["generate", "--model", "shapes-t2v", "--density", "0.2", "--steps", "1",
+                                 "--out", str(tmp_path / "x.mp4")])  # fmt: skip
+    assert result.exit_code == 2 and "--density does not apply" in " ".join(result.output.split())

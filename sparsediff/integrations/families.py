@@ -45,9 +45,15 @@ class Family:
         return "self"
 
 
-def _patch(config, name: str, default: int = 1) -> int:
-    value = getattr(config, name, None)
-    return default if value is None else int(value)
+def patch_sizes(config) -> tuple[int, int, int]:
+    """(frames, height, width) patch of a diffusers transformer config: `patch_size` is an int or a
+    (t, h, w) tuple (Wan); `patch_size_t` where the family has one; a missing size is 1."""
+    patch = getattr(config, "patch_size", None)
+    if isinstance(patch, (tuple, list)):
+        return int(patch[0]), int(patch[-2]), int(patch[-1])
+    spatial = 1 if patch is None else int(patch)
+    temporal = getattr(config, "patch_size_t", None)
+    return 1 if temporal is None else int(temporal), spatial, spatial
 
 
 def _channels_first_grid(model, args: dict) -> Grid | None:
@@ -55,11 +61,7 @@ def _channels_first_grid(model, args: dict) -> Grid | None:
     x = args.get("hidden_states")
     if not isinstance(x, torch.Tensor) or x.dim() not in (4, 5):
         return None
-    patch = getattr(model.config, "patch_size", 1)
-    if isinstance(patch, (tuple, list)):  # Wan: (t, h, w)
-        pt, ph, pw = patch
-    else:
-        pt, ph, pw = _patch(model.config, "patch_size_t"), patch, patch
+    pt, ph, pw = patch_sizes(model.config)
     frames = x.shape[2] if x.dim() == 5 else 1
     return math.ceil(frames / pt), x.shape[-2] // ph, x.shape[-1] // pw
 
@@ -68,15 +70,15 @@ def _cogvideox_grid(model, args: dict) -> Grid | None:
     x = args.get("hidden_states")  # (B, F, C, H, W)
     if not isinstance(x, torch.Tensor) or x.dim() != 5:
         return None
-    p, pt = _patch(model.config, "patch_size"), _patch(model.config, "patch_size_t")
-    return math.ceil(x.shape[1] / pt), x.shape[-2] // p, x.shape[-1] // p
+    pt, ph, pw = patch_sizes(model.config)
+    return math.ceil(x.shape[1] / pt), x.shape[-2] // ph, x.shape[-1] // pw
 
 
 def _ltx_grid(model, args: dict) -> Grid | None:
     if args.get("num_frames") is None:
         return None
-    p, pt = _patch(model.config, "patch_size"), _patch(model.config, "patch_size_t")
-    return int(args["num_frames"]) // pt, int(args["height"]) // p, int(args["width"]) // p
+    pt, ph, pw = patch_sizes(model.config)
+    return int(args["num_frames"]) // pt, int(args["height"]) // ph, int(args["width"]) // pw
 
 
 def _flux_grid(model, args: dict) -> Grid | None:
