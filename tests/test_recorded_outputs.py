@@ -2,8 +2,8 @@
 must not change what any family or method computes.
 
 `tests/data/recorded_outputs.safetensors` holds, per family and method, the transformer output of
-two forwards (timesteps 900 and 800: a dense first step, then sparse with skipped heads reusing) on fixed inputs, and SparseD's logits over a short masked-diffusion decode. The
-recording was bit-identical before and after the runner took over the attention path; the
+two forwards (timesteps 900 and 800: a dense first step, then sparse with skipped heads reusing)
+on fixed inputs, and SparseD's logits over a short masked-diffusion decode. The recording was bit-identical before and after the runner took over the attention path; the
 tolerance below only absorbs another CPU's float rounding. Regenerate (only when a change is
 meant to alter outputs, and say so) with `python tests/test_recorded_outputs.py`.
 """
