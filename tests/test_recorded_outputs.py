@@ -3,9 +3,10 @@ must not change what any family or method computes.
 
 `tests/data/recorded_outputs.safetensors` holds, per family and method, the transformer output of
 two forwards (timesteps 900 and 800: a dense first step, then sparse with skipped heads reusing)
-on fixed inputs, and SparseD's logits over a short masked-diffusion decode. The recording was bit-identical before and after the runner took over the attention path; the
-tolerance below only absorbs another CPU's float rounding. Regenerate (only when a change is
-meant to alter outputs, and say so) with `python tests/test_recorded_outputs.py`.
+on fixed inputs, and SparseD's logits over a short masked-diffusion decode. The recording was
+bit-identical before and after the runner took over the attention path; the tolerance below only
+absorbs another CPU's float rounding. Regenerate (only when a change is meant to alter outputs,
+and say so) with `python tests/test_recorded_outputs.py`.
 """
 
 from pathlib import Path
@@ -41,7 +42,7 @@ def _configs(model) -> dict[str, SparseConfig]:
             kv_block_size=8,
             heads={layer: per_head},
             schedule={"dense_steps": 1},
-        ),  # fmt: skip
+        ),
         "pyramid": SparseConfig(method="pyramid", density=0.3, block_size=16),
         "hilbert": SparseConfig(method="hilbert", density=0.3, block_size=16),
     }
