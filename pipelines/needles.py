@@ -175,8 +175,8 @@ def evaluate_sparsed(
                     seconds[i] += time.perf_counter() - start
                 right[i] += int((got == a).all(1).sum())
                 agree[i] += int((got == dense).sum())
-                if state.density() is not None:
-                    densities[i].append(state.density())
+                if state.sparse_density() is not None:  # of SparseD's plans, after the switch
+                    densities[i].append(state.sparse_density())
     return [
         SparsedEval(
             accuracy_dense=dense_right / samples,

@@ -284,7 +284,7 @@ def bench_dllm(
         dense_s=round(dense_s, 3),
         sparse_s=round(sparse_s, 3),
         speedup=round(dense_s / sparse_s, 3),
-        density=round(state.density(), 4),
+        density=round(state.sparse_density(), 4),  # of SparseD's plans, after the switch
         pattern_computations=state.pattern_computations,
         token_agreement=float((dense[:, -gen_length:] == sparse[:, -gen_length:]).float().mean()),
         attention_flop_share=round(attention / (attention + linear), 3),

@@ -306,6 +306,7 @@ def generate_text_one(loaded: LoadedModel, request: TextRequest, config: SparseC
         "answer_sparse": text,
         "sparse_s": seconds,
         "density": state.density(),
+        "sparse_density": state.sparse_density(),
         "method": config.method,
         "steps": request.steps,
         "load_s": loaded.load_s,

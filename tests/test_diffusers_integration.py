@@ -8,6 +8,7 @@ import torch
 import sparsediff
 from sparsediff import Diagonal, ModelSignature, Skip, SparseConfig, Stripe, TokenLayout
 from sparsediff.integrations.diffusers import StepTracker
+from sparsediff.methods.runner import Runner
 from sparsediff.pipelines.tiny import TINY_TRANSFORMERS
 
 FAMILIES = sorted(TINY_TRANSFORMERS)
@@ -162,7 +163,7 @@ def test_layer_whose_heads_all_reuse_returns_its_last_output_whole(models, famil
     whole, state = steps()
     runs_with_whole_reuse = len(projections)
     assert state.calls["sparse: layer reused"] == 1  # step 1 only: steps 0 and 2 refresh
-    monkeypatch.setattr(type(state), "reuses_whole_layer", lambda self, layer: False)
+    monkeypatch.setattr(Runner, "reuses_whole_layer", lambda self, layer, at: False)
     per_head, _ = steps()
     assert len(projections) - runs_with_whole_reuse == runs_with_whole_reuse + 1
     for a, b in zip(whole, per_head, strict=True):

@@ -25,7 +25,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -33,14 +33,11 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, CacheContext, StateManager
 from torch.overrides import TorchFunctionMode
 
-from sparsediff.attention import is_trivial_mask, sparse_attention
+from sparsediff.attention import is_trivial_mask
 from sparsediff.config import ModelSignature, SparseConfig
 from sparsediff.integrations.families import Family, family_of
-from sparsediff.kernels import expand_kv
 from sparsediff.layout import TokenLayout
-from sparsediff.methods import DYNAMIC, layer_patterns, per_call_heads, searched_patterns
-from sparsediff.patterns import PER_CALL, Full, Pattern, Skip, cached_plan
-from sparsediff.plan import BlockPlan
+from sparsediff.methods.runner import AttentionCall, Runner, RunStats, Step
 
 logger = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -101,57 +98,13 @@ class StepTracker:
 
 
 @dataclass
-class RunStats:
-    """How one pipeline call's attention was served, shared by every transformer of the pipeline.
-
-    Kept from the start of a call until the next call starts, so they can be read after it.
-    Work is dense-equivalent attention work (batch x heads x queries x keys) of the calls the
-    config governs (self and joint attention; cross-attention is never made sparse).
-    """
-
-    run: int = 0
-    calls: Counter = field(default_factory=Counter)
-    work: float = 0.0  # every governed call, dense ones included
-    computed: float = 0.0
-    sparse_work: float = 0.0  # calls that ran a sparse plan or reused
-    sparse_computed: float = 0.0
-
-    def restart(self, run: int) -> None:
-        self.run, self.calls = run, Counter()
-        self.work = self.computed = self.sparse_work = self.sparse_computed = 0.0
-
-    def record(self, reason: str, work: float | None = None, density: float = 1.0) -> None:
-        """Count one call; `work` None for calls outside what the config governs."""
-        self.calls[reason] += 1
-        if work is None:
-            return
-        self.work += work
-        self.computed += work * density
-        if reason.startswith("sparse"):
-            self.sparse_work += work
-            self.sparse_computed += work * density
-
-    def density(self) -> float | None:
-        """Share of the run's self/joint attention work computed, dense steps and layers included."""
-        return self.computed / self.work if self.work else None
-
-    def sparse_density(self) -> float | None:
-        """The same share over the calls that ran sparse only (what a plan's density says)."""
-        return self.sparse_computed / self.sparse_work if self.sparse_work else None
-
-
-def attention_work(query: Tensor, key: Tensor) -> float:
-    """Dense attention work of one call: batch x heads x queries x keys."""
-    return float(query.shape[0] * query.shape[1] * query.shape[-2] * key.shape[-2])
-
-
-@dataclass
 class SparseState:
-    """Everything `apply` installs on one transformer; the tracker and stats are the pipeline's.
+    """What `apply` installs on one transformer: it describes each attention call (role, layout,
+    padding groups, where the run is) and hands it to its `Runner`, which decides and computes.
+    The step tracker and the stats are the pipeline's, shared by its transformers.
 
-    Per-run state (outputs kept for reuse) is dropped when a new pipeline call starts and released
-    when one ends (diffusers resets stateful hooks at the end of a pipeline call); plans are kept,
-    since they depend only on the layer and layout.
+    Outputs kept for reuse are dropped when a new pipeline call starts and released when one ends
+    (diffusers resets stateful hooks at the end of a pipeline call); stats restart with each call.
     """
 
     config: SparseConfig
@@ -162,29 +115,34 @@ class SparseState:
     heads: dict[str, int | None] = field(default_factory=dict)  # layer -> the module's head count
     stats: RunStats = field(default_factory=RunStats)
     grid: tuple[int, int, int] | None = None  # latent grid of the current forward
-    plans: dict = field(default_factory=dict)  # (layer, layout, heads, skipped heads running) -> BlockPlan
-    reuse: dict = field(default_factory=dict)  # (layer, branch) -> last output; whole layers too
     fixed_layout: TokenLayout | None = None
-    plan_seconds: float = 0.0  # one-off time spent building plans (cached per layer and layout)
-    _run: int = 0  # the tracker's run that `reuse` belongs to
+    runner: Runner = field(init=False)
     _warned: set = field(default_factory=set)
-    _kept_now: dict = field(default_factory=dict)  # layer -> work of its running call, if it kept its output
     _layouts: dict = field(default_factory=dict)  # (grid, n) -> TokenLayout | None
-    _layer_index: dict = field(init=False)
 
     def __post_init__(self) -> None:
-        self._layer_index = {name: i for i, name in enumerate(self.layers)}
+        governed = {layer: h for layer, h in self.heads.items() if self.roles.get(layer, "self") == "self"}
+        self.runner = Runner(self.config, self.layers, governed, self.stats)
 
     def __repr__(self) -> str:
-        return (
-            f"SparseState(method={self.config.method!r}, layers={len(self.layers)}, {self.tracker}, "
-            f"plans={len(self.plans)}, kept={len(self.reuse)}, calls={dict(self.calls)})"
-        )
+        return f"SparseState({self.tracker}, {self.runner})"
 
     @property
     def calls(self) -> Counter:
         """How the current (or last) pipeline call's attention calls were served."""
         return self.stats.calls
+
+    @property
+    def plans(self) -> dict:
+        return self.runner.plans
+
+    @property
+    def reuse(self) -> dict:
+        return self.runner.reuse
+
+    @property
+    def plan_seconds(self) -> float:
+        return self.runner.plan_seconds
 
     def density(self) -> float | None:
         """Share of the current (or last) run's self/joint attention work computed, dense calls included."""
@@ -194,24 +152,20 @@ class SparseState:
         """Density over the calls that ran sparse only."""
         return self.stats.sparse_density()
 
+    def at(self) -> Step:
+        tracker = self.tracker
+        return Step(tracker.step, tracker.branch, tracker.run, tracker.total_steps() if tracker.step >= 0 else None)
+
     def observe(self, timestep, context: CacheContext | None = None) -> None:
         """Advance the step tracker; a new pipeline call drops what the last one kept."""
         self.tracker.observe(timestep, context)
-        self.sync_run()
-
-    def sync_run(self) -> None:
-        """Drop per-run state kept for an earlier run of the shared tracker (stats: once per run)."""
-        run = self.tracker.run
-        if self._run != run:
-            self.release()
-            self._run = run
-        if self.stats.run != run:
-            self.stats.restart(run)
+        self.runner.begin(self.at())
+        if self.stats.run != self.tracker.run:
+            self.stats.restart(self.tracker.run)
 
     def release(self) -> None:
         """Free the outputs kept for reuse (full [B, H, N, D] tensors per layer and branch)."""
-        self.reuse.clear()
-        self._kept_now.clear()
+        self.runner.release()
 
     def layout_for(self, n: int) -> TokenLayout | None:
         """The layout of an n-token self/joint attention call in the current forward."""
@@ -239,61 +193,21 @@ class SparseState:
         side = {"text_prefix": text} if self.family.text == "prefix" else {"text_suffix": text}
         return TokenLayout(frames=frames, height=height, width=width, **side)
 
-    def dense_now(self, layer: str) -> bool:
-        schedule = self.config.schedule
-        # step -1: no hook tracks steps (processors used directly), so no dense steps.
-        if 0 <= self.tracker.step < schedule.dense_step_count(self.tracker.total_steps()):
-            return True
-        index = self._layer_index[layer]
-        return any(d in (layer, index, index - len(self.layers)) for d in schedule.dense_layers)
-
-    def plan(self, layer: str, layout: TokenLayout, heads: int, running: frozenset[int] = frozenset()) -> BlockPlan:
-        """The layer's plan with the skipped heads in `running` computed in full (`Full`), in the
-        token order of `layout.block_aligned(...)`. Plans are remembered process-wide
-        (`patterns.cached_plan`), so a second run at the same layout builds none."""
-        key = (layer, layout, heads, running)
-        if key not in self.plans:
-            aligned = layout.block_aligned(*self.config.plan_blocks)
-            patterns = layer_patterns(self.config, layer, aligned, heads)
-            patterns = tuple(Full() if h in running else p for h, p in enumerate(patterns))
-            start = time.perf_counter()
-            self.plans[key] = cached_plan(aligned, patterns, self.config.plan_blocks)
-            self.plan_seconds += time.perf_counter() - start
-        return self.plans[key]
-
-    def _run_plan(self, plan: BlockPlan, layout: TokenLayout, query, key, value, scale, reuse) -> Tensor:
-        """`sparse_attention` of a static plan, in the plan's token order and back."""
-        aligned = layout.block_aligned(*self.config.plan_blocks)
-        q, k, v, reuse = (t if t is None else layout.move_to(t, aligned) for t in (query, key, value, reuse))
-        out = sparse_attention(q, k, v, plan, self.config.backend, scale=scale, reuse=reuse)
-        return aligned.move_to(out, layout)
-
-    def _skips(self, layer: str) -> list[Skip] | None:
-        """The layer's head patterns when every one is a `Skip`, else None (and for layers the
-        config does not govern: cross-attention, text-only attention)."""
-        heads = self.heads.get(layer)
-        if self.config.method != "pattern" or heads is None or self.roles.get(layer, "self") != "self":
-            return None
-        patterns = searched_patterns(self.config, layer, heads)
-        return patterns if all(isinstance(p, Skip) for p in patterns) else None
-
-    def all_heads_skip(self, layer: str) -> bool:
-        """Every head of `layer` is a `Skip` (then the whole processor output can be reused)."""
-        return self._skips(layer) is not None
-
-    def reuses_whole_layer(self, layer: str) -> bool:
-        """Every head of `layer` reuses its output now: not a refresh step of any, not dense."""
-        skips, step = self._skips(layer), self.tracker.step
-        if skips is None or step < 0 or self.dense_now(layer):
-            return False
-        return not any(p.runs_at(step) for p in skips)
-
-    def skipped_heads_running(self, patterns: list[Pattern], can_reuse: bool) -> frozenset[int]:
-        """Skipped heads that run in full now: on their refresh steps, or when there is nothing to reuse."""
-        step = self.tracker.step
-        return frozenset(
-            h for h, p in enumerate(patterns) if isinstance(p, Skip) and (not can_reuse or step < 0 or p.runs_at(step))
-        )
+    def describe(self, layer: str, query: Tensor, key: Tensor, attn_mask, is_causal: bool, dropout_p: float) -> dict:
+        """The model-side facts of one call: its layout and padding groups, or why it runs dense
+        (`governed` False for calls the config never makes sparse)."""
+        role = self.roles.get(layer, "self")
+        if role != "self":
+            return {"dense_reason": f"dense: {role} attention", "governed": False}
+        if query.shape[-2] != key.shape[-2] or is_causal or dropout_p:
+            return {"dense_reason": "dense: not self-attention", "governed": False}
+        layout = self.layout_for(query.shape[-2])
+        if layout is None:
+            return {"dense_reason": "dense: no layout"}
+        if attn_mask is None or is_trivial_mask(attn_mask):
+            return {"layout": layout}
+        groups = _text_padding_groups(attn_mask, layout)
+        return {"layout": layout, "groups": groups} if groups else {"dense_reason": "dense: attention mask"}
 
     def attend(
         self,
@@ -308,120 +222,14 @@ class SparseState:
         enable_gqa: bool = False,
     ) -> Tensor:
         """Stands in for `F.scaled_dot_product_attention` inside `layer`'s processor."""
-        work = attention_work(query, key)
 
-        def dense(reason: str, governed: bool = True) -> Tensor:
-            self.stats.record(reason, work if governed else None)
+        def native() -> Tensor:
             return F.scaled_dot_product_attention(
                 query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa
             )
 
-        role = self.roles.get(layer, "self")
-        if role != "self":
-            return dense(f"dense: {role} attention", governed=False)
-        if query.shape[-2] != key.shape[-2] or is_causal or dropout_p:
-            return dense("dense: not self-attention", governed=False)
-        layout = self.layout_for(query.shape[-2])
-        if layout is None:
-            return dense("dense: no layout")
-        if attn_mask is not None and not is_trivial_mask(attn_mask):
-            groups = _text_padding_groups(attn_mask, layout)
-            if groups is None:
-                return dense("dense: attention mask")
-            if self.dense_now(layer):
-                return dense("dense: schedule")
-            out, density = self._attend_padded(layer, query, key, value, layout, groups, scale)
-            self.stats.record("sparse: padded text", work, density)
-            return out
-        if self.config.method in DYNAMIC:
-            if self.dense_now(layer):
-                return dense("dense: schedule")
-            out, density = self._per_call(query, key, value, layout, scale)
-            self.stats.record("sparse", work, density)
-            return out
-        heads = query.shape[1]
-        # Layers with skipped heads keep their last output (per CFG branch) for reuse.
-        patterns = layer_patterns(self.config, layer, layout, heads)
-        keeps_output = any(isinstance(p, Skip) for p in patterns)
-        reuse_key = (layer, self.tracker.branch)
-        if self.dense_now(layer):
-            out = dense("dense: schedule")
-        else:
-            previous = self.reuse.get(reuse_key) if keeps_output else None
-            if previous is not None and previous.shape != query.shape:
-                previous = None
-            running = self.skipped_heads_running(patterns, can_reuse=previous is not None)
-            plan = self.plan(layer, layout, heads, running)
-            reuse, per_call_density = self._per_call_heads(patterns, layout, query, key, value, previous, scale)
-            out = self._run_plan(plan, layout, query, key, value, scale, reuse)
-            self.stats.record("sparse", work, plan.density + per_call_density)
-        if keeps_output:
-            self.reuse[reuse_key] = out
-            self._kept_now[layer] = work
-        return out
-
-    def _per_call(self, query: Tensor, key: Tensor, value: Tensor, layout: TokenLayout, scale) -> tuple[Tensor, float]:
-        """A method planned per call (pyramid, topk, hilbert, raster-window): (output, density)."""
-        scale = query.shape[-1] ** -0.5 if scale is None else scale
-        return DYNAMIC[self.config.method](query, key, value, layout, self.config, scale)
-
-    def _attend_padded(
-        self, layer: str, query: Tensor, key: Tensor, value: Tensor, layout: TokenLayout, groups, scale
-    ) -> tuple[Tensor, float]:
-        """Sparse attention over the unmasked tokens of each group of samples sharing a key mask:
-        (output, density of the call's dense work).
-
-        Padded text keys are dropped (the layout shrinks to the valid text); padded query rows,
-        whose outputs only ever reach other padded tokens, attend densely over the valid keys, as
-        the masked dense call would. Skipped heads compute in full here (no reuse across masks).
-        """
-        out = torch.empty_like(query)
-        heads, n = query.shape[1], query.shape[-2]
-        computed = 0.0
-        for valid, samples in groups:
-            keep, pad = valid.nonzero().squeeze(1), (~valid).nonzero().squeeze(1)
-            q, k, v = (t[samples][:, :, keep] for t in (query, key, value))
-            text = keep.numel() - layout.num_visual
-            sub = replace(layout, **({"text_prefix": text} if layout.text_prefix else {"text_suffix": text}))
-            if self.config.method in DYNAMIC:
-                result, density = self._per_call(q, k, v, sub, scale)
-            else:
-                patterns = layer_patterns(self.config, layer, sub, heads)
-                plan = self.plan(layer, sub, heads, self.skipped_heads_running(patterns, can_reuse=False))
-                reuse, per_call_density = self._per_call_heads(patterns, sub, q, k, v, None, scale)
-                result = self._run_plan(plan, sub, q, k, v, scale, reuse)
-                density = plan.density + per_call_density
-            computed += len(samples) * (keep.numel() ** 2 * density + pad.numel() * keep.numel())
-            padded = (
-                F.scaled_dot_product_attention(query[samples][:, :, pad], k, v, scale=scale) if pad.numel() else None
-            )
-            for i, b in enumerate(samples.tolist()):
-                out[b, :, keep] = result[i]
-                if padded is not None:
-                    out[b, :, pad] = padded[i]
-        return out, computed / (query.shape[0] * n * n)
-
-    def _per_call_heads(self, patterns, layout, query, key, value, reuse, scale) -> tuple[Tensor | None, float]:
-        """`reuse` with the layer's per-call heads (`Pyramid`, `HilbertWindow`) filled, heads with
-        the same pattern in one call, and their share of the density."""
-        heads = query.shape[1]
-        by_pattern: dict[Pattern, list[int]] = {}
-        for h, p in enumerate(patterns):
-            if isinstance(p, PER_CALL):
-                by_pattern.setdefault(p, []).append(h)
-        if not by_pattern:
-            return reuse, 0.0
-        key, value = expand_kv(key, heads), expand_kv(value, heads)
-        filled = torch.empty_like(query) if reuse is None else reuse.clone()
-        scale = query.shape[-1] ** -0.5 if scale is None else scale
-        density = 0.0
-        for pattern, chosen in by_pattern.items():
-            idx = torch.tensor(chosen, device=query.device)
-            out, head_density = per_call_heads(pattern, query[:, idx], key[:, idx], value[:, idx], layout,
-                                               self.config.block_size, self.config.backend, scale)  # fmt: skip
-            filled[:, idx] = out
-            density += head_density * len(chosen) / heads
-        return filled, density
+        facts = self.describe(layer, query, key, attn_mask, is_causal, dropout_p)
+        return self.runner.run(AttentionCall(layer, query, key, value, native, self.at(), scale, **facts))
 
     def processor_done(self, layer: str, seconds: float) -> None:
         """Told the wall time of each processor call that ran (the search prices projections from it)."""
@@ -481,23 +289,20 @@ class SparseAttnProcessor:
 
     def _run(self, attn, *args, **kwargs):
         # A layer whose heads all reuse now returns its last output whole, sparing the Q/K/V and
-        # output projections too (exact where `can_reuse_whole`).
-        state = self.state
-        whole = state.all_heads_skip(self.layer) and can_reuse_whole(attn)
-        key = ("layer output", self.layer, state.tracker.branch)
-        inputs = _tensor_shapes(args, kwargs)
-        if whole and state.reuses_whole_layer(self.layer):
-            kept = state.reuse.get(key)
-            if kept is not None and kept[0] == inputs:
-                state.stats.record("sparse: layer reused", kept[2], 0.0)
-                return kept[1]
-        state._kept_now.pop(self.layer, None)
+        # output projections too (exact where `can_reuse_whole`); the runner decides and keeps it.
+        state, runner = self.state, self.state.runner
+        whole = can_reuse_whole(attn)
+        at, inputs = state.at(), _tensor_shapes(args, kwargs)
+        if whole:
+            kept = runner.reused_layer(self.layer, at, inputs)
+            if kept is not None:
+                return kept
         start = time.perf_counter()
         with _SDPAInterceptor(functools.partial(state.attend, self.layer)):
             out = self.inner(attn, *args, **kwargs)
         state.processor_done(self.layer, time.perf_counter() - start)
-        if whole and self.layer in state._kept_now:  # never cross-attention or masked calls
-            state.reuse[key] = (inputs, out, state._kept_now[self.layer])
+        if whole:
+            runner.keep_layer(self.layer, at, inputs, out)
         return out
 
     def __getattr__(self, name: str):

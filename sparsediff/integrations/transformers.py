@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -27,10 +28,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from sparsediff.attention import sparse_attention
 from sparsediff.config import SparseConfig
-from sparsediff.kernels import expand_kv
-from sparsediff.methods.sparsed import block_mass, sparsed_plan
+from sparsediff.methods.runner import AttentionCall, Runner, Step
 
 logger = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -41,7 +40,7 @@ ORIGINAL_ATTR = "_sparsediff_original_attention"
 
 @dataclass
 class SparseDState:
-    """Step tracking and per-layer SparseD plans for one model."""
+    """Step tracking for one model; every attention call it describes goes to its `Runner`."""
 
     config: SparseConfig
     mask_token_id: int | None = None
@@ -50,25 +49,44 @@ class SparseDState:
     first_layer: int = 0
     forwards: int = 0
     phase_start: int = 0
-    plans: dict = field(default_factory=dict)  # (layer, n_q, n_kv) -> BlockPlan
-    pattern_computations: int = 0
-    calls: Counter = field(default_factory=Counter)
+    run: int = 0  # one per sequence (request): the runner drops the last one's patterns
+    runner: Runner = field(init=False)
     _shape: tuple | None = None
     _masks: int | None = None
     _new_request: bool = False
     _warned: bool = False
 
+    def __post_init__(self) -> None:
+        self.runner = Runner(self.config, layers=[])
+
     @property
     def step(self) -> int:
         return self.forwards - 1 - self.phase_start
 
-    def dense_steps(self) -> int:
-        schedule = self.config.schedule
+    @property
+    def calls(self) -> Counter:
+        """How attention calls were served since `apply` (over every request)."""
+        return self.runner.stats.calls
+
+    @property
+    def pattern_computations(self) -> int:
+        """How often SparseD took patterns (once per layer and request, plus recomputations)."""
+        return self.runner.sparsed.pattern_computations if self.runner.sparsed else 0
+
+    def density(self) -> float | None:
+        """Share of all attention work computed since `apply`, dense steps and pattern steps included."""
+        return self.runner.stats.density()
+
+    def sparse_density(self) -> float | None:
+        """The same over the calls that ran SparseD's plans (the plans' density)."""
+        return self.runner.stats.sparse_density()
+
+    def total(self) -> int | None:
         total = self.total_steps or self.default_total_steps
-        if schedule.dense_fraction and total is None and not self._warned:
+        if self.config.schedule.dense_fraction and total is None and not self._warned:
             self._warned = True
             logger.warning("sparsediff: the number of denoising steps is unknown, so dense_fraction is ignored")
-        return schedule.dense_step_count(total)
+        return total
 
     def observe_input(self, input_ids: Tensor | None) -> None:
         """More mask tokens than last forward: a new request (the sequence only loses masks)."""
@@ -81,66 +99,39 @@ class SparseDState:
         self.forwards += 1
         if self._new_request or (self._shape is not None and shape != self._shape):
             self.phase_start = self.forwards - 1
-            self.plans.clear()
+            self.run += 1
         self._shape, self._new_request = shape, False
 
     def reset(self) -> None:
         self.forwards = self.phase_start = 0
-        self.plans.clear()
+        self.run += 1
         self._shape = self._masks = None
         self._new_request = False
 
-    def density(self) -> float | None:
-        plans = list(self.plans.values())
-        return sum(p.density for p in plans) / len(plans) if plans else None
-
     def attend(self, module, query, key, value, attention_mask, scaling, dropout, kwargs) -> tuple[Tensor, None]:
-        def dense(reason: str, mask=attention_mask, k=key, v=value):
-            self.calls[reason] += 1
-            return sdpa_attention_forward(module, query, k, v, mask, dropout=dropout, scaling=scaling, **kwargs)
+        def native(mask=attention_mask, k=key, v=value) -> Callable[[], Tensor]:
+            def attention() -> Tensor:  # [B, H, N, D], as the runner works
+                out, _ = sdpa_attention_forward(module, query, k, v, mask, dropout=dropout, scaling=scaling, **kwargs)
+                return out.transpose(1, 2)
 
+            return attention
+
+        layer = str(module.layer_idx)
         is_causal = kwargs.get("is_causal", getattr(module, "is_causal", True))
         if is_causal or dropout or query.shape[2] < 2:
-            return dense("dense: causal or decoding")
+            call = AttentionCall(layer, query, key, value, native(), Step(run=self.run), scaling,
+                                 dense_reason="dense: causal or decoding")  # fmt: skip
+            return self.runner.run(call).transpose(1, 2), None
         key, value, valid = _drop_padded_keys(attention_mask, key, value)
         if not valid:
-            return dense("dense: attention mask")
-        layer = module.layer_idx
-        shape = (query.shape[2], key.shape[2])
-        if layer == self.first_layer:
-            self._count_step((query.shape[0], *shape))  # plans are per sequence: a new batch is a new request
-        if self.config.method == "dense":
-            return dense("dense: preset", mask=None, k=key, v=value)
-        step, switch = self.step, self.dense_steps()  # the first sparse step takes the pattern
-        every = self.config.recompute_every
-        recompute = every and step > switch and (step - switch) % every == 0
-        plan_key = (layer, *shape)
-        if step < switch:
-            return dense("dense: schedule", mask=None, k=key, v=value)
-        batch, heads = query.shape[:2]
-        query, key, value = _sequences_as_heads(query, key, value)
-        if step == switch or recompute or plan_key not in self.plans:
-            scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-            with torch.no_grad():
-                mass, out = block_mass(query, key, scale, self.config.block_size, value=value)
-            self.plans[plan_key] = sparsed_plan(mass, self.config.density, self.config.block_size, *shape)
-            self.pattern_computations += 1
-            self.calls["dense: pattern step"] += 1
-        else:
-            self.calls["sparse"] += 1
-            out = sparse_attention(query, key, value, self.plans[plan_key], self.config.backend, scale=scaling)
-        return out.view(batch, heads, *out.shape[2:]).transpose(1, 2).contiguous(), None
-
-
-def _sequences_as_heads(query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """[B, H, N, D] -> [1, B*H, N, D], KV heads repeated to H: every sequence of a batch gets its own
-    patterns, as in SparseD (a needle sits in a different block in each sequence)."""
-    if query.shape[0] == 1:
-        return query, key, value
-    return tuple(
-        t.reshape(1, -1, *t.shape[2:])
-        for t in (query, expand_kv(key, query.shape[1]), expand_kv(value, query.shape[1]))
-    )
+            call = AttentionCall(layer, query, key, value, native(), Step(run=self.run), scaling,
+                                 dense_reason="dense: attention mask")  # fmt: skip
+            return self.runner.run(call).transpose(1, 2), None
+        if module.layer_idx == self.first_layer:  # plans are per sequence: a new batch is a new request
+            self._count_step((query.shape[0], query.shape[2], key.shape[2]))
+        at = Step(step=self.step, run=self.run, total=self.total())
+        call = AttentionCall(layer, query, key, value, native(mask=None, k=key, v=value), at, scaling)
+        return self.runner.run(call).transpose(1, 2).contiguous(), None
 
 
 def _drop_padded_keys(mask: Tensor | None, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, bool]:

@@ -10,9 +10,12 @@ its neighbours); later steps run that plan.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 
+from sparsediff.attention import sparse_attention
+from sparsediff.config import SparseConfig
 from sparsediff.kernels import expand_kv
 from sparsediff.methods.pyramid import topk_plan
 from sparsediff.plan import BlockPlan
@@ -85,3 +88,49 @@ def sparsed_plan(mass: Tensor, keep_ratio: float, block: int, n_q: int, n_kv: in
         raise ValueError(f"keep ratio must be in (0, 1], got {keep_ratio}")
     _, q_blocks, kv_blocks = mass.shape
     return topk_plan(mass, keep_ratio, forced_blocks(q_blocks, kv_blocks, n_q, n_kv, block), n_q, n_kv, block)
+
+
+@dataclass
+class SparsedPatterns:
+    """SparseD's method state for one model: per layer and shape, the block plan taken from the
+    attention of the switch step (computed exactly on that step), reused on every later step and
+    retaken every `recompute_every` sparse steps. `reset` when a new sequence starts."""
+
+    config: SparseConfig
+    plans: dict = field(default_factory=dict)  # (layer, n_q, n_kv) -> BlockPlan
+    pattern_computations: int = 0
+
+    def reset(self) -> None:
+        self.plans.clear()
+
+    def attend(self, layer, query: Tensor, key: Tensor, value: Tensor, scale: float | None, step: int, switch: int):
+        """(output [B, H, N_q, D], how it was served, density) of one call at or after the switch."""
+        batch, heads = query.shape[:2]
+        shape = (query.shape[2], key.shape[2])
+        every = self.config.recompute_every
+        recompute = every and step > switch and (step - switch) % every == 0
+        plan_key = (layer, *shape)
+        q, k, v = sequences_as_heads(query, key, value)
+        if step == switch or recompute or plan_key not in self.plans:
+            with torch.no_grad():
+                s = q.shape[-1] ** -0.5 if scale is None else scale
+                mass, out = block_mass(q, k, s, self.config.block_size, value=v)
+            self.plans[plan_key] = sparsed_plan(mass, self.config.density, self.config.block_size, *shape)
+            self.pattern_computations += 1
+            served, density = "dense: pattern step", 1.0
+        else:
+            plan = self.plans[plan_key]
+            out = sparse_attention(q, k, v, plan, self.config.backend, scale=scale)
+            served, density = "sparse", plan.density
+        return out.view(batch, heads, *out.shape[2:]), served, density
+
+
+def sequences_as_heads(query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """[B, H, N, D] -> [1, B*H, N, D], KV heads repeated to H: every sequence of a batch gets its own
+    patterns, as in SparseD (a needle sits in a different block in each sequence)."""
+    if query.shape[0] == 1:
+        return query, key, value
+    return tuple(
+        t.reshape(1, -1, *t.shape[2:])
+        for t in (query, expand_kv(key, query.shape[1]), expand_kv(value, query.shape[1]))
+    )

@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from sparsediff.attention import is_trivial_mask
 from sparsediff.config import SparseConfig
 from sparsediff.integrations.diffusers import SparseState, install, remove
 from sparsediff.kernels import expand_kv
@@ -90,9 +89,8 @@ class DenseWatcher(SparseState):
             query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa
         )
         self._sdpa_s += time.perf_counter() - start
-        self_attention = self.roles.get(layer, "self") == "self" and query.shape[-2] == key.shape[-2] and not is_causal
-        unmasked = attn_mask is None or is_trivial_mask(attn_mask)
-        layout = self.layout_for(query.shape[-2]) if self_attention and unmasked else None
+        facts = self.describe(layer, query, key, attn_mask, is_causal, dropout_p)
+        layout = facts.get("layout") if "groups" not in facts else None  # unmasked self/joint attention only
         if layout is not None:
             with torch.no_grad():
                 self.watch(layer, query, key, value, out, layout, query.shape[-1] ** -0.5 if scale is None else scale)

@@ -1,0 +1,368 @@
+"""One owner for every sparse attention call: integrations describe a call, the runner decides and computes.
+
+An integration (diffusers processors, the transformers attention function) turns each attention
+call it intercepts into an `AttentionCall`:
+
+- `layer`: the attention module's name; `query` [B, H, N_q, D], `key`/`value` [B, H_kv, N_kv, D]
+  (H % H_kv == 0), `scale` (None: 1/sqrt(D));
+- `dense`: the model's own attention for this call, [B, H, N_q, D], run whenever the call runs
+  dense, so a dense call is exactly what the model computes;
+- `at`: where the run is (`Step`: step, CFG branch, run number, total steps when known);
+- `layout`: the TokenLayout of the call's tokens (None for a language model's sequence);
+- `groups`: for key-padded text, (valid keys, sample indices) per distinct mask;
+- `dense_reason`: set when the integration already knows the call cannot be sparse (cross-
+  attention, an unknown mask or layout), with `governed` False for calls the config never makes
+  sparse (they stay out of the run's density).
+
+`Runner.run(call)` returns the output and records in `RunStats` what it did (dense or sparse and
+why, the dense-equivalent work and the share computed); `plan_seconds` accumulates the time spent
+planning. The runner owns the schedule decision (dense steps and layers), per-head pattern
+resolution, skipped heads' outputs kept per (layer, branch) and dropped when a new run starts,
+block plans (cached process-wide by `patterns.cached_plan`), block alignment, per-call heads
+(Pyramid, HilbertWindow), per-call methods, SparseD's compute-once patterns, padding groups, the
+plan run, and whole-layer reuse (`reused_layer` / `keep_layer`). It imports nothing of diffusers
+or transformers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import torch
+import torch.nn.functional as F
+
+from sparsediff.attention import sparse_attention
+from sparsediff.config import SparseConfig
+from sparsediff.kernels import expand_kv
+from sparsediff.layout import TokenLayout
+from sparsediff.methods import DYNAMIC, layer_patterns, per_call_heads, searched_patterns
+from sparsediff.methods.sparsed import SparsedPatterns
+from sparsediff.patterns import PER_CALL, Full, Pattern, Skip, cached_plan
+from sparsediff.plan import BlockPlan
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class Step:
+    """Where a run is: denoising step (-1: unknown), the call's branch within it (CFG), which run
+    (a new pipeline call or request), and the run's step count when known."""
+
+    step: int = -1
+    branch: str | int = 0
+    run: int = 0
+    total: int | None = None
+
+
+@dataclass
+class AttentionCall:
+    layer: str
+    query: Tensor
+    key: Tensor
+    value: Tensor
+    dense: Callable[[], Tensor]
+    at: Step = Step()
+    scale: float | None = None
+    layout: TokenLayout | None = None
+    groups: list[tuple[Tensor, Tensor]] | None = None
+    dense_reason: str | None = None
+    governed: bool = True
+
+    @property
+    def work(self) -> float:
+        """Dense attention work: batch x heads x queries x keys."""
+        q, k = self.query, self.key
+        return float(q.shape[0] * q.shape[1] * q.shape[-2] * k.shape[-2])
+
+
+@dataclass
+class RunStats:
+    """How attention calls were served, shared by every runner of a pipeline (both experts).
+
+    A diffusers pipeline restarts them when a call starts, so they can be read after it. Work
+    is dense-equivalent attention work of the calls the config governs (self and joint attention;
+    cross-attention is never made sparse).
+    """
+
+    run: int = 0
+    calls: Counter = field(default_factory=Counter)
+    work: float = 0.0  # every governed call, dense ones included
+    computed: float = 0.0
+    sparse_work: float = 0.0  # calls that ran a sparse plan or reused
+    sparse_computed: float = 0.0
+
+    def restart(self, run: int) -> None:
+        self.run, self.calls = run, Counter()
+        self.work = self.computed = self.sparse_work = self.sparse_computed = 0.0
+
+    def record(self, reason: str, work: float | None = None, density: float = 1.0) -> None:
+        """Count one call; `work` None for calls outside what the config governs."""
+        self.calls[reason] += 1
+        if work is None:
+            return
+        self.work += work
+        self.computed += work * density
+        if reason.startswith("sparse"):
+            self.sparse_work += work
+            self.sparse_computed += work * density
+
+    def density(self) -> float | None:
+        """Share of the run's governed attention work computed, dense steps and layers included."""
+        return self.computed / self.work if self.work else None
+
+    def sparse_density(self) -> float | None:
+        """The same share over the calls that ran sparse only (what a plan's density says)."""
+        return self.sparse_computed / self.sparse_work if self.sparse_work else None
+
+
+class Runner:
+    """Runs every attention call of one model (one transformer, one language model) under a config."""
+
+    def __init__(
+        self,
+        config: SparseConfig,
+        layers: Sequence[str],
+        heads: dict[str, int | None] | None = None,
+        stats: RunStats | None = None,
+    ) -> None:
+        self.config = config
+        self.layers = list(layers)  # attention module names in module order (dense_layers indexes them)
+        self.heads = heads or {}  # layer -> head count, where known (whole-layer reuse needs it)
+        self.stats = stats or RunStats()
+        self.plans: dict = {}  # (layer, layout, heads, skipped heads running) -> BlockPlan
+        self.reuse: dict = {}  # (layer, branch) -> last output; ("layer output", layer, branch) -> whole layer
+        self.sparsed = SparsedPatterns(config) if config.method == "sparsed" else None
+        self.plan_seconds = 0.0  # one-off time spent building plans
+        self._run = 0  # the run that `reuse` and SparseD's patterns belong to
+        self._kept_now: dict[str, float] = {}  # layer -> work of its running call, if it kept its output
+        self._layer_index = {name: i for i, name in enumerate(self.layers)}
+
+    def __repr__(self) -> str:
+        return (
+            f"Runner(method={self.config.method!r}, layers={len(self.layers)}, plans={len(self.plans)}, "
+            f"kept={len(self.reuse)}, calls={dict(self.stats.calls)})"
+        )
+
+    # --- runs -------------------------------------------------------------------------------
+
+    def begin(self, at: Step) -> None:
+        """Drop per-run state kept for an earlier run. (When stats restart is the integration's
+        choice: per pipeline call for diffusers, never for a language model's requests.)"""
+        if self._run != at.run:
+            self.release()
+            if self.sparsed is not None:
+                self.sparsed.reset()
+            self._run = at.run
+
+    def release(self) -> None:
+        """Free the outputs kept for reuse (full [B, H, N, D] tensors per layer and branch)."""
+        self.reuse.clear()
+        self._kept_now.clear()
+
+    def dense_now(self, layer: str, at: Step) -> bool:
+        """The schedule: dense on the first steps (unknown step -1: never) and on dense layers."""
+        schedule = self.config.schedule
+        if 0 <= at.step < schedule.dense_step_count(at.total):
+            return True
+        index = self._layer_index.get(layer)
+        if index is None:
+            return False
+        return any(d in (layer, index, index - len(self.layers)) for d in schedule.dense_layers)
+
+    # --- one call -----------------------------------------------------------------------------
+
+    def run(self, call: AttentionCall) -> Tensor:
+        self.begin(call.at)
+        if call.dense_reason is not None:
+            return self._dense(call, call.dense_reason)
+        method = self.config.method
+        if method == "sparsed":
+            return self._sparsed(call)
+        if call.layout is None:
+            return self._dense(call, "dense: preset" if method == "dense" else "dense: no layout")
+        if self.dense_now(call.layer, call.at):
+            out = self._dense(call, "dense: schedule")
+            if call.groups is None and method not in DYNAMIC:
+                self._keep_if_skips(call, out)
+            return out
+        if call.groups is not None:
+            out, density = self._padded(call)
+            self.stats.record("sparse: padded text", call.work, density)
+            return out
+        if method in DYNAMIC:
+            out, density = self._per_call(call.query, call.key, call.value, call.layout, call.scale)
+            self.stats.record("sparse", call.work, density)
+            return out
+        out = self._static(call)
+        self._keep_if_skips(call, out)
+        return out
+
+    def _dense(self, call: AttentionCall, reason: str) -> Tensor:
+        self.stats.record(reason, call.work if call.governed else None)
+        return call.dense()
+
+    def _keep_if_skips(self, call: AttentionCall, out: Tensor) -> None:
+        """Layers with skipped heads keep their last output (per CFG branch) for reuse."""
+        patterns = layer_patterns(self.config, call.layer, call.layout, call.query.shape[1])
+        if any(isinstance(p, Skip) for p in patterns):
+            self.reuse[(call.layer, call.at.branch)] = out
+            self._kept_now[call.layer] = call.work
+
+    def _static(self, call: AttentionCall) -> Tensor:
+        """A static plan (window, pattern), skipped heads reusing their kept output where they may."""
+        layout, heads = call.layout, call.query.shape[1]
+        patterns = layer_patterns(self.config, call.layer, layout, heads)
+        keeps_output = any(isinstance(p, Skip) for p in patterns)
+        previous = self.reuse.get((call.layer, call.at.branch)) if keeps_output else None
+        if previous is not None and previous.shape != call.query.shape:
+            previous = None
+        running = self._skipped_heads_running(patterns, call.at, can_reuse=previous is not None)
+        plan = self.plan(call.layer, layout, heads, running)
+        q, k, v = call.query, call.key, call.value
+        reuse, per_call_density = self._per_call_heads(patterns, layout, q, k, v, previous, call.scale)
+        out = self._run_plan(plan, layout, q, k, v, call.scale, reuse)
+        self.stats.record("sparse", call.work, plan.density + per_call_density)
+        return out
+
+    def _padded(self, call: AttentionCall) -> tuple[Tensor, float]:
+        """Sparse attention over the unmasked tokens of each group of samples sharing a key mask:
+        (output, density of the call's dense work).
+
+        Padded text keys are dropped (the layout shrinks to the valid text); padded query rows,
+        whose outputs only ever reach other padded tokens, attend densely over the valid keys, as
+        the masked dense call would. Skipped heads compute in full here (no reuse across masks).
+        """
+        query, key, value, layout, scale = call.query, call.key, call.value, call.layout, call.scale
+        out = torch.empty_like(query)
+        heads, n = query.shape[1], query.shape[-2]
+        computed = 0.0
+        for valid, samples in call.groups:
+            keep, pad = valid.nonzero().squeeze(1), (~valid).nonzero().squeeze(1)
+            q, k, v = (t[samples][:, :, keep] for t in (query, key, value))
+            text = keep.numel() - layout.num_visual
+            sub = replace(layout, **({"text_prefix": text} if layout.text_prefix else {"text_suffix": text}))
+            if self.config.method in DYNAMIC:
+                result, density = self._per_call(q, k, v, sub, scale)
+            else:
+                patterns = layer_patterns(self.config, call.layer, sub, heads)
+                plan = self.plan(call.layer, sub, heads, self._skipped_heads_running(patterns, call.at, False))
+                reuse, per_call_density = self._per_call_heads(patterns, sub, q, k, v, None, scale)
+                result = self._run_plan(plan, sub, q, k, v, scale, reuse)
+                density = plan.density + per_call_density
+            computed += len(samples) * (keep.numel() ** 2 * density + pad.numel() * keep.numel())
+            padded = (
+                F.scaled_dot_product_attention(query[samples][:, :, pad], k, v, scale=scale) if pad.numel() else None
+            )
+            for i, b in enumerate(samples.tolist()):
+                out[b, :, keep] = result[i]
+                if padded is not None:
+                    out[b, :, pad] = padded[i]
+        return out, computed / (query.shape[0] * n * n)
+
+    def _sparsed(self, call: AttentionCall) -> Tensor:
+        """SparseD: dense until the switch step, which takes the patterns; sparse after."""
+        switch = self.config.schedule.dense_step_count(call.at.total)
+        if call.at.step < switch:
+            return self._dense(call, "dense: schedule")
+        out, reason, density = self.sparsed.attend(
+            call.layer, call.query, call.key, call.value, call.scale, call.at.step, switch
+        )
+        self.stats.record(reason, call.work, density)
+        return out
+
+    # --- plans and heads ------------------------------------------------------------------------
+
+    def plan(self, layer: str, layout: TokenLayout, heads: int, running: frozenset[int] = frozenset()) -> BlockPlan:
+        """The layer's plan with the skipped heads in `running` computed in full (`Full`), in the
+        token order of `layout.block_aligned(...)`. Plans are remembered process-wide
+        (`patterns.cached_plan`), so a second run at the same layout builds none."""
+        key = (layer, layout, heads, running)
+        if key not in self.plans:
+            aligned = layout.block_aligned(*self.config.plan_blocks)
+            patterns = layer_patterns(self.config, layer, aligned, heads)
+            patterns = tuple(Full() if h in running else p for h, p in enumerate(patterns))
+            start = time.perf_counter()
+            self.plans[key] = cached_plan(aligned, patterns, self.config.plan_blocks)
+            self.plan_seconds += time.perf_counter() - start
+        return self.plans[key]
+
+    def _run_plan(self, plan: BlockPlan, layout: TokenLayout, query, key, value, scale, reuse) -> Tensor:
+        """`sparse_attention` of a static plan, in the plan's token order and back."""
+        aligned = layout.block_aligned(*self.config.plan_blocks)
+        q, k, v, reuse = (t if t is None else layout.move_to(t, aligned) for t in (query, key, value, reuse))
+        out = sparse_attention(q, k, v, plan, self.config.backend, scale=scale, reuse=reuse)
+        return aligned.move_to(out, layout)
+
+    def _per_call(self, query: Tensor, key: Tensor, value: Tensor, layout: TokenLayout, scale) -> tuple[Tensor, float]:
+        """A method planned per call (pyramid, topk, hilbert, raster-window): (output, density)."""
+        scale = query.shape[-1] ** -0.5 if scale is None else scale
+        return DYNAMIC[self.config.method](query, key, value, layout, self.config, scale)
+
+    def _per_call_heads(self, patterns, layout, query, key, value, reuse, scale) -> tuple[Tensor | None, float]:
+        """`reuse` with the layer's per-call heads (`Pyramid`, `HilbertWindow`) filled, heads with
+        the same pattern in one call, and their share of the density."""
+        heads = query.shape[1]
+        by_pattern: dict[Pattern, list[int]] = {}
+        for h, p in enumerate(patterns):
+            if isinstance(p, PER_CALL):
+                by_pattern.setdefault(p, []).append(h)
+        if not by_pattern:
+            return reuse, 0.0
+        key, value = expand_kv(key, heads), expand_kv(value, heads)
+        filled = torch.empty_like(query) if reuse is None else reuse.clone()
+        scale = query.shape[-1] ** -0.5 if scale is None else scale
+        density = 0.0
+        for pattern, chosen in by_pattern.items():
+            idx = torch.tensor(chosen, device=query.device)
+            out, head_density = per_call_heads(pattern, query[:, idx], key[:, idx], value[:, idx], layout,
+                                               self.config.block_size, self.config.backend, scale)  # fmt: skip
+            filled[:, idx] = out
+            density += head_density * len(chosen) / heads
+        return filled, density
+
+    @staticmethod
+    def _skipped_heads_running(patterns: list[Pattern], at: Step, can_reuse: bool) -> frozenset[int]:
+        """Skipped heads that run in full now: on their refresh steps, or when there is nothing to reuse."""
+        return frozenset(
+            h
+            for h, p in enumerate(patterns)
+            if isinstance(p, Skip) and (not can_reuse or at.step < 0 or p.runs_at(at.step))
+        )
+
+    # --- whole-layer reuse ------------------------------------------------------------------------
+
+    def _skips(self, layer: str) -> list[Skip] | None:
+        """The layer's head patterns when every one is a `Skip`, else None."""
+        heads = self.heads.get(layer)
+        if self.config.method != "pattern" or heads is None:
+            return None
+        patterns = searched_patterns(self.config, layer, heads)
+        return patterns if all(isinstance(p, Skip) for p in patterns) else None
+
+    def reuses_whole_layer(self, layer: str, at: Step) -> bool:
+        """Every head of `layer` reuses its output now: not a refresh step of any, not dense."""
+        skips = self._skips(layer)
+        if skips is None or at.step < 0 or self.dense_now(layer, at):
+            return False
+        return not any(p.runs_at(at.step) for p in skips)
+
+    def reused_layer(self, layer: str, at: Step, inputs: tuple) -> object | None:
+        """The layer's last whole output, when all its heads reuse now and it was kept for these
+        input shapes (the caller skips its projections too); None: run the layer."""
+        self.begin(at)
+        self._kept_now.pop(layer, None)
+        if not self.reuses_whole_layer(layer, at):
+            return None
+        kept = self.reuse.get(("layer output", layer, at.branch))
+        if kept is None or kept[0] != inputs:
+            return None
+        self.stats.record("sparse: layer reused", kept[2], 0.0)
+        return kept[1]
+
+    def keep_layer(self, layer: str, at: Step, inputs: tuple, output: object) -> None:
+        """Keep a layer's whole output when all its heads skip and its attention kept its output."""
+        if self._skips(layer) is not None and layer in self._kept_now:
+            self.reuse[("layer output", layer, at.branch)] = (inputs, output, self._kept_now[layer])
