@@ -9,13 +9,13 @@ it directly. A registered dispatcher backend would miss those three and needs pr
 (a new `AttentionBackendName` member); per-class copies of processors would copy model code.
 The wrapper also knows its layer by name, so per-layer plans need no global context.
 
-A `ModelHook` on the transformer (diffusers' hook registry) reads each forward's timestep and
-latent shape: it derives the denoising step (robust to classifier-free guidance, batched or as
-separate calls) and the TokenLayout. Calls whose keys are not the visual sequence
-(cross-attention to text) stay dense, as do calls with a mask other than text padding and
-steps/layers the schedule marks dense. Padded text (HunyuanVideo, QwenImage) is dropped per
-sample, so those calls stay sparse.
-"""
+A stateful `ModelHook` on the transformer (diffusers' hook registry) reads each forward's
+timestep, cache context and latent shape: it derives the denoising step and CFG branch
+(`StepTracker`) and the TokenLayout, and diffusers resets it when a pipeline call ends. This
+module only describes each intercepted call (`SparseState.describe`: its role from the model,
+its layout, text-padding groups, or why it must run dense) and hands it to the call's
+`methods.runner.Runner`, which decides and computes (schedule, patterns, reuse, plans, kernels).
+""""""
 
 from __future__ import annotations
 
