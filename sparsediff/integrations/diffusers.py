@@ -15,7 +15,7 @@ timestep, cache context and latent shape: it derives the denoising step and CFG 
 module only describes each intercepted call (`SparseState.describe`: its role from the model,
 its layout, text-padding groups, or why it must run dense) and hands it to the call's
 `methods.runner.Runner`, which decides and computes (schedule, patterns, reuse, plans, kernels).
-""""""
+"""
 
 from __future__ import annotations
 
