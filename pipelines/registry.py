@@ -69,9 +69,11 @@ class ModelEntry:
         return [self.held_out[i * len(self.held_out) // count] for i in range(count)]
 
     def size(self, num_frames: int | None, height: int | None, width: int | None) -> Size:
-        """The requested size, defaults filled in from this entry (images have one frame)."""
+        """The requested size, defaults filled in from this entry (images have one frame) where a
+        value is not given; a given 0 stays 0, for `check_size` to refuse."""
         d = self.default_size
-        return Size(num_frames or (d.frames if self.video else 1), height or d.height, width or d.width)
+        frames = (d.frames if self.video else 1) if num_frames is None else num_frames
+        return Size(frames, d.height if height is None else height, d.width if width is None else width)
 
 
 def _tiny_llada():

@@ -259,7 +259,7 @@ def bench_methods_cmd(
         prompts = prompt or (
             entry.held_out_prompts(held_out) if held_out is not None else ["a red circle moving right"]
         )
-        requests = [Request(p, size, steps or entry.steps, entry.guidance, seed=i) for i, p in enumerate(prompts)]
+        requests = [Request(p, size, _given(steps, entry.steps), entry.guidance, seed=i) for i, p in enumerate(prompts)]
         loaded.pipe.set_progress_bar_config(disable=True)
         methods = method or ["window", "topk", "pyramid", "raster-window", "hilbert"]
         overrides = {} if dense_steps is None else {"schedule": {"dense_steps": dense_steps}}
@@ -299,16 +299,18 @@ def structure_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per layer, one per line")] = False,
 ) -> None:
     """Where attention goes per layer and head: local 3-D, same place in other frames, text, first frame."""
-    from sparsediff.generate import Request, shared_call_kwargs
-    from sparsediff.pipelines.registry import check_size, default_model, load_model
+    from sparsediff.generate import Request, check_request, shared_call_kwargs
+    from sparsediff.pipelines.registry import default_model, load_model
     from sparsediff.search.structure import CATEGORIES, attention_structure, structure_figure
 
     try:
         loaded = load_model(model or default_model())
         entry = loaded.entry
         size = entry.size(num_frames, height, width)
-        check_size(loaded, size)
-        request = Request((prompt or ["a red circle moving right"])[0], size, steps or entry.steps, entry.guidance)
+        request = Request(
+            (prompt or ["a red circle moving right"])[0], size, _given(steps, entry.steps), entry.guidance
+        )
+        check_request(loaded, request)
         kwargs = shared_call_kwargs(loaded, request)
         loaded.pipe.set_progress_bar_config(disable=True)
         n = request.steps
@@ -373,7 +375,7 @@ def generate_cmd(
             return
         size = entry.size(num_frames, height, width)
         request = Request(
-            prompt, size, steps or entry.steps, entry.guidance if guidance is None else guidance, seed, negative_prompt
+            prompt, size, _given(steps, entry.steps), _given(guidance, entry.guidance), seed, negative_prompt
         )
         sparse_config = resolve_config(entry, method, config, density)
         suffix = ".mp4" if entry.video else ".png"
@@ -426,8 +428,8 @@ def search_cmd(
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice)")] = None,
 ) -> None:
     """Offline head search: the cheapest pattern per layer and head, within an error bound or a budget."""
-    from sparsediff.generate import Request, shared_call_kwargs
-    from sparsediff.pipelines.registry import check_size, default_model, load_model
+    from sparsediff.generate import Request, check_request, shared_call_kwargs
+    from sparsediff.pipelines.registry import default_model, load_model
     from sparsediff.search import CostModel, search
 
     if threads:
@@ -439,8 +441,8 @@ def search_cmd(
         loaded = load_model(model or default_model())
         entry = loaded.entry
         size = entry.size(num_frames, height, width)
-        check_size(loaded, size)
-        request = Request(texts[0], size, steps or entry.steps, entry.guidance if guidance is None else guidance)
+        request = Request(texts[0], size, _given(steps, entry.steps), _given(guidance, entry.guidance))
+        check_request(loaded, request)
         kwargs = shared_call_kwargs(loaded, request)
         costs = CostModel.model_validate(_cost_model_json(cost_model)) if cost_model else None
         loaded.pipe.set_progress_bar_config(disable=True)
@@ -484,7 +486,7 @@ def _generate_text(loaded, prompt, steps, gen_length, block_length, seed, method
 
     entry = loaded.entry
     gen = gen_length or entry.call_kwargs.get("gen_length", 64)
-    request = TextRequest(prompt, gen, steps or entry.steps, block_length or min(gen, entry.call_kwargs.get(
+    request = TextRequest(prompt, gen, _given(steps, entry.steps), block_length or min(gen, entry.call_kwargs.get(
         "block_length", gen)), seed)  # fmt: skip
     sparse_config = resolve_config(entry, method, config, density)
     summary = compare_text(loaded, request, sparse_config) if compare else generate_text_one(
@@ -584,6 +586,11 @@ def eval_cmd(
         table.add_row(f"{r.dense_fraction:.2f}", f"{r.keep_ratio:.2f}", f"{r.density}", f"{r.accuracy_dense:.3f}",
                       f"{r.accuracy_sparse:.3f}", f"{r.token_agreement:.3f}", f"{r.speedup:.2f}x")  # fmt: skip
     console.print(table)
+
+
+def _given(value, default):
+    """An option's value, or the default when it was not given (a given 0 stays 0, to be refused)."""
+    return default if value is None else value
 
 
 @app.callback()

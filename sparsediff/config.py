@@ -13,8 +13,9 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from sparsediff.attention import backend_choices
 from sparsediff.patterns import PatternSpec
 
 CONFIG_VERSION = 1
@@ -84,6 +85,13 @@ class SparseConfig(BaseModel):
     model: ModelSignature | None = None
     search: dict | None = None  # what the offline search recorded: settings, predictions, cost model
 
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if value not in backend_choices():
+            raise ValueError(f"unknown backend {value!r}; choose one of {', '.join(backend_choices())}")
+        return value
+
     @model_validator(mode="after")
     def _pattern_method_has_patterns(self) -> SparseConfig:
         if self.method == "pattern" and self.pattern is None and not self.heads:
@@ -98,8 +106,8 @@ class SparseConfig(BaseModel):
     @classmethod
     def load(cls, source: SparseConfig | dict | str | os.PathLike, **overrides) -> SparseConfig:
         """A config from an object, a dict, a preset name (`dense`, `window`) or a JSON file."""
-        if isinstance(source, SparseConfig):
-            return source.model_copy(update=overrides) if overrides else source
+        if isinstance(source, SparseConfig):  # overrides are validated like any other field
+            return _validate({**source.model_dump(), **overrides}, "config") if overrides else source
         if isinstance(source, dict):
             return _validate({**source, **overrides}, "dict")
         if isinstance(source, str) and source in PRESETS:

@@ -37,6 +37,35 @@ class Request:
     negative_prompt: str | None = None
 
 
+MAX_STEPS = 1000
+
+
+def request_problems(loaded: LoadedModel, request: Request) -> list[str]:
+    """What is wrong with one generation request for this model (empty: nothing). The one place
+    `generate`, `batch`, `search`, `bench`, `structure` and the Python API check requests."""
+    problems = []
+    if not isinstance(request.prompt, str) or not request.prompt.strip():
+        problems.append("the prompt is empty")
+    if not 1 <= request.steps <= MAX_STEPS:
+        problems.append(f"--steps {request.steps} must be in 1..{MAX_STEPS}")
+    if not (math.isfinite(request.guidance) and request.guidance >= 0):
+        problems.append(f"--guidance {request.guidance} must be a number >= 0 (1 turns guidance off)")
+    if not 0 <= request.seed < 2**63:
+        problems.append(f"--seed {request.seed} must be in 0..2**63-1")
+    try:
+        check_size(loaded, request.size)
+    except ValueError as err:
+        problems.append(str(err))
+    return problems
+
+
+def check_request(loaded: LoadedModel, request: Request) -> None:
+    """Refuse a bad request before any work, with every problem at once."""
+    problems = request_problems(loaded, request)
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
 @dataclass
 class Run:
     frames: np.ndarray  # (F, H, W, 3) in [0, 1]
@@ -188,7 +217,7 @@ def compare_paths(out: Path) -> dict[str, Path]:
 
 def compare(loaded: LoadedModel, request: Request, config: SparseConfig, out: Path) -> Comparison:
     """Dense and sparse from the same seed; writes both and a side-by-side next to `out`."""
-    check_size(loaded, request.size)
+    check_request(loaded, request)
     check_out(loaded.entry, out)
     paths = compare_paths(out)
     for path in paths.values():
@@ -229,7 +258,7 @@ def compare(loaded: LoadedModel, request: Request, config: SparseConfig, out: Pa
 
 def generate_one(loaded: LoadedModel, request: Request, config: SparseConfig, out: Path) -> dict:
     """One sparse generation written to `out`; returns what `--json` prints."""
-    check_size(loaded, request.size)
+    check_request(loaded, request)
     check_out(loaded.entry, out)
     check_writable(out)
     result = run_sparse(loaded, request, config)
@@ -344,7 +373,7 @@ def compare_methods(
     a judge).
     """
     for request in requests:
-        check_size(loaded, request.size)
+        check_request(loaded, request)
     configs = {method: SparseConfig.load(method, **overrides) for method in methods}
     if density is not None:
         configs = {method: with_density(config, density, method) for method, config in configs.items()}

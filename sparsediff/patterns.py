@@ -356,6 +356,8 @@ def build_plan(
     cached per (pattern, layout, block size), so heads and layers sharing a pattern share work.
     """
     block_q, block_kv = as_pair(block_size)
+    if block_q < 1 or block_kv < 1:
+        raise ValueError(f"block sizes must be >= 1 token, got {block_size}")
     per_head = [patterns] if isinstance(patterns, Pattern) else list(patterns)
     if not per_head:
         raise ValueError("build_plan needs at least one pattern")

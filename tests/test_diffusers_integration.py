@@ -251,6 +251,10 @@ def test_config_errors(models, tmp_path):
         sparsediff.remove(model)
     with pytest.raises(TypeError, match="expects a diffusers pipeline"):
         sparsediff.apply(torch.nn.Linear(2, 2), "window")
+    with pytest.raises(ValueError, match="unknown backend 'cuda-magic'; choose one of auto, reference"):
+        sparsediff.apply(model, "window", backend="cuda-magic")  # refused before any call, not at the first
+    with pytest.raises(ValueError, match="block sizes must be >= 1 token"):
+        sparsediff.build_plan(TokenLayout(height=4, width=4), Diagonal(radius=1), block_size=0)
 
 
 def test_config_file_round_trip(models, tmp_path):

@@ -149,10 +149,18 @@ def test_a_model_without_an_adapter_runs_through_the_generic_one():
             "is neither a preset (dense, window, sparsed, pyramid, topk, hilbert, raster-window",
         ),
         (["--model", "tiny-wan", "--method", "window", "--config", "dense"], "give --method or --config, not both"),
+        (["--model", "tiny-wan", "--steps", "0"], "--steps 0 must be in 1..1000"),
+        (["--model", "tiny-wan", "--height", "0"], "--height 0 is not a multiple of 8; nearest: 8"),
+        (["--model", "tiny-wan", "--num-frames", "0"], "--num-frames 0 is not 1 + a multiple of 2; nearest: 1"),
+        (["--model", "tiny-wan", "--guidance", "-1"], "--guidance -1.0 must be a number >= 0"),
+        (["--model", "tiny-wan", "--prompt", " "], "the prompt is empty"),
     ],
 )
 def test_errors_are_clear(args, message):
-    result, _ = _generate(*args, "--height" if "--height" not in args else "--width", "32")
+    if "--steps" in args:  # replaces _generate's own --steps 2
+        result = runner.invoke(app, ["generate", *args, "--width", "32"])
+    else:
+        result, _ = _generate(*args, "--height" if "--height" not in args else "--width", "32")
     assert result.exit_code == 2
     assert message in " ".join(result.output.split()), result.output
 
