@@ -400,6 +400,108 @@ def generate_cmd(
     _print_summary(summary)
 
 
+@app.command("batch")
+def batch_cmd(
+    ctx: typer.Context,
+    prompts: Annotated[Path, typer.Argument(help="prompt file: .txt (one a line), .jsonl or .csv")],
+    out: Annotated[Path, typer.Option(help="folder for the outputs, manifest.jsonl and batch.json")],
+    model: Annotated[
+        str | None, typer.Option(help="built-in name, local pipeline folder or diffusers model id")
+    ] = None,
+    method: Annotated[str | None, typer.Option(help="default sparse method or preset for every row")] = None,
+    config: Annotated[str | None, typer.Option(help="default sparse config (preset or JSON file)")] = None,
+    density: Annotated[float | None, typer.Option(help="default density (methods that take one)")] = None,
+    seeds: Annotated[int, typer.Option(help="items per row, with seeds seed, seed + 1, ...")] = 1,
+    seed: Annotated[int, typer.Option(help="first seed of rows that set none")] = 0,
+    steps: Annotated[int | None, typer.Option(help="denoising steps (default: the model's)")] = None,
+    guidance: Annotated[float | None, typer.Option(help="guidance scale (default: the model's)")] = None,
+    num_frames: Annotated[int | None, typer.Option(help="frames (video models)")] = None,
+    height: Annotated[int | None, typer.Option(help="height in pixels")] = None,
+    width: Annotated[int | None, typer.Option(help="width in pixels")] = None,
+    output_format: Annotated[str, typer.Option("--format", help="mp4, gif or png")] = "mp4",
+    compare: Annotated[bool, typer.Option("--compare", help="also run dense: speedup, PSNR, SSIM per item")] = False,
+    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="run the valid rows, record the rest")] = False,
+    force: Annotated[bool, typer.Option("--force", help="add to a folder made with other settings")] = False,
+    processes: Annotated[int, typer.Option(help="worker processes (torch.distributed.run, gloo on CPU)")] = 1,
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16")] = "float32",
+    threads: Annotated[int | None, typer.Option(help="torch threads per process (default: 1 with --processes)")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="the summary as one JSON object")] = False,
+) -> None:
+    """Generate every row of a prompt file: checked first, resumable, over one or many processes."""
+    import os
+
+    from sparsediff.pipelines.batch import BatchDefaults, BatchError, check_settings, plan_items, run_batch
+    from sparsediff.pipelines.registry import default_model, load_model
+
+    _choice(dtype, DTYPES, "dtype")
+    worker = "RANK" in os.environ  # started by torch.distributed.run (or accelerate launch)
+    if threads or (processes > 1 or worker):
+        torch.set_num_threads(threads or 1)
+    defaults = BatchDefaults(config, method, density, seeds, seed, steps, guidance, num_frames, height, width,
+                             output_format, compare)  # fmt: skip
+    try:
+        if processes < 1:
+            raise ValueError(f"--processes {processes} must be at least 1")
+        loaded = load_model(model or default_model(), DTYPES[dtype])
+        items, problems = plan_items(loaded, prompts, defaults, out)
+        if problems and not skip_invalid:
+            raise BatchError(prompts, problems)
+        settings = {"model": loaded.entry.name, "config": config, "method": method, "density": density,
+                    "format": output_format, "compare": compare, "dtype": dtype}  # fmt: skip
+        out.mkdir(parents=True, exist_ok=True)
+        check_settings(out, settings, force)
+    except (ValueError, FileNotFoundError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
+    if processes > 1 and not worker:
+        raise typer.Exit(_launch_workers(processes, _batch_argv(ctx.params)))
+    loaded.pipe.set_progress_bar_config(disable=json_out)
+    summary = run_batch(loaded, items, out, with_dense=compare, progress=not json_out, invalid=problems)
+    if summary is None:  # not the main process
+        return
+    if json_out:
+        print(json.dumps(asdict(summary)), flush=True)
+    else:
+        table = Table(show_header=False, title=f"sparsediff batch: {prompts} -> {out}")
+        for key, value in asdict(summary).items():
+            if key != "failures" and value is not None:
+                table.add_row(key.replace("_", " "), str(value))
+        console.print(table)
+        for failure in summary.failures:
+            console.print(f"[red]failed:[/red] {failure}")
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def _batch_argv(params: dict) -> list[str]:
+    """The same batch command for each worker (without --processes)."""
+    argv = ["batch", str(params["prompts"])]
+    flags = {"compare": "--compare", "skip_invalid": "--skip-invalid", "force": "--force", "json_out": "--json"}
+    names = {"output_format": "--format"}
+    for name, value in params.items():
+        if name in ("prompts", "processes") or value is None or value is False:
+            continue
+        if name in flags:
+            argv.append(flags[name])
+        else:
+            argv += [names.get(name, "--" + name.replace("_", "-")), str(value)]
+    return argv
+
+
+def _launch_workers(processes: int, argv: list[str]) -> int:
+    """Start `processes` workers with torch's launcher on this machine; their exit code."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
+               "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "sparsediff.cli", *argv]  # fmt: skip
+    return subprocess.call(command)
+
+
 @app.command("search")
 def search_cmd(
     out: Annotated[Path, typer.Option(help="where to write the searched config (JSON)")],

@@ -215,15 +215,19 @@ def compare_paths(out: Path) -> dict[str, Path]:
     }
 
 
-def compare(loaded: LoadedModel, request: Request, config: SparseConfig, out: Path) -> Comparison:
-    """Dense and sparse from the same seed; writes both and a side-by-side next to `out`."""
+def compare(
+    loaded: LoadedModel, request: Request, config: SparseConfig, out: Path, warm_up_runs: bool = True
+) -> Comparison:
+    """Dense and sparse from the same seed; writes both and a side-by-side next to `out`.
+
+    `warm_up_runs` False skips the two short warm-up runs (a batch warms up on its first item)."""
     check_request(loaded, request)
     check_out(loaded.entry, out)
     paths = compare_paths(out)
     for path in paths.values():
         check_writable(path)
-    sparse_warm_up = warm_up(loaded, request, config)
-    warmup_s = warm_up(loaded, request).seconds + sparse_warm_up.seconds
+    sparse_warm_up = warm_up(loaded, request, config) if warm_up_runs else Run(None, 0.0)
+    warmup_s = (warm_up(loaded, request).seconds if warm_up_runs else 0.0) + sparse_warm_up.seconds
     dense = run(loaded, request, label="dense")
     sparse_run = run_sparse(loaded, request, config)
     write_frames(dense.frames, paths["dense"])
