@@ -317,6 +317,9 @@ def run_batch(
 
     state = PartialState(cpu=not torch.cuda.is_available())
     start = time.perf_counter()
+    if state.is_main_process:
+        merge_manifests(out_dir)  # shards a killed run left behind: this run's shards hold only its own
+    state.wait_for_everyone()
     done = finished_keys(out_dir)
     pending = [item for item in items if item.key not in done]
     state.wait_for_everyone()  # every process has read the manifests before any writes to them
