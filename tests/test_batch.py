@@ -66,9 +66,15 @@ def test_every_problem_is_reported_with_its_line_and_nothing_runs(tmp_path):
     result, _ = _batch(prompts, out)
     assert result.exit_code == 2
     text = " ".join(result.output.split())
-    for line, message in [(2, "unknown field 'colour'"), (3, "tiny-wan cannot make 5x50x32: --height 50 is not a multiple of 8"),
-                          (4, "--steps 0 must be in 1..1000"), (5, "config 'no/such/file.json' is neither a preset"), (6, "not valid JSON"),
-                          (7, "--guidance -2.0 must be a number >= 0")]:  # fmt: skip
+    expected = [
+        (2, "unknown field 'colour'"),
+        (3, "tiny-wan cannot make 5x50x32: --height 50 is not a multiple of 8"),
+        (4, "--steps 0 must be in 1..1000"),
+        (5, "config 'no/such/file.json' is neither a preset"),
+        (6, "not valid JSON"),
+        (7, "--guidance -2.0 must be a number >= 0"),
+    ]
+    for line, message in expected:
         assert f"line {line}: {message}" in text, (line, text)
     assert "line 1" not in text and not out.exists()  # nothing generated, not even the folder
     result, summary = _batch(prompts, out, "--skip-invalid")
@@ -138,7 +144,7 @@ def test_killed_mid_batch_then_resumed_loses_nothing_and_repeats_nothing(tmp_pat
     worker.wait()
     before = {r["key"] for r in read_manifests(out) if r["status"] == "done"}
     assert 1 <= len(before) < 6  # killed mid-batch
-    done = subprocess.run(command + ["--json"], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([*command, "--json"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["skipped"] == len(before) and summary["done"] == 6 - len(before)
