@@ -220,8 +220,11 @@ class SparseState:
         is_causal: bool = False,
         scale: float | None = None,
         enable_gqa: bool = False,
+        *,
+        head_offset: int = 0,
     ) -> Tensor:
-        """Stands in for `F.scaled_dot_product_attention` inside `layer`'s processor."""
+        """Stands in for `F.scaled_dot_product_attention` inside `layer`'s processor; `head_offset`:
+        the first of the layer's heads this call holds (context parallelism)."""
 
         def native() -> Tensor:
             return F.scaled_dot_product_attention(
@@ -229,7 +232,8 @@ class SparseState:
             )
 
         facts = self.describe(layer, query, key, attn_mask, is_causal, dropout_p)
-        return self.runner.run(AttentionCall(layer, query, key, value, native, self.at(), scale, **facts))
+        call = AttentionCall(layer, query, key, value, native, self.at(), scale, head_offset=head_offset, **facts)
+        return self.runner.run(call)
 
     def processor_done(self, layer: str, seconds: float) -> None:
         """Told the wall time of each processor call that ran (the search prices projections from it)."""
@@ -298,7 +302,8 @@ class SparseAttnProcessor:
             if kept is not None:
                 return kept
         start = time.perf_counter()
-        with _SDPAInterceptor(functools.partial(state.attend, self.layer)):
+        attend = functools.partial(state.attend, self.layer, head_offset=_head_offset(self.inner, attn))
+        with _SDPAInterceptor(attend):
             out = self.inner(attn, *args, **kwargs)
         state.processor_done(self.layer, time.perf_counter() - start)
         if whole:
@@ -311,8 +316,31 @@ class SparseAttnProcessor:
             raise AttributeError(name)
         return getattr(self.inner, name)
 
+    def __setattr__(self, name: str, value) -> None:
+        # ... and sets them (`enable_parallelism` sets `_parallel_config`): on the inner one too.
+        if name in ("inner", "layer", "state"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.inner, name, value)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(layer={self.layer!r}, inner={type(self.inner).__name__})"
+
+
+def _head_offset(processor, attn) -> int:
+    """The first head of `attn` this process's attention calls hold: under diffusers' Ulysses
+    context parallelism, rank r of degree d holds heads r * H / d .. (r + 1) * H / d after the
+    all-to-all (`TemplatedUlyssesAttention` sends head chunk r to rank r)."""
+    parallel = getattr(getattr(processor, "_parallel_config", None), "context_parallel_config", None)
+    if parallel is None:
+        return 0
+    if (parallel.ring_degree or 1) > 1:
+        raise ValueError(
+            "sparsediff does not run under ring attention (ring_degree > 1): each process sees a chunk of the "
+            "keys, not the whole sequence its plan covers; use ulysses_degree, which hands each process whole heads"
+        )
+    degree = parallel.ulysses_degree or 1
+    return 0 if degree == 1 else parallel._ulysses_local_rank * (attn.heads // degree)
 
 
 def can_reuse_whole(attn) -> bool:

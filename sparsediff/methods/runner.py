@@ -12,7 +12,9 @@ call it intercepts into an `AttentionCall`:
 - `groups`: for key-padded text, (valid keys, sample indices) per distinct mask;
 - `dense_reason`: set when the integration already knows the call cannot be sparse (cross-
   attention, an unknown mask or layout), with `governed` False for calls the config never makes
-  sparse (they stay out of the run's density).
+  sparse (they stay out of the run's density);
+- `head_offset`: the first of the layer's heads this call holds, when a process holds a slice
+  of them (context parallelism after its all-to-all): heads offset .. offset + H of the config.
 
 `Runner.run(call)` returns the output and records in `RunStats` what it did (dense or sparse and
 why, the dense-equivalent work and the share computed); `plan_seconds` accumulates the time spent
@@ -70,6 +72,7 @@ class AttentionCall:
     groups: list[tuple[Tensor, Tensor]] | None = None
     dense_reason: str | None = None
     governed: bool = True
+    head_offset: int = 0
 
     @property
     def work(self) -> float:
@@ -206,21 +209,21 @@ class Runner:
 
     def _keep_if_skips(self, call: AttentionCall, out: Tensor) -> None:
         """Layers with skipped heads keep their last output (per CFG branch) for reuse."""
-        patterns = layer_patterns(self.config, call.layer, call.layout, call.query.shape[1])
+        patterns = self.head_patterns(call.layer, call.layout, call.query.shape[1], call.head_offset)
         if any(isinstance(p, Skip) for p in patterns):
             self.reuse[(call.layer, call.at.branch)] = out
             self._kept_now[call.layer] = call.work
 
     def _static(self, call: AttentionCall) -> Tensor:
         """A static plan (window, pattern), skipped heads reusing their kept output where they may."""
-        layout, heads = call.layout, call.query.shape[1]
-        patterns = layer_patterns(self.config, call.layer, layout, heads)
+        layout, heads, offset = call.layout, call.query.shape[1], call.head_offset
+        patterns = self.head_patterns(call.layer, layout, heads, offset)
         keeps_output = any(isinstance(p, Skip) for p in patterns)
         previous = self.reuse.get((call.layer, call.at.branch)) if keeps_output else None
         if previous is not None and previous.shape != call.query.shape:
             previous = None
         running = self._skipped_heads_running(patterns, call.at, can_reuse=previous is not None)
-        plan = self.plan(call.layer, layout, heads, running)
+        plan = self.plan(call.layer, layout, heads, running, offset)
         q, k, v = call.query, call.key, call.value
         reuse, per_call_density = self._per_call_heads(patterns, layout, q, k, v, previous, call.scale)
         out = self._run_plan(plan, layout, q, k, v, call.scale, reuse)
@@ -247,8 +250,9 @@ class Runner:
             if self.config.method in DYNAMIC:
                 result, density = self._per_call(q, k, v, sub, scale)
             else:
-                patterns = layer_patterns(self.config, call.layer, sub, heads)
-                plan = self.plan(call.layer, sub, heads, self._skipped_heads_running(patterns, call.at, False))
+                patterns = self.head_patterns(call.layer, sub, heads, call.head_offset)
+                running = self._skipped_heads_running(patterns, call.at, False)
+                plan = self.plan(call.layer, sub, heads, running, call.head_offset)
                 reuse, per_call_density = self._per_call_heads(patterns, sub, q, k, v, None, scale)
                 result = self._run_plan(plan, sub, q, k, v, scale, reuse)
                 density = plan.density + per_call_density
@@ -275,14 +279,27 @@ class Runner:
 
     # --- plans and heads ------------------------------------------------------------------------
 
-    def plan(self, layer: str, layout: TokenLayout, heads: int, running: frozenset[int] = frozenset()) -> BlockPlan:
-        """The layer's plan with the skipped heads in `running` computed in full (`Full`), in the
-        token order of `layout.block_aligned(...)`. Plans are remembered process-wide
-        (`patterns.cached_plan`), so a second run at the same layout builds none."""
-        key = (layer, layout, heads, running)
+    def head_patterns(self, layer: str, layout: TokenLayout, heads: int, offset: int = 0) -> list[Pattern]:
+        """The patterns of the `heads` heads from `offset` a call holds (all of the layer's, unless a
+        process holds a slice of them)."""
+        total = self.heads.get(layer) or heads
+        if offset == 0 and heads == total:
+            return layer_patterns(self.config, layer, layout, heads)
+        if offset + heads > total:
+            raise ValueError(f"{layer!r} has {total} heads; a call cannot hold heads {offset}..{offset + heads - 1}")
+        return layer_patterns(self.config, layer, layout, total)[offset : offset + heads]
+
+    def plan(
+        self, layer: str, layout: TokenLayout, heads: int, running: frozenset[int] = frozenset(), offset: int = 0
+    ) -> BlockPlan:
+        """The plan of the layer's heads offset .. offset + heads, with the skipped heads in
+        `running` computed in full (`Full`), in the token order of `layout.block_aligned(...)`.
+        Plans are remembered process-wide (`patterns.cached_plan`), so a second run at the same
+        layout builds none."""
+        key = (layer, layout, heads, running, offset)
         if key not in self.plans:
             aligned = layout.block_aligned(*self.config.plan_blocks)
-            patterns = layer_patterns(self.config, layer, aligned, heads)
+            patterns = self.head_patterns(layer, aligned, heads, offset)
             patterns = tuple(Full() if h in running else p for h, p in enumerate(patterns))
             start = time.perf_counter()
             self.plans[key] = cached_plan(aligned, patterns, self.config.plan_blocks)

@@ -83,7 +83,7 @@ class DenseWatcher(SparseState):
     _sdpa_s: float = 0.0  # of which dense attention itself
 
     def attend(self, layer, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
-               enable_gqa=False):  # fmt: skip
+               enable_gqa=False, *, head_offset=0):  # fmt: skip
         start = time.perf_counter()
         out = F.scaled_dot_product_attention(
             query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa
