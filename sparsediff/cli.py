@@ -690,6 +690,24 @@ def eval_cmd(
     console.print(table)
 
 
+@app.command("ui")
+def ui_cmd(
+    model: Annotated[str | None, typer.Option(help="model shown first (default: the embedded model)")] = None,
+    host: Annotated[str, typer.Option(help="address to serve on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to serve on")] = 7860,
+) -> None:
+    """The Gradio app: compare dense and sparse, search, inspect a head, decode text with SparseD."""
+    try:
+        import gradio  # noqa: F401
+    except ImportError as err:
+        console.print("[red]error:[/red] the app needs gradio: pip install 'sparsediff[ui]'")
+        raise typer.Exit(2) from err
+    from sparsediff.ui.app import launch
+
+    console.print(f"sparsediff ui: serving on http://{host}:{port} (Ctrl-C stops it)")
+    launch(model, host, port, block=True)
+
+
 def _given(value, default):
     """An option's value, or the default when it was not given (a given 0 stays 0, to be refused)."""
     return default if value is None else value
