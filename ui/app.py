@@ -99,7 +99,10 @@ def _table(summary: dict) -> list[list[str]]:
     for key in ("judge_dense", "judge_sparse"):
         verdict = summary.get(key)
         if verdict is not None:
-            rows.append([key.replace("_", " "), f"{verdict['seen']} (right: {verdict['colour_and_direction']})"])
+            seen = verdict["seen"]
+            read = f"{seen.get('colour')} {seen.get('shape')}, {seen.get('direction')}"
+            right = "colour and direction right" if verdict["colour_and_direction"] else "colour or direction wrong"
+            rows.append([key.replace("_", " "), f"{read} ({right})"])
     return rows
 
 
