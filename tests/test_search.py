@@ -411,7 +411,11 @@ def test_search_cli_with_a_budget_kv_blocks_a_reused_cost_model_and_a_report(tmp
     common = ["search", "--model", "tiny-wan", "--prompt", "a cat", *size, "--budget", "0.7", "--block-size", "32",
               "--kv-block-size", "16"]  # fmt: skip
     first, second = tmp_path / "first.json", tmp_path / "second.json"
-    result = runner.invoke(app, [*common, "--out", str(first), "--report", str(tmp_path / "report")])
+    fixed = tmp_path / "costs.json"  # a fixed cost model: predictions that do not depend on this run's timings
+    fixed.write_text(FIXED_COSTS.model_copy(update={"block_size": 32, "kv_block_size": 16})
+                     .model_dump_json())  # fmt: skip
+    result = runner.invoke(app, [*common, "--out", str(first), "--report", str(tmp_path / "report"),
+                                 "--cost-model", str(fixed)])  # fmt: skip
     assert result.exit_code == 0, result.output
     config = SparseConfig.load(first)
     assert config.plan_blocks == (32, 16) and config.search["settings"]["budget"] == 0.7
