@@ -100,6 +100,18 @@ def test_errors_reach_the_page_and_the_page_still_works(browser, url, tmp_path):
     page.locator("input[type=file]").first.set_input_files(str(bad))
     page.get_by_role("button", name="Compare", exact=True).click()
     page.get_by_text("is not valid JSON").first.wait_for(timeout=TIMEOUT)
+    from sparsediff import ModelSignature, SparseConfig
+
+    page.get_by_role("button", name="Clear", exact=True).first.click()
+    foreign = SparseConfig(model=ModelSignature(model_class="FluxTransformer2DModel", attention_layers=4, heads=24,
+                                                head_dim=128)).save(tmp_path / "flux.json")  # fmt: skip
+    page.locator("input[type=file]").first.set_input_files(str(foreign))
+    page.get_by_role("button", name="Compare", exact=True).click()
+    page.get_by_text("this config was made for another model").first.wait_for(timeout=TIMEOUT)
+    page.get_by_label("Prompt", exact=True).fill(" ")
+    page.get_by_role("button", name="Compare", exact=True).click()
+    page.get_by_text("the prompt is empty").first.wait_for(timeout=TIMEOUT)
+    page.get_by_label("Prompt", exact=True).fill("a red circle moving right")
     page.get_by_label("Height", exact=True).fill("50")  # the request is checked first: its error shows
     page.get_by_role("button", name="Sparse only", exact=True).click()
     page.get_by_text("--height 50 is not a multiple of").first.wait_for(timeout=TIMEOUT)
