@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from sparsediff.attention import resolve_backend, sparse_attention
+from sparsediff.memory import PeakMemory
 from sparsediff.plan import BlockPlan
 
 # The reference materializes N x N scores per head; beyond this it is too slow to check.
@@ -180,6 +181,9 @@ class TransformerBench:
     speedup: float
     density: float
     rel_err: float  # |sparse - native| / |native| of the transformer output
+    peak_mem_dense_mb: float | None  # one native forward's own peak (see peak_mem_source)
+    peak_mem_sparse_mb: float | None  # one sparse forward's, plans already built
+    peak_mem_source: str
 
 
 @torch.no_grad()
@@ -205,12 +209,16 @@ def bench_transformer(
 
     native = forward()  # warm-up
     native_s = median_seconds(forward, repeat)
+    with PeakMemory() as dense_peak:
+        forward()
     with sparsediff.sparse(model, "dense", block_size=block):
         forward()
         dense_s = median_seconds(forward, repeat)
     with sparsediff.sparse(model, "window", density=density, block_size=block) as state:
         out = forward()  # builds plans
         sparse_s = median_seconds(forward, repeat)
+        with PeakMemory() as sparse_peak:
+            forward()
         plans = list(state.plans.values())
         tokens = plans[0].seq_len_q
     return TransformerBench(
@@ -223,6 +231,9 @@ def bench_transformer(
         speedup=round(native_s / sparse_s, 3),
         density=round(statistics.mean(p.density for p in plans), 4),
         rel_err=round(float((out - native).norm() / native.norm()), 4),
+        peak_mem_dense_mb=dense_peak.mb,
+        peak_mem_sparse_mb=sparse_peak.mb,
+        peak_mem_source=sparse_peak.source,
     )
 
 

@@ -124,6 +124,7 @@ def bench_transformer_cmd(
         "speedup",
         "density",
         "rel err",
+        "peak MB native / window",
     ):
         table.add_column(col, justify="right")
     for f in family or list(TINY_TRANSFORMERS):
@@ -142,9 +143,11 @@ def bench_transformer_cmd(
             f"{r.speedup:.2f}x",
             f"{r.density:.3f}",
             f"{r.rel_err:.3f}",
+            f"{_mb(r.peak_mem_dense_mb)} / {_mb(r.peak_mem_sparse_mb)}",
         )
     if not json_out:
         console.print(table)
+        console.print(f"[dim]peak memory: {r.peak_mem_source}[/dim]")
 
 
 @bench_app.command("dllm")
@@ -274,13 +277,13 @@ def bench_methods_cmd(
     table = Table(
         title=f"{entry.name} {size}, {requests[0].steps} steps, {len(requests)} prompt(s), dense {dense_s:.2f} s"
     )
-    for col in ("method", "density", "sparse s", "speedup", "PSNR dB", "SSIM", "judge"):
+    for col in ("method", "density", "sparse s", "speedup", "PSNR dB", "SSIM", "judge", "peak MB"):
         table.add_column(col, justify="right")
     for r in rows:
         judge = "-" if r.judge is None else f"{r.judge['colour_and_direction']:.2f}"
         psnr_text = "reference" if r.method == "dense" else "identical" if r.psnr is None else f"{r.psnr:.2f}"
         table.add_row(r.method, f"{r.density:.3f}", f"{r.seconds:.2f}", f"{r.speedup:.2f}x", psnr_text,
-                      f"{r.ssim:.4f}", judge)  # fmt: skip
+                      f"{r.ssim:.4f}", judge, _mb(r.peak_mem_mb))  # fmt: skip
     console.print(table)
 
 
@@ -558,7 +561,10 @@ def search_cmd(
         raise typer.Exit(2) from err
     result.config.save(out)
     console.print(result.table())
-    console.print(f"predicted: {result.config.search['predicted']}; search took {result.seconds:.1f} s")
+    console.print(
+        f"predicted: {result.config.search['predicted']}; search took {result.seconds:.1f} s, "
+        f"peak memory {_mb(result.peak_mem_mb)} MB"
+    )
     if report:
         for name, path in result.write_report(report).items():
             console.print(f"{name}: {path}")
@@ -618,6 +624,8 @@ def _print_summary(summary: dict) -> None:
         ("load (one-off)", "load_s", "{:.1f} s"),
         ("warm-up, dense + sparse (one-off)", "warmup_s", "{:.2f} s"),
         ("plan building (one-off, in the warm-up)", "plan_s", "{:.2f} s"),
+        ("peak memory, dense run", "peak_mem_dense_mb", "{:.0f} MB"),
+        ("peak memory, sparse run", "peak_mem_sparse_mb", "{:.0f} MB"),
     ]
     for label, key, fmt in rows:
         if key in summary:
@@ -706,6 +714,10 @@ def ui_cmd(
 
     console.print(f"sparsediff ui: serving on http://{host}:{port} (Ctrl-C stops it)")
     launch(model, host, port, block=True)
+
+
+def _mb(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 def _given(value, default):

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from sparsediff.config import SparseConfig
 from sparsediff.integrations import sparse
 from sparsediff.media import VIDEO_SUFFIXES, check_writable, side_by_side, write_frames
+from sparsediff.memory import PeakMemory
 from sparsediff.metrics import psnr, ssim
 from sparsediff.pipelines.registry import LoadedModel, ModelEntry, Size, check_size
 
@@ -74,6 +75,8 @@ class Run:
     density: float | None = None  # share of the run's self/joint attention work computed
     sparse_density: float | None = None  # the same over the calls that ran sparse
     calls: dict = field(default_factory=dict)
+    peak_mem_mb: float | None = None  # of this pipeline call alone (`memory.PeakMemory`)
+    peak_mem_source: str = ""
 
 
 def resolve_config(entry: ModelEntry, method: str | None, config: str | None, density: float | None) -> SparseConfig:
@@ -140,15 +143,16 @@ def _frames(output) -> np.ndarray:
 def run(loaded: LoadedModel, request: Request, steps: int | None = None, label: str = "run") -> Run:
     """One pipeline call; a NaN or infinite output is an error, not a picture."""
     kwargs = call_kwargs(loaded.pipe, loaded.entry, request, steps or request.steps)
-    start = time.perf_counter()
-    frames = _frames(loaded.pipe(**kwargs))
-    seconds = time.perf_counter() - start
+    with PeakMemory(loaded.pipe.device) as peak:
+        start = time.perf_counter()
+        frames = _frames(loaded.pipe(**kwargs))
+        seconds = time.perf_counter() - start
     if not np.isfinite(frames).all():
         raise FloatingPointError(
             f"the {label} output of {loaded.entry.name} holds NaN or infinite values; try --dtype float32, "
             "fewer dense-to-sparse changes, or another seed"
         )
-    return Run(frames, seconds)
+    return Run(frames, seconds, peak_mem_mb=peak.mb, peak_mem_source=peak.source)
 
 
 def warm_up(loaded: LoadedModel, request: Request, config: SparseConfig | None = None) -> Run:
@@ -187,6 +191,9 @@ class Comparison:
     load_s: float
     warmup_s: float  # the dense and sparse warm-up runs, plan building included
     plan_s: float  # plan building, paid once per layout (in the warm-up); the timed run's share is in sparse_s
+    peak_mem_dense_mb: float | None  # each run's own peak (see peak_mem_source)
+    peak_mem_sparse_mb: float | None
+    peak_mem_source: str
     random_weights: bool
     attention_calls: dict
     judge_dense: dict | None = None
@@ -253,6 +260,9 @@ def compare(
         load_s=loaded.load_s,
         warmup_s=warmup_s,
         plan_s=sparse_warm_up.plan_s + sparse_run.plan_s,
+        peak_mem_dense_mb=dense.peak_mem_mb,
+        peak_mem_sparse_mb=sparse_run.peak_mem_mb,
+        peak_mem_source=sparse_run.peak_mem_source,
         random_weights=loaded.entry.random_weights,
         attention_calls=sparse_run.calls,
         judge_dense=judge(dense.frames, request.prompt) if judge else None,
@@ -276,6 +286,8 @@ def generate_one(loaded: LoadedModel, request: Request, config: SparseConfig, ou
         "sparse_density": result.sparse_density,
         "sparse_s": result.seconds,
         "plan_s": result.plan_s,
+        "peak_mem_sparse_mb": result.peak_mem_mb,
+        "peak_mem_source": result.peak_mem_source,
         "load_s": loaded.load_s,
         "outputs": {"sparse": str(out)},
         "random_weights": loaded.entry.random_weights,
@@ -361,6 +373,7 @@ class MethodResult:
     psnr: float | None
     ssim: float
     judge: dict | None
+    peak_mem_mb: float | None = None  # the largest of its runs' own peaks
 
 
 def compare_methods(
@@ -410,7 +423,11 @@ def compare_methods(
         known = [v for v in values if v is not None]
         return sum(known) / len(known) if known else None
 
-    rows = [MethodResult("dense", 1.0, 1.0, [1.0] * len(dense), dense_s, 1.0, None, 1.0, judged(dense))]
+    def peak(runs: list[Run]) -> float | None:
+        known = [r.peak_mem_mb for r in runs if r.peak_mem_mb is not None]
+        return max(known) if known else None
+
+    rows = [MethodResult("dense", 1.0, 1.0, [1.0] * len(dense), dense_s, 1.0, None, 1.0, judged(dense), peak(dense))]
     for method, runs in sparse_runs.items():
         finite = [p for p in (psnr(d.frames, s.frames) for d, s in zip(dense, runs, strict=True)) if math.isfinite(p)]
         seconds = sum(s.seconds for s in runs) / len(runs)
@@ -425,6 +442,7 @@ def compare_methods(
                 psnr=sum(finite) / len(finite) if finite else None,
                 ssim=sum(ssim(d.frames, s.frames) for d, s in zip(dense, runs, strict=True)) / len(runs),
                 judge=judged(runs),
+                peak_mem_mb=peak(runs),
             )
         )
     return dense_s, rows

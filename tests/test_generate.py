@@ -26,7 +26,7 @@ SMALL = {  # sizes the tiny models take quickly (frames, height, width)
     "tiny-pixart": ("1", "64", "64"),
 }
 COMPARE_KEYS = {"dense_s", "sparse_s", "speedup", "psnr", "ssim", "density", "sparse_density", "outputs", "load_s",
-                "warmup_s", "plan_s"}  # fmt: skip
+                "warmup_s", "plan_s", "peak_mem_dense_mb", "peak_mem_sparse_mb", "peak_mem_source"}  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
@@ -74,6 +74,9 @@ def test_window_is_really_sparse_at_a_size_with_many_blocks(tmp_path):
     request = Request("a red circle moving right", Size(5, 128, 128), steps=2, guidance=5.0)
     config = resolve_config(loaded.entry, "window", None, 0.25)
     result = compare(loaded, request, config, tmp_path / "c.mp4")
+    model_mb = sum(p.numel() * p.element_size() for p in loaded.pipe.transformer.parameters()) / 2**20
+    assert result.peak_mem_dense_mb > model_mb and result.peak_mem_sparse_mb > model_mb
+    assert "reset per run" in result.peak_mem_source  # this Linux lets the peak be reset between runs
     assert 0 < result.density < 0.5
     assert result.attention_calls["sparse"] == 2 * 2 * 2  # steps x CFG calls x self-attention layers
     assert result.psnr < 200 and result.ssim < 1  # the output really changed
@@ -177,6 +180,20 @@ def test_nan_output_is_an_error():
     loaded.pipe.transformer.register_forward_hook(lambda module, args, out: (out[0] * float("nan"),))
     with pytest.raises(FloatingPointError, match="NaN or infinite"):
         run(loaded, Request("a cat", Size(1, 32, 32), steps=1, guidance=1.0), label="dense")
+
+
+def test_peak_memory_of_a_run_is_not_hidden_by_an_earlier_larger_one():
+    import torch
+
+    from sparsediff.memory import PeakMemory
+
+    with PeakMemory() as big:
+        block = torch.ones(300 * 2**20 // 4)  # 300 MB, touched
+        del block
+    with PeakMemory() as small:
+        block = torch.ones(20 * 2**20 // 4)
+        del block
+    assert big.mb - small.mb > 200  # the second run's peak is its own, not the first one's
 
 
 def test_metrics():

@@ -15,6 +15,7 @@ from rich.table import Table
 from sparsediff.config import Schedule, SparseConfig
 from sparsediff.integrations.diffusers import can_reuse_whole, model_signature, transformers_of
 from sparsediff.layout import TokenLayout
+from sparsediff.memory import PeakMemory
 from sparsediff.patterns import PER_CALL, Full, HilbertWindow, Pattern, Pyramid, Skip, aligned_plan
 from sparsediff.search.calibrate import Calibration, CalibrationState, watched_dense_runs
 from sparsediff.search.candidates import BandAndHeavyColumns, Candidate
@@ -37,6 +38,7 @@ class SearchResult:
     densities: dict[str, list[float]]  # per head, of the chosen pattern
     cost_model: CostModel
     seconds: float
+    peak_mem_mb: float | None = None  # of the calibration runs, where the search peaks (`memory.PeakMemory`)
 
     def table(self) -> Table:
         table = Table(title="sparsediff search: chosen pattern per head (relative L2 error, density)")
@@ -122,8 +124,10 @@ def search(
         seed=seed,
         dense_steps=schedule.dense_step_count(num_inference_steps),
     )
-    watched_dense_runs(pipe, _state_class(cal), prompts, block_size, seed, num_inference_steps, progress,
-                       kv_block_size=kv_block_size, backend=backend, **call_kwargs)  # fmt: skip
+    device = getattr(pipe, "device", "cpu")
+    with PeakMemory(device) as peak:  # the calibration runs: where the search's memory peaks
+        watched_dense_runs(pipe, _state_class(cal), prompts, block_size, seed, num_inference_steps, progress,
+                           kv_block_size=kv_block_size, backend=backend, **call_kwargs)  # fmt: skip
     if not cal.errors:
         raise ValueError("no self/joint attention call had a known layout: nothing to search (see the log's warnings)")
     layout = next(iter(cal.layouts.values()))
@@ -181,7 +185,8 @@ def search(
         },
     )  # fmt: skip
     seconds = time.perf_counter() - start
-    return SearchResult(config, cal.candidates, errors, costs, reuse, choices, per_head, densities, cost_model, seconds)
+    return SearchResult(config, cal.candidates, errors, costs, reuse, choices, per_head, densities, cost_model, seconds,
+                        peak.mb)  # fmt: skip
 
 
 def _state_class(cal: Calibration) -> type[CalibrationState]:
