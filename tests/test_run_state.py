@@ -126,3 +126,25 @@ def test_flow_heun_with_cfg_as_separate_calls(guidance):
     calls = len(pipe.scheduler.timesteps)
     branches = ["cond", "uncond"] if guidance > 1 else ["cond"]
     assert seen == [(step, b) for step in range(calls) for b in branches]
+
+
+def test_a_layer_keeps_only_its_skipped_heads_and_a_whole_layer_only_what_it_returns():
+    """One skipped head of eight keeps one eighth of the attention output; a layer whose heads all
+    skip with one period keeps its processor output and none of its heads' outputs."""
+    from sparsediff import TokenLayout
+    from sparsediff.methods.runner import AttentionCall, Runner, Step
+
+    layout = TokenLayout(frames=2, height=8, width=8)
+    config = SparseConfig(method="pattern", block_size=16, heads={"attn": [Skip(every=2)] + [Diagonal(radius=1)] * 7})
+    runner = Runner(config, ["attn"], {"attn": 8})
+    q, k, v = (torch.randn(2, 8, layout.num_tokens, 16) for _ in range(3))
+    out = runner.run(AttentionCall("attn", q, k, v, lambda: None, Step(step=0), layout=layout))
+    assert runner.kept_bytes() * 8 == out.numel() * out.element_size()
+
+    model = TINY_TRANSFORMERS["wan"].build()
+    whole = SparseConfig(method="pattern", pattern=Diagonal(radius=1), block_size=16,
+                         heads={"blocks.1.attn1": [Skip(every=2), Skip(every=2)]})  # fmt: skip
+    inputs = TINY_TRANSFORMERS["wan"].make_inputs(1, 3, 16, 16, 8, 900, torch.Generator().manual_seed(0))
+    with sparsediff.sparse(model, whole) as state, torch.no_grad():
+        model(**inputs)
+        assert [key for key in state.reuse if "blocks.1.attn1" in key] == [("layer output", "blocks.1.attn1", 0)]

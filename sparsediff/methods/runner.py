@@ -81,6 +81,21 @@ class AttentionCall:
         return float(q.shape[0] * q.shape[1] * q.shape[-2] * k.shape[-2])
 
 
+@dataclass(frozen=True)
+class KeptHeads:
+    """What a layer keeps for its skipped heads: their indices and outputs [B, len(heads), N, D]."""
+
+    heads: tuple[int, ...]
+    output: Tensor
+
+
+def _tensors(value) -> list[Tensor]:
+    """The tensors of a processor output (a tensor, or a tuple of them)."""
+    if isinstance(value, Tensor):
+        return [value]
+    return [v for v in value if isinstance(v, Tensor)] if isinstance(value, (tuple, list)) else []
+
+
 @dataclass
 class RunStats:
     """How attention calls were served, shared by every runner of a pipeline (both experts).
@@ -208,20 +223,39 @@ class Runner:
         return call.dense()
 
     def _keep_if_skips(self, call: AttentionCall, out: Tensor) -> None:
-        """Layers with skipped heads keep their last output (per CFG branch) for reuse."""
+        """Layers with skipped heads keep those heads' last output (per CFG branch) for reuse, and
+        nothing of the other heads: on a real model each kept head is B x N x D per branch."""
         patterns = self.head_patterns(call.layer, call.layout, call.query.shape[1], call.head_offset)
-        if any(isinstance(p, Skip) for p in patterns):
-            self.reuse[(call.layer, call.at.branch)] = out
+        skipped = [h for h, p in enumerate(patterns) if isinstance(p, Skip)]
+        if skipped:
+            self.reuse[(call.layer, call.at.branch)] = KeptHeads(tuple(skipped), out[:, skipped].clone())
             self._kept_now[call.layer] = call.work
+
+    def _kept_output(self, call: AttentionCall) -> Tensor | None:
+        """A full-shaped tensor holding the kept heads' outputs (the others unset), or None when
+        nothing fits this call."""
+        kept = self.reuse.get((call.layer, call.at.branch))
+        q = call.query
+        if kept is None or kept.output.shape != (q.shape[0], len(kept.heads), *q.shape[2:]):
+            return None
+        previous = torch.empty_like(q)
+        previous[:, list(kept.heads)] = kept.output
+        return previous
+
+    def kept_bytes(self) -> int:
+        """Memory held for reuse now: kept heads' outputs and layers' whole outputs."""
+        total = 0
+        for kept in self.reuse.values():
+            tensors = [kept.output] if isinstance(kept, KeptHeads) else _tensors(kept[1])
+            total += sum(t.numel() * t.element_size() for t in tensors)
+        return total
 
     def _static(self, call: AttentionCall) -> Tensor:
         """A static plan (window, pattern), skipped heads reusing their kept output where they may."""
         layout, heads, offset = call.layout, call.query.shape[1], call.head_offset
         patterns = self.head_patterns(call.layer, layout, heads, offset)
         keeps_output = any(isinstance(p, Skip) for p in patterns)
-        previous = self.reuse.get((call.layer, call.at.branch)) if keeps_output else None
-        if previous is not None and previous.shape != call.query.shape:
-            previous = None
+        previous = self._kept_output(call) if keeps_output else None
         running = self._skipped_heads_running(patterns, call.at, can_reuse=previous is not None)
         plan = self.plan(call.layer, layout, heads, running, offset)
         q, k, v = call.query, call.key, call.value
@@ -380,6 +414,13 @@ class Runner:
         return kept[1]
 
     def keep_layer(self, layer: str, at: Step, inputs: tuple, output: object) -> None:
-        """Keep a layer's whole output when all its heads skip and its attention kept its output."""
-        if self._skips(layer) is not None and layer in self._kept_now:
+        """Keep a layer's whole output when all its heads skip and its attention kept its output.
+        With one period for all its heads, a step either refreshes all of them or reuses the layer
+        whole, so when the next step reuses it whole its heads' outputs are dropped: the layer
+        keeps only what it returns."""
+        skips = self._skips(layer)
+        if skips is not None and layer in self._kept_now:
             self.reuse[("layer output", layer, at.branch)] = (inputs, output, self._kept_now[layer])
+            following = Step(at.step + 1, at.branch, at.run, at.total)
+            if len({p.every for p in skips}) == 1 and self.reuses_whole_layer(layer, following):
+                self.reuse.pop((layer, at.branch), None)
