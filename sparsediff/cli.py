@@ -528,6 +528,9 @@ def search_cmd(
     ] = None,
     dense_fraction: Annotated[float, typer.Option(help="first fraction of steps kept dense")] = 0.0,
     cost_model: Annotated[Path | None, typer.Option(help="reuse the cost model of an earlier config")] = None,
+    max_extra_memory: Annotated[
+        float | None, typer.Option(help="MB that skipped heads may keep between steps, at the calibration size")
+    ] = None,
     seed: Annotated[int, typer.Option(help="seed of the calibration runs and row sampling")] = 0,
     report: Annotated[Path | None, typer.Option(help="folder for the heatmap PNG and text table")] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice)")] = None,
@@ -554,7 +557,7 @@ def search_cmd(
         result = search(
             loaded.pipe, texts, max_error=max_error, budget=budget, num_inference_steps=request.steps,
             calibration_steps=calibration_steps, rows=rows, block_size=block_size, kv_block_size=kv_block_size,
-            dense_fraction=dense_fraction, cost_model=costs, seed=seed, **kwargs,
+            dense_fraction=dense_fraction, cost_model=costs, seed=seed, max_extra_memory_mb=max_extra_memory, **kwargs,
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as err:
         console.print(f"[red]error:[/red] {err}")

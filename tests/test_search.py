@@ -450,3 +450,35 @@ def test_cost_model_times_plans_with_their_kv_blocks_and_the_search_refuses_othe
     pipe = tiny_pipeline("wan")
     with pytest.raises(ValueError, match=r"fitted on \(64, 64\) \(query, KV\) blocks, the search plans \(64, 16\)"):
         search(pipe, ["a red circle"], budget=0.5, kv_block_size=16, cost_model=FIXED_COSTS, num_inference_steps=2)
+
+
+def _kept_during(pipe, config, **call) -> int:
+    """The most bytes kept for reuse at the end of any transformer forward of one pipeline call."""
+    most = []
+    with sparsediff.sparse(pipe, config):
+        runner = sparsediff.state_of(pipe.transformer).runner
+        handle = pipe.transformer.register_forward_hook(lambda *_: most.append(runner.kept_bytes()))
+        pipe("a cat", **call)
+        handle.remove()
+    return max(most)
+
+
+def test_search_predicts_what_skipped_heads_keep_and_a_memory_limit_holds():
+    pipe = tiny_pipeline("wan")
+    pipe.set_progress_bar_config(disable=True)
+    call = dict(num_frames=5, height=128, width=128, guidance_scale=3.0, num_inference_steps=4)
+    settings = dict(max_error=0.9, candidates=[Full(), Skip(every=2)], cost_model=FIXED_COSTS,
+                    calibration_steps=2, progress=False, **call)  # fmt: skip
+    free = search(pipe, ["a red circle"], **settings)
+    predicted = free.config.search["predicted"]["extra_memory_mb"]
+    skipped = sum(isinstance(p, Skip) for patterns in free.config.heads.values() for p in patterns)
+    assert skipped >= 2 and predicted > 0
+    assert _kept_during(pipe, free.config, **call) / 2**20 == pytest.approx(predicted, rel=1e-6)  # against a run
+    limit = predicted / skipped * (skipped // 2)  # room for half the skipped heads
+    limited = search(pipe, ["a red circle"], max_extra_memory_mb=limit, **settings)
+    assert limited.config.search["predicted"]["extra_memory_mb"] <= limit
+    assert _kept_during(pipe, limited.config, **call) / 2**20 <= limit
+    for layer, picks in limited.choices.items():
+        assert all(float(limited.errors[layer][h, c]) <= 0.9 for h, c in enumerate(picks))
+    with pytest.raises(ValueError, match="max_extra_memory_mb must be >= 0"):
+        search(pipe, ["a red circle"], max_extra_memory_mb=-1, **settings)

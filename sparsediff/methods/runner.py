@@ -89,6 +89,13 @@ class KeptHeads:
     output: Tensor
 
 
+def kept_bytes_of(skipped_heads: int, batch: int, tokens: int, head_dim: int, itemsize: int, branches: int = 1) -> int:
+    """What `Runner.kept_bytes` holds for this many skipped heads (summed over layers): each keeps
+    its output [batch, tokens, head_dim] per CFG branch run as its own call. A layer reused whole
+    keeps its processor output instead, the same size for DiT layers (hidden = heads x head_dim)."""
+    return skipped_heads * batch * tokens * head_dim * itemsize * branches
+
+
 def _tensors(value) -> list[Tensor]:
     """The tensors of a processor output (a tensor, or a tuple of them)."""
     if isinstance(value, Tensor):

@@ -62,6 +62,8 @@ class Calibration:
     layouts: dict[str, TokenLayout] = field(default_factory=dict)  # the layout each layer was scored at
     head_dims: dict[str, int] = field(default_factory=dict)
     batch: int = 1  # of the attention calls (2 with classifier-free guidance in one batch)
+    branches: set = field(default_factory=set)  # CFG branches run as separate calls (each keeps its own outputs)
+    itemsize: int = 4  # bytes per element of the model's attention outputs
     columns: dict[str, list[tuple]] = field(default_factory=dict)  # layer -> per head, heaviest key positions
     # layer -> per processor call, its time outside attention over its dense attention time
     outside: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
@@ -147,6 +149,8 @@ class CalibrationState(DenseWatcher):
         cal.layouts.setdefault(layer, layout)
         cal.head_dims.setdefault(layer, query.shape[-1])
         cal.batch = query.shape[0]
+        cal.branches.add(self.tracker.branch)
+        cal.itemsize = query.element_size()
         stats.calls += 1
         norm = exact.square().sum(dim=(0, 2, 3))  # [H]
         key, value = expand_kv(key, heads), expand_kv(value, heads)

@@ -16,12 +16,20 @@ from sparsediff.config import Schedule, SparseConfig
 from sparsediff.integrations.diffusers import can_reuse_whole, model_signature, transformers_of
 from sparsediff.layout import TokenLayout
 from sparsediff.memory import PeakMemory
+from sparsediff.methods.runner import kept_bytes_of
 from sparsediff.patterns import PER_CALL, Full, HilbertWindow, Pattern, Pyramid, Skip, aligned_plan
 from sparsediff.search.calibrate import Calibration, CalibrationState, watched_dense_runs
 from sparsediff.search.candidates import BandAndHeavyColumns, Candidate
 from sparsediff.search.cost import CostModel, measure
 from sparsediff.search.report import heatmap, short_name
-from sparsediff.search.solver import Choices, LayerReuse, reused_share, solve_budget, solve_max_error
+from sparsediff.search.solver import (
+    Choices,
+    LayerReuse,
+    limit_kept_memory,
+    reused_share,
+    solve_budget,
+    solve_max_error,
+)
 
 Blocks = tuple[int, int]  # (query, KV) block sizes of static plans
 
@@ -92,6 +100,7 @@ def search(
     cost_model: CostModel | None = None,
     seed: int = 0,
     progress: bool = True,
+    max_extra_memory_mb: float | None = None,
     **call_kwargs,
 ) -> SearchResult:
     """Find the cheapest pattern per layer and head for `pipe` (a diffusers pipeline).
@@ -100,6 +109,8 @@ def search(
     (predicted attention time as a fraction of dense) is given. `call_kwargs` go to every
     pipeline call (sizes, guidance); each prompt runs with seed `seed + i`. Static plans use
     query blocks of `block_size` and KV blocks of `kv_block_size` (default: the same).
+    `max_extra_memory_mb` bounds what skipped heads keep between steps at the calibration's
+    size (the config's `search.predicted.extra_memory_mb`); skips over it are replaced.
     """
     if (max_error is None) == (budget is None):
         raise ValueError("give exactly one of max_error (per-head error bound) or budget (fraction of dense time)")
@@ -158,6 +169,14 @@ def search(
             )
         choices = solve_budget(errors, costs, budget * dense_total - overhead, reuse)
     choices = _dense_where_faster(choices, cal, blocks, cost_model, savings)
+    skips = {c for c, p in enumerate(cal.candidates) if isinstance(p, Skip)}
+    per_head = {layer: kept_bytes_of(1, cal.batch, cal.layouts[layer].num_tokens, cal.head_dims[layer], cal.itemsize,
+                                     max(1, len(cal.branches))) for layer in choices}  # fmt: skip
+    if max_extra_memory_mb is not None:
+        if max_extra_memory_mb < 0:
+            raise ValueError(f"max_extra_memory_mb must be >= 0, got {max_extra_memory_mb}")
+        choices = limit_kept_memory(choices, errors, costs, skips, per_head, int(max_extra_memory_mb * 2**20))
+    extra_mb = sum(per_head[layer] * sum(c in skips for c in picks) for layer, picks in choices.items()) / 2**20
     per_head = {layer: [cal.resolve(layer, h, c) for h, c in enumerate(picks)] for layer, picks in choices.items()}
     densities = {layer: [_amortized_density(cal.layouts[layer], p, blocks) for p in pats]
                  for layer, pats in per_head.items()}  # fmt: skip
@@ -176,9 +195,10 @@ def search(
                 "prompts": list(prompts), "num_inference_steps": num_inference_steps,
                 "calibration_steps": sorted(cal.sample_steps), "rows": rows, "seed": seed,
                 "max_error": max_error, "budget": budget, "layout": repr(layout),
+                "max_extra_memory_mb": max_extra_memory_mb,
                 "call_kwargs": {k: v for k, v in call_kwargs.items() if isinstance(v, (int, float, str, bool))},
             },
-            "predicted": predicted,
+            "predicted": predicted | {"extra_memory_mb": round(extra_mb, 6)},
             "cost_model": cost_model.model_dump(),
             "whole_layer_saving_ms": {n: round(ms, 3) for n, ms in savings.items()},
             "head_error": {n: [float(errors[n][h, c]) for h, c in enumerate(p)] for n, p in choices.items()},

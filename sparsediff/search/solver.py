@@ -152,3 +152,34 @@ def _top_up(choices: Choices, errors, costs, budget_ms: float, reuse: LayerReuse
             return choices
         _, layer, h, c = best
         choices[layer][h] = c
+
+
+def limit_kept_memory(
+    choices: Choices, errors: dict[str, torch.Tensor], costs: dict[str, torch.Tensor], skips: set[int],
+    bytes_per_head: dict[str, int], limit: int,
+) -> Choices:  # fmt: skip
+    """Replace skipped heads until what they keep fits `limit` bytes: each time the replacement
+    that adds the least cost per byte freed, by the cheapest candidate that is not a skip and
+    whose error is at most the skip's (full attention always is), so quality never drops."""
+    choices = {layer: list(picks) for layer, picks in choices.items()}
+
+    def kept() -> int:
+        return sum(bytes_per_head[layer] * sum(c in skips for c in picks) for layer, picks in choices.items())
+
+    while kept() > limit:
+        best = None
+        for layer, picks in choices.items():
+            cost, table = costs[layer].tolist(), errors[layer].tolist()
+            for h, c in enumerate(picks):
+                if c not in skips:
+                    continue
+                options = [o for o in range(len(cost)) if o not in skips and table[h][o] <= table[h][c]]
+                replacement = min(options, key=lambda o, cost=cost: (cost[o], o))
+                rate = (cost[replacement] - cost[c]) / bytes_per_head[layer]
+                if best is None or rate < best[0]:
+                    best = (rate, layer, h, replacement)
+        if best is None:
+            break
+        _, layer, h, replacement = best
+        choices[layer][h] = replacement
+    return choices
