@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from sparsediff.attention import resolve_backend, sparse_attention
+from sparsediff.config import SparseConfig
 from sparsediff.memory import PeakMemory
+from sparsediff.patterns import Skip
 from sparsediff.plan import BlockPlan
 
 # The reference materializes N x N scores per head; beyond this it is too slow to check.
@@ -361,4 +363,82 @@ def bench_permutation(
         attention_calls_per_forward=layers,
         per_call_share=round(call_s / method_s, 4),
         saving_per_forward_ms=round((layers * call_s - forward_s) * 1e3, 3),
+    )
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """A published model at one generation size, as memory sees it."""
+
+    name: str
+    description: str
+    attention_layers: int  # self/joint attention calls per transformer forward
+    heads: int
+    head_dim: int
+    tokens: int  # per attention call
+    params: float  # parameters
+    branches: int  # CFG branches run as separate calls (each keeps its own outputs)
+    batch: int = 1  # per call
+    itemsize: int = 2  # bf16
+
+
+SHAPES = {
+    s.name: s
+    for s in (
+        ModelShape("wan2.1-14b-720p", "Wan2.1-T2V-14B, 81 frames at 720x1280: 21 x 45 x 80 latent tokens, "
+                   "CFG as 2 calls", 40, 40, 128, 21 * 45 * 80, 14e9, 2),
+        ModelShape("wan2.1-1.3b-480p", "Wan2.1-T2V-1.3B, 81 frames at 480x832: 21 x 30 x 52 latent tokens, "
+                   "CFG as 2 calls", 30, 12, 128, 21 * 30 * 52, 1.3e9, 2),
+        ModelShape("hunyuan-720p", "HunyuanVideo, 129 frames at 720x1280: 33 x 45 x 80 latent + 256 text tokens, "
+                   "20 double + 40 single blocks, guidance embedded (1 call)", 60, 24, 128, 33 * 45 * 80 + 256, 13e9,
+                   1),
+    )
+}  # fmt: skip
+
+
+@dataclass
+class MemoryBench:
+    shape: str
+    description: str
+    skipped_head_share: float  # of the config's heads
+    skipped_heads: int  # at this shape: share x layers x heads
+    extra_kept_bytes: int  # what skipped heads keep between steps (all branches)
+    extra_kept_mb: float
+    one_head_mb: float  # one skipped head's kept output, per branch
+    kernel_workspace_mb: float  # the gather kernel's per-chunk scores and gathered K/V
+    weights_mb: float
+    attention_activations_mb: float  # q, k, v and output of one attention call
+
+
+def bench_memory(shape: ModelShape | str, config: SparseConfig | str) -> MemoryBench:
+    """On paper: the extra memory a config's skipped heads keep at a published model's shape,
+    beside its kernels' workspace, the model's weights and one attention call's activations. The
+    config's share of skipped heads carries over to the model's layers and heads."""
+    from sparsediff.kernels.gather import CHUNK_BLOCK_PAIRS
+    from sparsediff.methods.runner import kept_bytes_of
+
+    if isinstance(shape, str):
+        if shape not in SHAPES:
+            raise ValueError(f"unknown shape {shape!r}; choose one of {', '.join(SHAPES)}")
+        shape = SHAPES[shape]
+    config = SparseConfig.load(config)
+    per_head = [p for patterns in config.heads.values() for p in patterns] or [config.pattern]
+    share = sum(isinstance(p, Skip) for p in per_head) / len(per_head) if config.method == "pattern" else 0.0
+    skipped = round(share * shape.attention_layers * shape.heads)
+    mb = 2**20
+    block_q, block_kv = config.plan_blocks
+    workspace = CHUNK_BLOCK_PAIRS * (block_q * block_kv * 4 + 2 * block_kv * shape.head_dim * shape.itemsize)
+    activations = 4 * shape.batch * shape.tokens * shape.heads * shape.head_dim * shape.itemsize
+    kept = kept_bytes_of(skipped, shape.batch, shape.tokens, shape.head_dim, shape.itemsize, shape.branches)
+    return MemoryBench(
+        shape=shape.name,
+        description=shape.description,
+        skipped_head_share=round(share, 4),
+        skipped_heads=skipped,
+        extra_kept_bytes=kept,
+        extra_kept_mb=round(kept / mb, 1),
+        one_head_mb=round(kept_bytes_of(1, shape.batch, shape.tokens, shape.head_dim, shape.itemsize) / mb, 2),
+        kernel_workspace_mb=round(workspace / mb, 2),
+        weights_mb=round(shape.params * shape.itemsize / mb, 1),
+        attention_activations_mb=round(activations / mb, 1),
     )

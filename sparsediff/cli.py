@@ -187,6 +187,30 @@ def bench_dllm_cmd(
         console.print(f"model: {r.model}; random weights, so the timings are real and the answers are not")
 
 
+@bench_app.command("memory")
+def bench_memory_cmd(
+    shape: Annotated[str, typer.Option(help="wan2.1-14b-720p, wan2.1-1.3b-480p or hunyuan-720p")],
+    config: Annotated[str, typer.Option(help="sparse config (preset or JSON file)")] = "assets/shapes-t2v/sparse.json",
+    json_out: Annotated[bool, typer.Option("--json", help="one JSON object")] = False,
+) -> None:
+    """On paper: what a config's skipped heads keep at a published model's shape, beside its weights."""
+    from sparsediff.bench import bench_memory
+
+    try:
+        r = bench_memory(shape, config)
+    except (ValueError, FileNotFoundError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
+    if json_out:
+        print(json.dumps(asdict(r)), flush=True)
+        return
+    table = Table(show_header=False, title=f"{r.shape}: {r.description}")
+    for key, value in asdict(r).items():
+        if key not in ("shape", "description"):
+            table.add_row(key.replace("_", " "), str(value))
+    console.print(table)
+
+
 @bench_app.command("permutation")
 def bench_permutation_cmd(
     frames: Annotated[int, typer.Option(help="latent frames")] = 16,

@@ -141,3 +141,33 @@ def test_shipped_config_compares_at_a_small_size_with_the_judge(tmp_path, monkey
     result = runner.invoke(app, ["generate", "--model", "shapes-t2v", "--density", "0.2", "--steps", "1",
                                  "--out", str(tmp_path / "x.mp4")])  # fmt: skip
     assert result.exit_code == 2 and "--density does not apply" in " ".join(result.output.split())
+
+
+def test_bench_memory_on_paper_matches_a_measured_run_at_a_tiny_shape():
+    import torch
+
+    import sparsediff
+    from sparsediff import Diagonal, Skip, SparseConfig
+    from sparsediff.bench import ModelShape, bench_memory
+    from sparsediff.pipelines.tiny import TINY_TRANSFORMERS
+
+    config = SparseConfig(method="pattern", block_size=16, heads={
+        "blocks.0.attn1": [Skip(every=2), Diagonal(radius=1)], "blocks.1.attn1": [Diagonal(radius=1)] * 2,
+    })  # fmt: skip
+    spec = TINY_TRANSFORMERS["wan"]
+    model = spec.build()
+    inputs = spec.make_inputs(2, 3, 16, 16, 8, 900, torch.Generator().manual_seed(0))  # 3 x 8 x 8 tokens
+    with sparsediff.sparse(model, config) as state, torch.no_grad():
+        model(**inputs)
+        measured = state.runner.kept_bytes()
+    tiny = ModelShape("tiny-wan", "tiny Wan", attention_layers=2, heads=2, head_dim=16, tokens=3 * 8 * 8, params=1e5,
+                      branches=1, batch=2, itemsize=4)  # fmt: skip
+    on_paper = bench_memory(tiny, config)
+    assert on_paper.skipped_heads == 1 and on_paper.extra_kept_bytes == measured > 0
+    result = runner.invoke(app, ["bench", "memory", "--shape", "wan2.1-14b-720p", "--json"])
+    assert result.exit_code == 0, result.output
+    r = json.loads(result.stdout)
+    assert 0 < r["skipped_head_share"] < 1 and r["one_head_mb"] == round(75_600 * 128 * 2 / 2**20, 2)
+    assert r["extra_kept_mb"] == round(r["skipped_heads"] * 2 * 75_600 * 128 * 2 / 2**20, 1)  # 2 CFG calls
+    result = runner.invoke(app, ["bench", "memory", "--shape", "sora-1080p"])
+    assert result.exit_code == 2 and "unknown shape 'sora-1080p'" in result.output
