@@ -232,11 +232,12 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_manifests(out_dir: Path) -> list[dict]:
-    """Every whole line of the merged manifest and of the process shards (a torn last line of a
-    killed process is skipped)."""
+def read_manifests(out_dir: Path, shards_only: bool = False) -> list[dict]:
+    """Every whole line of the merged manifest (unless `shards_only`) and of the process shards
+    (a torn last line of a killed process is skipped)."""
+    paths = sorted(out_dir.glob("manifest.rank*.jsonl"))
     records = []
-    for path in [out_dir / MANIFEST, *sorted(out_dir.glob("manifest.rank*.jsonl"))]:
+    for path in paths if shards_only else [out_dir / MANIFEST, *paths]:
         if not path.exists():
             continue
         for line in path.read_text().splitlines():
@@ -346,21 +347,15 @@ def run_batch(
     state.wait_for_everyone()
     summary = None
     if state.is_main_process:
-        summary = _summary(read_shards(out_dir), len(items), len(items) - len(pending), time.perf_counter() - start)
+        summary = _summary(
+            read_manifests(out_dir, shards_only=True),
+            len(items),
+            len(items) - len(pending),
+            time.perf_counter() - start,
+        )
         merge_manifests(out_dir)
     state.wait_for_everyone()
     return summary
-
-
-def read_shards(out_dir: Path) -> list[dict]:
-    records = []
-    for path in sorted(out_dir.glob("manifest.rank*.jsonl")):
-        for line in path.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return records
 
 
 def merge_manifests(out_dir: Path) -> None:
