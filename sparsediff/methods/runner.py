@@ -157,8 +157,9 @@ class Runner:
         self.layers = list(layers)  # attention module names in module order (dense_layers indexes them)
         self.heads = heads or {}  # layer -> head count, where known (whole-layer reuse needs it)
         self.stats = stats or RunStats()
-        self.plans: dict = {}  # (layer, layout, heads, skipped heads running) -> BlockPlan
-        self.reuse: dict = {}  # (layer, branch) -> last output; ("layer output", layer, branch) -> whole layer
+        self.plans: dict = {}  # (layer, layout, heads, skipped heads running, head offset) -> BlockPlan
+        # (layer, branch) -> KeptHeads; ("layer output", layer, branch) -> (input shapes, output, work)
+        self.reuse: dict = {}
         self.sparsed = SparsedPatterns(config) if config.method == "sparsed" else None
         self.plan_seconds = 0.0  # one-off time spent building plans
         self._run = 0  # the run that `reuse` and SparseD's patterns belong to
@@ -183,7 +184,7 @@ class Runner:
             self._run = at.run
 
     def release(self) -> None:
-        """Free the outputs kept for reuse (full [B, H, N, D] tensors per layer and branch)."""
+        """Free the outputs kept for reuse (skipped heads' outputs, whole layers' outputs)."""
         self.reuse.clear()
         self._kept_now.clear()
 
