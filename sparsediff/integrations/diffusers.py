@@ -164,7 +164,7 @@ class SparseState:
             self.stats.restart(self.tracker.run)
 
     def release(self) -> None:
-        """Free the outputs kept for reuse (full [B, H, N, D] tensors per layer and branch)."""
+        """Free the outputs kept for reuse (skipped heads' and whole layers' outputs)."""
         self.runner.release()
 
     def layout_for(self, n: int) -> TokenLayout | None:
