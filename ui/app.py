@@ -193,11 +193,13 @@ def build_app(default: str | None = None, models: Models | None = None) -> gr.Bl
             raise gr.Error(str(err)) from err
 
     def layers_of(model, folder):
+        from sparsediff.integrations.diffusers import attention_processors
+
         try:
             transformer = models.get(folder or model).loaded.pipe.transformer
         except ERRORS as err:
             raise gr.Error(str(err)) from err
-        names = [n.removesuffix(".processor") for n in transformer.attn_processors]
+        names = [n.removesuffix(".processor") for n in attention_processors(transformer)]
         names = [n for n in names if not n.endswith("attn2") and not n.startswith("context_embedder")]
         return gr.Dropdown(choices=names, value=names[0] if names else None)
 

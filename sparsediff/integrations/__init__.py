@@ -49,7 +49,7 @@ def remove(target) -> None:
 
 def state_of(target):
     """The state `apply` installed (for a pipeline: of its first transformer), or None."""
-    if not is_language_model(target) and not hasattr(target, "attn_processors"):
+    if not is_language_model(target):
         target = _diffusers.transformers_of(target)[0]
     return _integration(target).state_of(target)
 

@@ -35,7 +35,7 @@ from torch.overrides import TorchFunctionMode
 
 from sparsediff.attention import is_trivial_mask
 from sparsediff.config import ModelSignature, SparseConfig
-from sparsediff.integrations.families import Family, family_of
+from sparsediff.integrations.families import FAMILIES, Family, family_of
 from sparsediff.layout import TokenLayout
 from sparsediff.methods.runner import AttentionCall, Runner, RunStats, Step
 
@@ -405,21 +405,66 @@ def _current_context(manager: StateManager) -> CacheContext | None:
 
 
 def transformers_of(target) -> list[torch.nn.Module]:
-    if hasattr(target, "attn_processors"):
-        return [target]
-    found = [getattr(target, name, None) for name in ("transformer", "transformer_2")]
-    found = [m for m in found if m is not None]
-    if not found or not all(hasattr(m, "attn_processors") for m in found):
-        raise TypeError(
-            f"sparsediff.apply expects a diffusers pipeline with a transformer, or a diffusers transformer; "
-            f"got {type(target).__name__}"
-        )
+    """The diffusers transformers of a pipeline (`transformer`, Wan 2.2's `transformer_2`), or the
+    target itself when it is one; a model sparsediff cannot reach is refused with the reason."""
+    if _is_diffusers_model(target):
+        found = [target]
+    else:
+        found = [m for m in (getattr(target, n, None) for n in ("transformer", "transformer_2")) if m is not None]
+        if not found or not all(_is_diffusers_model(m) for m in found):
+            raise TypeError(
+                f"sparsediff.apply expects a diffusers pipeline with a transformer, or a diffusers transformer; "
+                f"got {type(target).__name__}"
+            )
+    for model in found:
+        if not attention_processors(model):
+            raise TypeError(
+                f"{type(model).__name__} is a diffusers model, but none of its modules is a diffusers attention "
+                "module with a processor, so sparsediff has no attention call to make sparse (families it knows: "
+                f"{', '.join(FAMILIES)}; any model built from diffusers' attention modules works too)"
+            )
     return found
+
+
+def _is_diffusers_model(target) -> bool:
+    from diffusers import ModelMixin
+
+    return isinstance(target, ModelMixin)
+
+
+def attention_processors(model) -> dict[str, object]:
+    """`<module>.processor` -> processor for every attention module, in module order: diffusers'
+    `attn_processors` where the model has it (AttentionMixin), otherwise every submodule of
+    diffusers' attention classes (the ones its own `set_attention_backend` walks)."""
+    if hasattr(model, "attn_processors"):
+        return model.attn_processors
+    from diffusers.models.attention import AttentionModuleMixin
+    from diffusers.models.attention_processor import Attention, MochiAttention
+
+    classes = (Attention, MochiAttention, AttentionModuleMixin)
+    return {
+        f"{name}.processor": module.processor
+        for name, module in model.named_modules()
+        if isinstance(module, classes) and getattr(module, "processor", None) is not None
+    }
+
+
+def set_processors(model, processors: dict[str, object]) -> None:
+    """Install `<module>.processor` -> processor (the inverse of `attention_processors`)."""
+    if hasattr(model, "set_attn_processor"):
+        model.set_attn_processor(processors)
+        return
+    for key, processor in processors.items():
+        module = model.get_submodule(key.removesuffix(".processor"))
+        if hasattr(module, "set_processor"):
+            module.set_processor(processor)
+        else:  # MochiAttention keeps a plain attribute
+            module.processor = processor
 
 
 def _attention_layers(transformer) -> dict[str, object]:
     """Attention module name -> module, in module order."""
-    names = [name.removesuffix(".processor") for name in transformer.attn_processors]
+    names = [name.removesuffix(".processor") for name in attention_processors(transformer)]
     return {name: transformer.get_submodule(name) for name in names}
 
 
@@ -429,7 +474,7 @@ def model_signature(transformer) -> ModelSignature:
     heads = getattr(first, "heads", None) or 1
     return ModelSignature(
         model_class=type(transformer).__name__,
-        attention_layers=len(transformer.attn_processors),
+        attention_layers=len(attention_processors(transformer)),
         heads=heads,
         head_dim=getattr(first, "inner_dim", 0) // heads,
     )
@@ -498,8 +543,8 @@ def install(target, config: SparseConfig, state_class: type[SparseState]) -> Spa
         state = state_class(config, tracker, list(layers), stats=stats, **_model_facts(transformer, layers))
         states.append((transformer, layers, state))
     for transformer, layers, state in states:
-        originals = transformer.attn_processors
-        transformer.set_attn_processor(_wrapped(originals, layers, state))
+        originals = attention_processors(transformer)
+        set_processors(transformer, _wrapped(originals, layers, state))
         HookRegistry.check_if_exists_or_initialize(transformer).register_hook(SparseStepHook(state), HOOK_NAME)
         setattr(transformer, STATE_ATTR, (state, originals))
     return states[0][2]
@@ -514,7 +559,7 @@ def remove(target) -> None:
         if not hasattr(transformer, STATE_ATTR):
             continue
         _, originals = getattr(transformer, STATE_ATTR)
-        transformer.set_attn_processor(originals)
+        set_processors(transformer, originals)
         HookRegistry.check_if_exists_or_initialize(transformer).remove_hook(HOOK_NAME, recurse=False)
         delattr(transformer, STATE_ATTR)
 
@@ -528,7 +573,7 @@ def sparse_processors(transformer, config: SparseConfig | dict | str, layout: To
     layers = _attention_layers(transformer)
     _check_fits(config, transformer, layers)
     state = SparseState(config, StepTracker(), list(layers), fixed_layout=layout, **_model_facts(transformer, layers))
-    return _wrapped(transformer.attn_processors, layers, state)
+    return _wrapped(attention_processors(transformer), layers, state)
 
 
 def _model_facts(transformer, layers: dict[str, object]) -> dict:
