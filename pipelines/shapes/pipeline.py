@@ -140,6 +140,11 @@ class ShapesT2VPipeline(DiffusionPipeline):
         self.register_to_config(prediction=prediction)
 
     @property
+    def current_timestep(self):
+        """The timestep of the step in progress (None between calls), as diffusers' pipelines expose it."""
+        return getattr(self, "_current_timestep", None)
+
+    @property
     def patch_size(self) -> int:
         return self.transformer.config.patch_size
 
@@ -207,17 +212,20 @@ class ShapesT2VPipeline(DiffusionPipeline):
         latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(device, dtype)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         with self.progress_bar(total=num_inference_steps) as progress:
-            for t in self.scheduler.timesteps:
+            for i, t in enumerate(self.scheduler.timesteps):
+                self._current_timestep = t  # read by diffusers' caches (PyramidAttentionBroadcast, FasterCache)
                 batch = torch.cat([latents, latents]) if cfg else latents
                 sigma = (t / self.scheduler.config.num_train_timesteps).expand(batch.shape[0]).to(dtype)
                 # The context diffusers' cache hooks (and sparsediff's step tracking) key their state by.
-                with self.transformer.cache_context("cond_uncond" if cfg else "cond"):
+                context = dict(step_index=i, num_inference_steps=num_inference_steps, timestep=t, sigma=float(sigma[0]))
+                with self.transformer.cache_context("cond_uncond" if cfg else "cond", **context):
                     velocity = self.predict(batch, sigma, text.to(dtype), pooled.to(dtype))
                 if cfg:
                     cond, uncond = velocity.chunk(2)
                     velocity = uncond + guidance_scale * (cond - uncond)
                 latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
                 progress.update()
+        self._current_timestep = None
         frames = ((latents.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1)  # (B, F, H, W, 3)
         if output_type == "np":
             frames = frames.cpu().numpy()
