@@ -249,7 +249,8 @@ def bench_methods_cmd(
         str | None, typer.Option(help="built-in name, local pipeline folder or diffusers model id")
     ] = None,
     method: Annotated[
-        list[str], typer.Option(help="presets or config JSON files to compare; repeat (default: per-call and window)")
+        list[str],
+        typer.Option(help="preset, config JSON, peer (fbcache[:threshold=0.1]) or ours+peer; repeat"),
     ] = [],  # noqa: B006
     density: Annotated[
         float | None,
@@ -269,15 +270,22 @@ def bench_methods_cmd(
         int | None, typer.Option(help="first steps kept dense for every method (default: each config's own)")
     ] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice)")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="one JSON object per method, one per line")] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="one JSON object per method, one per line, then a summary object")
+    ] = False,
+    plot: Annotated[Path | None, typer.Option(help="write a speedup vs PSNR Pareto plot (.png)")] = None,
 ) -> None:
-    """Sparse methods side by side at one density: speed and quality vs dense on the same seeds."""
+    """Methods side by side on the same seeds: ours (presets, configs), diffusers' caches (pab,
+    fastercache, fbcache, taylorseer, magcache, seacache; `name:key=value`) and stacks (`ours+peer`)."""
+    from sparsediff.bench import pareto_figure
     from sparsediff.generate import Request, compare_methods
     from sparsediff.pipelines.registry import default_model, load_model
 
     if threads:
         torch.set_num_threads(threads)
     try:
+        if plot is not None and plot.suffix.lower() != ".png":
+            raise ValueError(f"--plot {plot}: use a .png file name")
         if prompt and held_out is not None:
             raise ValueError("give --prompt or --held-out, not both")
         loaded = load_model(model or default_model())
@@ -294,9 +302,15 @@ def bench_methods_cmd(
     except (ValueError, FileNotFoundError, FloatingPointError) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from err
+    if plot is not None:
+        pareto_figure(rows, plot, title=f"{entry.name} {size}, {len(requests)} prompt(s)")
     if json_out:
         for r in rows:
             print(json.dumps({**asdict(r), "dense_s": dense_s, "model": entry.name, "size": str(size)}), flush=True)
+        keys = ("method", "seconds", "speedup", "psnr", "ssim", "judge", "density", "peak_mem_mb", "error")
+        summary = {"model": entry.name, "size": str(size), "prompts": prompts, "dense_s": dense_s,
+                   "methods": [{k: getattr(r, k) for k in keys} for r in rows]}  # fmt: skip
+        print(json.dumps(summary), flush=True)
         return
     table = Table(
         title=f"{entry.name} {size}, {requests[0].steps} steps, {len(requests)} prompt(s), dense {dense_s:.2f} s"
@@ -304,11 +318,20 @@ def bench_methods_cmd(
     for col in ("method", "density", "sparse s", "speedup", "PSNR dB", "SSIM", "judge", "peak MB"):
         table.add_column(col, justify="right")
     for r in rows:
+        if r.error is not None:
+            table.add_row(r.method, "-", "-", "-", "-", "-", "-", "-")
+            continue
         judge = "-" if r.judge is None else f"{r.judge['colour_and_direction']:.2f}"
         psnr_text = "reference" if r.method == "dense" else "identical" if r.psnr is None else f"{r.psnr:.2f}"
-        table.add_row(r.method, f"{r.density:.3f}", f"{r.seconds:.2f}", f"{r.speedup:.2f}x", psnr_text,
+        density_text = "-" if r.density is None else f"{r.density:.3f}"  # peers: no attention density
+        table.add_row(r.method, density_text, f"{r.seconds:.2f}", f"{r.speedup:.2f}x", psnr_text,
                       f"{r.ssim:.4f}", judge, _mb(r.peak_mem_mb))  # fmt: skip
     console.print(table)
+    for r in rows:
+        if r.error is not None:
+            console.print(f"[yellow]{r.method}: {r.error}[/yellow]")
+    if plot is not None:
+        console.print(f"Pareto plot: {plot}")
 
 
 @app.command("structure")

@@ -10,6 +10,8 @@ the model's judge verdicts where it has a judge.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
 import math
 import time
@@ -20,11 +22,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from sparsediff import peers
 from sparsediff.config import SparseConfig
 from sparsediff.integrations import sparse
 from sparsediff.media import VIDEO_SUFFIXES, check_writable, side_by_side, write_frames
 from sparsediff.memory import PeakMemory
 from sparsediff.metrics import psnr, ssim
+from sparsediff.peers import PEERS, Peer, parse_peer
 from sparsediff.pipelines.registry import LoadedModel, ModelEntry, Size, check_size
 
 
@@ -155,20 +159,66 @@ def run(loaded: LoadedModel, request: Request, steps: int | None = None, label: 
     return Run(frames, seconds, peak_mem_mb=peak.mb, peak_mem_source=peak.source)
 
 
-def warm_up(loaded: LoadedModel, request: Request, config: SparseConfig | None = None) -> Run:
+def warm_up(
+    loaded: LoadedModel, request: Request, config: SparseConfig | None = None, method: Method | None = None,
+    mag_ratios: list[float] | None = None,
+) -> Run:  # fmt: skip
     """A short run that pays one-off costs first (two steps: some multistep schedulers cannot run one);
-    with `config`, a sparse one (its first video paid thread-pool and buffer set-up otherwise)."""
+    with `config` or `method`, under it (its first video paid thread-pool and buffer set-up otherwise)."""
     short = replace(request, steps=min(2, request.steps))
-    return run(loaded, short, label="warm-up") if config is None else run_sparse(loaded, short, config)
+    method = method if method is not None else Method("sparse", config, None) if config is not None else None
+    return run(loaded, short, label="warm-up") if method is None else run_method(loaded, short, method, mag_ratios)
 
 
 def run_sparse(loaded: LoadedModel, request: Request, config: SparseConfig) -> Run:
-    with sparse(loaded.pipe, config) as state:
-        result = run(loaded, request, label="sparse")
-    result.plan_s = state.plan_seconds
-    result.density = state.density()
-    result.sparse_density = state.sparse_density()
-    result.calls = dict(state.calls)
+    return run_method(loaded, request, Method("sparse", config, None))
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method to run: one of ours (a preset or config), one of diffusers' caches (a peer), or
+    both stacked (`window+fbcache`: our sparse attention inside the cache's skipping)."""
+
+    label: str
+    config: SparseConfig | None
+    peer: Peer | None
+
+
+def parse_method(text: str, density: float | None = None, **overrides) -> Method:
+    """`preset`, `config.json`, `peer[:key=value,...]` or one of ours + one peer."""
+    parts = text.split("+")
+    if len(parts) > 2:
+        raise ValueError(f"{text!r}: stack one of ours with one peer at most, e.g. window+fbcache")
+    config, peer = None, None
+    for part in parts:
+        found = parse_peer(part)
+        if found is not None:
+            if peer is not None:
+                raise ValueError(f"{text!r} stacks two peers; stack one of ours with one peer")
+            peer = found
+            continue
+        if config is not None:
+            raise ValueError(f"{text!r} stacks two of ours; stack one of ours with one peer")
+        try:
+            config = SparseConfig.load(part, **overrides)
+        except ValueError as err:
+            raise ValueError(f"{err}; or a peer: {', '.join(PEERS)}") from err
+        config = config if density is None else with_density(config, density, part)
+    return Method(text, config, peer)
+
+
+def run_method(loaded: LoadedModel, request: Request, method: Method, mag_ratios: list[float] | None = None) -> Run:
+    """One pipeline call under `method`; ours and the peer are removed after it."""
+    with contextlib.ExitStack() as stack:
+        state = stack.enter_context(sparse(loaded.pipe, method.config)) if method.config is not None else None
+        if method.peer is not None:
+            stack.enter_context(peers.enabled(loaded.pipe, method.peer, request.steps, mag_ratios))
+        result = run(loaded, request, label=method.label)
+    if state is not None:
+        result.plan_s = state.plan_seconds
+        result.density = state.density()
+        result.sparse_density = state.sparse_density()
+        result.calls = dict(state.calls)
     return result
 
 
@@ -368,12 +418,13 @@ class MethodResult:
     density: float | None  # mean over the prompts, all attention work of each run
     sparse_density: float | None  # mean over the prompts, sparse calls only
     densities: list  # per prompt (density over all work)
-    seconds: float
-    speedup: float
+    seconds: float | None  # None (and speedup, ssim) for a peer that could not run: see `error`
+    speedup: float | None
     psnr: float | None
-    ssim: float
+    ssim: float | None
     judge: dict | None
     peak_mem_mb: float | None = None  # the largest of its runs' own peaks
+    error: str | None = None  # why a peer could not run on this model
 
 
 def compare_methods(
@@ -391,22 +442,31 @@ def compare_methods(
     """
     for request in requests:
         check_request(loaded, request)
-    configs = {method: SparseConfig.load(method, **overrides) for method in methods}
-    if density is not None:
-        configs = {method: with_density(config, density, method) for method, config in configs.items()}
+    parsed = {method: parse_method(method, density, **overrides) for method in methods}
     warm_up(loaded, requests[0])
-    for config in configs.values():
-        warm_up(loaded, requests[0], config)
+    failed: dict[str, str] = {}  # a peer that cannot run on this model: its reason; the bench goes on
+    ratios: dict[str, list[float]] = {}  # MagCache's calibration, once per method
+    for label, method in parsed.items():
+        try:
+            if method.peer is not None and method.peer.name == "magcache":
+                calibration = functools.partial(run, loaded, requests[0], label="calibration")
+                ratios[label] = peers.magcache_ratios(loaded.pipe, requests[0].steps, calibration)
+            warm_up(loaded, requests[0], method=method, mag_ratios=ratios.get(label))
+        except peers.PeerError as err:
+            failed[label] = str(err)
     dense: list[Run] = []
-    sparse_runs: dict[str, list[Run]] = {method: [] for method in methods}
-    with tqdm(total=len(requests) * (1 + len(methods)), unit="video", disable=not progress) as bar:
+    sparse_runs: dict[str, list[Run]] = {method: [] for method in methods if method not in failed}
+    with tqdm(total=len(requests) * (1 + len(sparse_runs)), unit="video", disable=not progress) as bar:
         for request in requests:
             bar.set_description("dense")
             dense.append(run(loaded, request, label="dense"))
             bar.update()
-            for method, config in configs.items():
-                bar.set_description(method)
-                sparse_runs[method].append(run_sparse(loaded, request, config))
+            for label in [m for m in sparse_runs if m not in failed]:
+                bar.set_description(label)
+                try:
+                    sparse_runs[label].append(run_method(loaded, request, parsed[label], ratios.get(label)))
+                except peers.PeerError as err:
+                    failed[label] = str(err)
                 bar.update()
     dense_s = sum(d.seconds for d in dense) / len(dense)
 
@@ -428,7 +488,11 @@ def compare_methods(
         return max(known) if known else None
 
     rows = [MethodResult("dense", 1.0, 1.0, [1.0] * len(dense), dense_s, 1.0, None, 1.0, judged(dense), peak(dense))]
-    for method, runs in sparse_runs.items():
+    for method in methods:
+        if method in failed:
+            rows.append(MethodResult(method, None, None, [], None, None, None, None, None, error=failed[method]))
+            continue
+        runs = sparse_runs[method]
         finite = [p for p in (psnr(d.frames, s.frames) for d, s in zip(dense, runs, strict=True)) if math.isfinite(p)]
         seconds = sum(s.seconds for s in runs) / len(runs)
         rows.append(

@@ -1,0 +1,134 @@
+"""Diffusers' own step and block caches, as peers to compare with and to stack under sparse attention.
+
+Each peer runs through diffusers' hooks (`transformer.enable_cache(config)`, removed with
+`disable_cache()`), never re-implemented, at diffusers' documented defaults; `name:key=value,...`
+changes settings (`fbcache:threshold=0.1`). MagCache needs magnitude ratios measured on the model:
+`magcache_ratios` runs diffusers' own calibration mode once and reads the ratios it logs.
+A peer that cannot run on a model raises `PeerError` naming why.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import io
+import logging
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
+
+from diffusers.hooks import (
+    FasterCacheConfig,
+    FirstBlockCacheConfig,
+    MagCacheConfig,
+    PyramidAttentionBroadcastConfig,
+    SeaCacheConfig,
+    TaylorSeerCacheConfig,
+)
+
+
+@dataclass(frozen=True)
+class PeerKind:
+    config: type
+    defaults: dict  # beyond the config's own defaults, as diffusers' docs use it
+    needs_timestep: bool = False  # reads the pipeline's current timestep
+
+
+PEERS: dict[str, PeerKind] = {
+    "pab": PeerKind(PyramidAttentionBroadcastConfig, {"spatial_attention_block_skip_range": 2}, True),
+    "fastercache": PeerKind(FasterCacheConfig, {}, True),
+    "fbcache": PeerKind(FirstBlockCacheConfig, {}),
+    "taylorseer": PeerKind(TaylorSeerCacheConfig, {}),
+    "magcache": PeerKind(MagCacheConfig, {}),
+    "seacache": PeerKind(SeaCacheConfig, {}),
+}
+
+
+class PeerError(RuntimeError):
+    """A peer that cannot run on this model, with the reason."""
+
+
+@dataclass(frozen=True)
+class Peer:
+    name: str
+    settings: tuple[tuple[str, object], ...] = ()
+
+    def __str__(self) -> str:
+        knobs = ",".join(f"{k}={v}" for k, v in self.settings)
+        return f"{self.name}:{knobs}" if knobs else self.name
+
+
+def parse_peer(text: str) -> Peer | None:
+    """`name` or `name:key=value,...` when `name` is a peer; None when it is not one."""
+    name, _, knobs = text.partition(":")
+    if name not in PEERS:
+        return None
+    allowed = {f.name for f in fields(PEERS[name].config)}
+    settings = []
+    for knob in filter(None, knobs.split(",")):
+        key, equals, raw = knob.partition("=")
+        if not equals or key not in allowed:
+            raise ValueError(f"{text!r}: {knob!r} is not a setting of {name}; it takes {', '.join(sorted(allowed))}")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError) as err:
+            raise ValueError(f"{text!r}: the value of {key} must be a number, a tuple or True/False") from err
+        settings.append((key, value))
+    return Peer(name, tuple(settings))
+
+
+def cache_config(pipe, peer: Peer, steps: int, mag_ratios: list[float] | None = None):
+    """The diffusers cache config for `peer` on `pipe` (the timestep callback where it needs one)."""
+    kind = PEERS[peer.name]
+    kwargs = kind.defaults | dict(peer.settings)
+    if kind.needs_timestep:
+        kwargs["current_timestep_callback"] = lambda: pipe.current_timestep
+    if peer.name == "magcache":
+        kwargs |= {"num_inference_steps": steps, "mag_ratios": mag_ratios}
+    return kind.config(**kwargs)
+
+
+@contextlib.contextmanager
+def enabled(pipe, peer: Peer, steps: int, mag_ratios: list[float] | None = None) -> Iterator[None]:
+    """`peer` on the pipeline's transformer for the block, removed after (the pipeline as before)."""
+    transformer = pipe.transformer
+    try:
+        transformer.enable_cache(cache_config(pipe, peer, steps, mag_ratios))
+    except Exception as err:  # diffusers' own refusal, whatever its type
+        with contextlib.suppress(Exception):
+            transformer.disable_cache()
+        raise PeerError(f"{peer} cannot run on {type(transformer).__name__}: {err}") from err
+    try:
+        yield
+    except Exception as err:
+        raise PeerError(f"{peer} failed on {type(transformer).__name__}: {type(err).__name__}: {err}") from err
+    finally:
+        transformer.disable_cache()
+
+
+def magcache_ratios(pipe, steps: int, run: Callable[[], object]) -> list[float]:
+    """MagCache's magnitude ratios for this model and step count: diffusers' calibration mode runs
+    `run` once without skipping and logs them; they are read from that log."""
+    found: list[str] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            found.append(record.getMessage())
+
+    logger = logging.getLogger("diffusers.hooks.mag_cache")
+    handler, level = Capture(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        pipe.transformer.enable_cache(MagCacheConfig(calibrate=True, num_inference_steps=steps))
+        with contextlib.redirect_stdout(io.StringIO()):  # calibration also prints the ratios
+            run()
+    finally:
+        pipe.transformer.disable_cache()
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    for message in found:
+        match = re.search(r"Calibration Results: (\[.*\])", message)
+        if match:
+            return [float(x) for x in ast.literal_eval(match.group(1))]
+    raise PeerError(f"magcache: calibration logged no ratios on {type(pipe.transformer).__name__}")
