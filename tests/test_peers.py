@@ -1,0 +1,87 @@
+"""Diffusers' caches as peers: names and settings, removal, stacking with ours, the bench's output."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from sparsediff.cli import app
+from sparsediff.generate import Method, Request, parse_method, run, run_method
+from sparsediff.peers import Peer, PeerError, parse_peer
+from sparsediff.pipelines.registry import Size, load_model
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("SPARSEDIFF_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="module")
+def wan():
+    loaded = load_model("tiny-wan")
+    loaded.pipe.set_progress_bar_config(disable=True)
+    return loaded
+
+
+REQUEST = Request("a red circle moving right", Size(5, 64, 64), steps=6, guidance=3.0)
+
+
+def test_names_and_settings():
+    assert parse_peer("fbcache") == Peer("fbcache")
+    assert parse_peer("fbcache:threshold=0.1") == Peer("fbcache", (("threshold", 0.1),))
+    assert str(parse_peer("taylorseer:cache_interval=3,max_order=2")) == "taylorseer:cache_interval=3,max_order=2"
+    assert parse_peer("window") is None
+    with pytest.raises(ValueError, match=r"'speed=2' is not a setting of fbcache; it takes threshold"):
+        parse_peer("fbcache:speed=2")
+    with pytest.raises(ValueError, match="must be a number"):
+        parse_peer("fbcache:threshold=fast")
+    stacked = parse_method("window+fbcache:threshold=0.2")
+    assert stacked.config.method == "window" and stacked.peer == Peer("fbcache", (("threshold", 0.2),))
+    assert parse_method("taylorseer").config is None
+    for bad, message in (("fbcache+taylorseer", "two peers"), ("window+dense", "two of ours"),
+                         ("window+fbcache+dense", "at most"), ("turbo", "or a peer: pab, fastercache")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            parse_method(bad)
+
+
+def test_a_peer_is_removed_after_its_run(wan):
+    native = run(wan, REQUEST).frames
+    cached = run_method(wan, REQUEST, parse_method("fbcache:threshold=0.5")).frames
+    assert np.abs(cached - native).max() > 1e-4  # the cache really skipped work
+    assert np.array_equal(run(wan, REQUEST).frames, native)  # and the pipeline is as before
+    with pytest.raises(PeerError, match="fastercache failed on WanTransformer3DModel"):
+        run_method(wan, REQUEST, parse_method("fastercache"))
+    assert np.array_equal(run(wan, REQUEST).frames, native)  # also after a peer that failed
+
+
+def test_stacks_equal_each_alone_where_the_other_does_nothing(wan):
+    ours = run_method(wan, REQUEST, parse_method("window")).frames
+    never_skips = run_method(wan, REQUEST, parse_method("window+fbcache:threshold=0")).frames
+    assert np.abs(never_skips - ours).max() <= 1e-6  # a cache that never skips leaves our output
+    peer = parse_method("fbcache:threshold=0.5")
+    alone = run_method(wan, REQUEST, peer).frames
+    with_dense = run_method(wan, REQUEST, Method("dense+fbcache", parse_method("dense").config, peer.peer)).frames
+    assert np.abs(with_dense - alone).max() <= 1e-4  # our dense preset leaves the cache's output
+    stacked = run_method(wan, REQUEST, parse_method("window+fbcache:threshold=0.5"))
+    assert stacked.calls["sparse"] > 0 and 0 < stacked.density < 1  # both ran: ours counted its calls
+
+
+def test_bench_methods_summary_and_pareto_plot(tmp_path):
+    plot = tmp_path / "pareto.png"
+    result = runner.invoke(app, ["bench", "methods", "--model", "tiny-wan", "--num-frames", "5", "--height", "64",
+                                 "--width", "64", "--steps", "4", "--prompt", "a cat", "--method", "window",
+                                 "--method", "fbcache:threshold=0.2", "--method", "fastercache",
+                                 "--method", "window+fbcache", "--json", "--plot", str(plot)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    summary = lines[-1]
+    assert set(summary) == {"model", "size", "prompts", "dense_s", "methods"} and summary["prompts"] == ["a cat"]
+    by_name = {m["method"]: m for m in summary["methods"]}
+    assert list(by_name) == ["dense", "window", "fbcache:threshold=0.2", "fastercache", "window+fbcache"]
+    assert by_name["fbcache:threshold=0.2"]["density"] is None and by_name["window"]["density"] < 1
+    assert by_name["fastercache"]["error"] and by_name["fastercache"]["speedup"] is None  # reported, bench went on
+    assert all(m["speedup"] > 0 for m in summary["methods"] if m["error"] is None)
+    assert plot.stat().st_size > 1000
