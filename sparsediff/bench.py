@@ -481,7 +481,9 @@ def pareto_figure(rows, path, title: str = "") -> Path:
             colour = (220, 80, 40) if (label, x, y) in front else (60, 90, 160)
             draw.ellipse([cx - 5, cy - 5, cx + 5, cy + 5], fill=colour)
             short = "+".join(Path(part).name for part in label.split("+"))  # config files by their name
-            draw.text((cx + 8, cy - 6), f"{short} ({x:.2f}x, {y:.1f} dB)", fill=(30, 30, 30))
+            text = f"{short} ({x:.2f}x, {y:.1f} dB)"
+            left = cx + 8 if cx + 8 + draw.textlength(text) < width - 4 else cx - 8 - draw.textlength(text)
+            draw.text((left, cy - 6), text, fill=(30, 30, 30))
         for value in np.linspace(x0, x1, 5):
             draw.text((at(value, y0)[0] - 10, height - margin + 8), f"{value:.2f}x", fill=(90, 90, 90))
         for value in np.linspace(y0, y1, 5):
