@@ -71,8 +71,9 @@ def test_bench_methods_compares_presets_and_config_files(tmp_path, monkeypatch):
     result = runner.invoke(app, ["bench", "methods", "--model", "tiny-wan", *size, "--method", "window",
                                  "--method", str(path), "--prompt", "a cat", "--json"])  # fmt: skip
     assert result.exit_code == 0, result.output
-    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    *rows, summary = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert [r["method"] for r in rows] == ["dense", "window", str(path)]
+    assert [m["method"] for m in summary["methods"]] == ["dense", "window", str(path)]  # the summary comes last
     assert all(r["speedup"] > 0 and r["ssim"] <= 1 for r in rows)
     # The config's own schedule holds (step 0 dense, step 1 sparse): its output differs from dense.
     assert rows[0]["psnr"] is None and rows[2]["psnr"] is not None
