@@ -408,7 +408,7 @@ def generate_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object on the last line of stdout")] = False,
 ) -> None:
     """Generate an image or video with sparse attention; --compare puts it beside dense."""
-    from sparsediff.generate import Request, generate_one, resolve_config
+    from sparsediff.generate import Request, generate_one, resolve_method
     from sparsediff.generate import compare as run_compare
     from sparsediff.pipelines.registry import default_model, load_model
 
@@ -427,14 +427,14 @@ def generate_cmd(
         request = Request(
             prompt, size, _given(steps, entry.steps), _given(guidance, entry.guidance), seed, negative_prompt
         )
-        sparse_config = resolve_config(entry, method, config, density)
+        sparse_config = resolve_method(entry, method, config, density)
         suffix = ".mp4" if entry.video else ".png"
         out = out or Path("outputs") / f"{Path(model).name}-seed{seed}{suffix}"
         if not json_out:
             note = " (random weights: the output is noise-like)" if entry.random_weights else ""
             console.print(
                 f"{entry.name}{note}: {size} (frames x height x width), {request.steps} steps, "
-                f"method {sparse_config.method}, loaded in {loaded.load_s:.1f} s"
+                f"method {sparse_config.label}, loaded in {loaded.load_s:.1f} s"
             )
         if compare:
             result = run_compare(loaded, request, sparse_config, out)

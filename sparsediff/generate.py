@@ -95,6 +95,13 @@ def resolve_config(entry: ModelEntry, method: str | None, config: str | None, de
     return loaded if density is None else with_density(loaded, density, source)
 
 
+def resolve_method(entry: ModelEntry, method: str | None, config: str | None, density: float | None) -> Method:
+    """`resolve_config`, or a peer or a stack given as --method (`taylorseer`, `window+fbcache`)."""
+    if method is not None and config is None and any(parse_peer(part) for part in method.split("+")):
+        return parse_method(method, density)
+    return as_method(resolve_config(entry, method, config, density))
+
+
 def with_density(config: SparseConfig, density: float, source: str) -> SparseConfig:
     """`config` at another density; refused where density means nothing (a searched per-head config)."""
     if config.method in ("pattern", "dense"):
@@ -272,10 +279,23 @@ def compare_paths(out: Path) -> dict[str, Path]:
     }
 
 
+def as_method(config: SparseConfig | Method) -> Method:
+    return config if isinstance(config, Method) else Method(config.method, config, None)
+
+
+def calibrate(loaded: LoadedModel, request: Request, method: Method) -> list[float] | None:
+    """What a peer must measure on the model before it runs (MagCache's ratios), else None."""
+    if method.peer is None or method.peer.name != "magcache":
+        return None
+    calibration_run = functools.partial(run, loaded, request, label="calibration")
+    return peers.magcache_ratios(loaded.pipe, request.steps, calibration_run)
+
+
 def compare(
-    loaded: LoadedModel, request: Request, config: SparseConfig, out: Path, warm_up_runs: bool = True
+    loaded: LoadedModel, request: Request, config: SparseConfig | Method, out: Path, warm_up_runs: bool = True
 ) -> Comparison:
-    """Dense and sparse from the same seed; writes both and a side-by-side next to `out`.
+    """Dense and sparse (or a peer, or a stack: a `Method`) from the same seed; writes both and a
+    side-by-side next to `out`.
 
     `warm_up_runs` False skips the two short warm-up runs (a batch warms up on its first item)."""
     check_request(loaded, request)
@@ -283,10 +303,14 @@ def compare(
     paths = compare_paths(out)
     for path in paths.values():
         check_writable(path)
-    sparse_warm_up = warm_up(loaded, request, config) if warm_up_runs else Run(None, 0.0)
-    warmup_s = (warm_up(loaded, request).seconds if warm_up_runs else 0.0) + sparse_warm_up.seconds
+    method = as_method(config)
+    start = time.perf_counter()
+    ratios = calibrate(loaded, request, method)
+    calibration_s = time.perf_counter() - start
+    sparse_warm_up = warm_up(loaded, request, method=method, mag_ratios=ratios) if warm_up_runs else Run(None, 0.0)
+    warmup_s = (warm_up(loaded, request).seconds if warm_up_runs else 0.0) + sparse_warm_up.seconds + calibration_s
     dense = run(loaded, request, label="dense")
-    sparse_run = run_sparse(loaded, request, config)
+    sparse_run = run_method(loaded, request, method, ratios)
     write_frames(dense.frames, paths["dense"])
     write_frames(sparse_run.frames, paths["sparse"])
     write_frames(side_by_side(dense.frames, sparse_run.frames), paths["compare"])
@@ -298,7 +322,7 @@ def compare(
         size=str(request.size),
         steps=request.steps,
         seed=request.seed,
-        method=config.method,
+        method=method.label,
         density=sparse_run.density,
         sparse_density=sparse_run.sparse_density,
         dense_s=dense.seconds,
@@ -320,18 +344,19 @@ def compare(
     )
 
 
-def generate_one(loaded: LoadedModel, request: Request, config: SparseConfig, out: Path) -> dict:
+def generate_one(loaded: LoadedModel, request: Request, config: SparseConfig | Method, out: Path) -> dict:
     """One sparse generation written to `out`; returns what `--json` prints."""
     check_request(loaded, request)
     check_out(loaded.entry, out)
     check_writable(out)
-    result = run_sparse(loaded, request, config)
+    method = as_method(config)
+    result = run_method(loaded, request, method, calibrate(loaded, request, method))
     write_frames(result.frames, out)
     summary = {
         "model": loaded.entry.name,
         "prompt": request.prompt,
         "size": str(request.size),
-        "method": config.method,
+        "method": method.label,
         "density": result.density,
         "sparse_density": result.sparse_density,
         "sparse_s": result.seconds,
@@ -445,13 +470,11 @@ def compare_methods(
     parsed = {method: parse_method(method, density, **overrides) for method in methods}
     warm_up(loaded, requests[0])
     failed: dict[str, str] = {}  # a peer that cannot run on this model: its reason; the bench goes on
-    ratios: dict[str, list[float]] = {}  # MagCache's calibration, once per method
+    ratios: dict[str, list[float] | None] = {}  # MagCache's calibration, once per method
     for label, method in parsed.items():
         try:
-            if method.peer is not None and method.peer.name == "magcache":
-                calibration = functools.partial(run, loaded, requests[0], label="calibration")
-                ratios[label] = peers.magcache_ratios(loaded.pipe, requests[0].steps, calibration)
-            warm_up(loaded, requests[0], method=method, mag_ratios=ratios.get(label))
+            ratios[label] = calibrate(loaded, requests[0], method)
+            warm_up(loaded, requests[0], method=method, mag_ratios=ratios[label])
         except peers.PeerError as err:
             failed[label] = str(err)
     dense: list[Run] = []

@@ -85,3 +85,14 @@ def test_bench_methods_summary_and_pareto_plot(tmp_path):
     assert by_name["fastercache"]["error"] and by_name["fastercache"]["speedup"] is None  # reported, bench went on
     assert all(m["speedup"] > 0 for m in summary["methods"] if m["error"] is None)
     assert plot.stat().st_size > 1000
+
+
+def test_generate_compares_a_peer_and_a_stack(tmp_path):
+    for method, ours in (("fbcache:threshold=0.5", False), ("window+fbcache:threshold=0.5", True)):
+        result = runner.invoke(app, ["generate", "--model", "tiny-wan", "--num-frames", "5", "--height", "64",
+                                     "--width", "64", "--steps", "4", "--method", method, "--compare", "--json",
+                                     "--out", str(tmp_path / "x.mp4")])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        record = json.loads(result.stdout.strip().splitlines()[-1])
+        assert record["method"] == method and record["speedup"] > 0 and record["psnr"] is not None
+        assert (record["density"] is not None) == ours  # a peer alone computes no sparse attention
