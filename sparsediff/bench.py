@@ -494,3 +494,117 @@ def pareto_figure(rows, path, title: str = "") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
     return path
+
+
+@dataclass(frozen=True)
+class FullShape:
+    """A published transformer at its generation size, for GPU timing with random weights."""
+
+    name: str
+    model_class: str
+    config: dict  # over diffusers' defaults (Wan's and HunyuanVideo's defaults are the 14B and 13B models)
+    latent: tuple[int, int, int]  # latent frames, height, width
+    text_tokens: int
+    description: str
+    block_counts: tuple[str, ...]  # config keys counting blocks: 1 each when scaled down
+
+
+FULL_SHAPES = {
+    s.name: s
+    for s in (
+        FullShape("wan2.1-480p", "WanTransformer3DModel",
+                  {"num_attention_heads": 12, "ffn_dim": 8960, "num_layers": 30}, (21, 60, 104), 512,
+                  "Wan2.1-T2V-1.3B, 81 frames at 480x832", ("num_layers",)),
+        FullShape("wan2.1-720p", "WanTransformer3DModel", {}, (21, 90, 160), 512,
+                  "Wan2.1-T2V-14B, 81 frames at 720x1280", ("num_layers",)),
+        FullShape("hunyuan-720p", "HunyuanVideoTransformer3DModel", {}, (33, 90, 160), 256,
+                  "HunyuanVideo, 129 frames at 720x1280", ("num_layers", "num_single_layers", "num_refiner_layers")),
+    )
+}  # fmt: skip
+
+
+def full_shape_model(shape: FullShape, scale: int = 1, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """(model with random weights, built on `device` in `dtype`, and its forward inputs). `scale` > 1
+    keeps one block of each kind and divides the latent by `scale` (a CPU-sized stand-in)."""
+    import diffusers
+
+    config = dict(shape.config) | ({key: 1 for key in shape.block_counts} if scale > 1 else {})
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # parameters are created in `dtype` on `device`, never in fp32 on the CPU first
+    try:
+        with torch.device(device):
+            model = getattr(diffusers, shape.model_class)(**config).eval()
+    finally:
+        torch.set_default_dtype(previous)
+    frames, height, width = (max(2, d // scale) for d in shape.latent)
+    gen = torch.Generator().manual_seed(0)
+    text_dim = model.config.get("text_dim") or model.config.get("text_embed_dim")
+
+    def randn(*size):
+        return torch.randn(*size, generator=gen).to(device, dtype)
+
+    inputs = {
+        "hidden_states": randn(1, model.config.in_channels, frames, height, width),
+        "timestep": torch.tensor([500], device=device),
+        "encoder_hidden_states": randn(1, shape.text_tokens, text_dim),
+    }
+    if shape.model_class == "HunyuanVideoTransformer3DModel":
+        inputs |= {
+            "encoder_attention_mask": torch.ones(1, shape.text_tokens, device=device),
+            "pooled_projections": randn(1, model.config.pooled_projection_dim),
+            "guidance": torch.tensor([6000.0], device=device, dtype=dtype),
+        }
+    return model, inputs
+
+
+def full_shape_tokens(shape: FullShape, scale: int = 1) -> int:
+    """Visual tokens per attention call at the shape's size (after patchify)."""
+    frames, height, width = (max(2, d // scale) for d in shape.latent)
+    return frames * (height // 2) * (width // 2)  # all three patch 1 x 2 x 2
+
+
+@dataclass
+class ShapeBench:
+    shape: str
+    description: str
+    device: str
+    scale: int
+    tokens: int
+    native_ms: float
+    methods: list  # {method, ms, measured_ratio, attention_flop_ratio, density}
+
+
+@torch.no_grad()
+def bench_shape(
+    name: str, methods: Sequence[str] = ("window",), device: str = "cpu", dtype: torch.dtype = torch.float32,
+    scale: int = 1, repeat: int = 3,
+) -> ShapeBench:  # fmt: skip
+    """One forward of a published transformer with random weights at its real sequence length, per
+    method: the measured speedup over native attention beside the attention FLOP ratio (1 / density)."""
+    import sparsediff
+
+    if name not in FULL_SHAPES:
+        raise ValueError(f"unknown shape {name!r}; choose one of {', '.join(FULL_SHAPES)}")
+    if scale < 1:
+        raise ValueError(f"--scale must be at least 1, got {scale}")
+    shape = FULL_SHAPES[name]
+    model, inputs = full_shape_model(shape, scale, device, dtype)
+
+    def forward() -> None:
+        model(**inputs, return_dict=False)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    forward()
+    native_s = median_seconds(forward, repeat)
+    rows = []
+    for method in methods:
+        with sparsediff.sparse(model, method) as state:
+            forward()
+            seconds = median_seconds(forward, repeat)
+            density = state.density()
+        rows.append({"method": method, "ms": round(seconds * 1e3, 1), "measured_ratio": round(native_s / seconds, 3),
+                     "attention_flop_ratio": round(1 / density, 3) if density else None,
+                     "density": None if density is None else round(density, 4)})  # fmt: skip
+    return ShapeBench(name, shape.description, device, scale, full_shape_tokens(shape, scale),
+                      round(native_s * 1e3, 1), rows)  # fmt: skip

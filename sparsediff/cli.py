@@ -104,10 +104,22 @@ def bench_transformer_cmd(
     repeat: Annotated[int, typer.Option(help="timed repeats; the median is reported")] = 3,
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per family, one per line")] = False,
+    shape: Annotated[
+        str | None, typer.Option(help="a published model at its size instead: wan2.1-480p, wan2.1-720p, hunyuan-720p")
+    ] = None,
+    device: Annotated[str, typer.Option(help="with --shape: cpu or cuda")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="with --shape: float32, bfloat16 or float16")] = "float32",
+    scale: Annotated[int, typer.Option(help="with --shape: 1 block of each kind and the latent / scale")] = 1,
+    method: Annotated[list[str], typer.Option(help="with --shape: preset or config; repeat")] = ["window"],  # noqa: B006
 ) -> None:
-    """Tiny transformer forwards at >= 8k tokens: native vs `dense` preset (overhead) vs `window`."""
+    """Tiny transformer forwards at >= 8k tokens: native vs `dense` preset (overhead) vs `window`; with
+    --shape, a published transformer (random weights) at its real sequence length, per method."""
     from sparsediff.bench import bench_transformer
     from sparsediff.pipelines.tiny import TINY_TRANSFORMERS
+
+    if shape is not None:
+        _bench_shape(shape, method, device, dtype, scale, repeat, threads, json_out)
+        return
 
     for f in family:
         _choice(f, TINY_TRANSFORMERS, "family")
@@ -148,6 +160,29 @@ def bench_transformer_cmd(
     if not json_out:
         console.print(table)
         console.print(f"[dim]peak memory: {r.peak_mem_source}[/dim]")
+
+
+def _bench_shape(shape, methods, device, dtype, scale, repeat, threads, json_out) -> None:
+    from sparsediff.bench import bench_shape
+
+    _choice(dtype, DTYPES, "dtype")
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        r = bench_shape(shape, methods, device, DTYPES[dtype], scale, repeat)
+    except (ValueError, RuntimeError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
+    if json_out:
+        print(json.dumps(asdict(r)), flush=True)
+        return
+    table = Table(title=f"{r.description}: {r.tokens} tokens on {r.device}, scale {r.scale}, native {r.native_ms} ms")
+    for col in ("method", "ms", "measured speedup", "attention FLOP ratio", "density"):
+        table.add_column(col, justify="right")
+    for row in r.methods:
+        table.add_row(row["method"], str(row["ms"]), f"{row['measured_ratio']}x", str(row["attention_flop_ratio"]),
+                      str(row["density"]))  # fmt: skip
+    console.print(table)
 
 
 @bench_app.command("dllm")

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from sparsediff.cli import app
@@ -171,4 +172,30 @@ def test_bench_memory_on_paper_matches_a_measured_run_at_a_tiny_shape():
     assert 0 < r["skipped_head_share"] < 1 and r["one_head_mb"] == round(75_600 * 128 * 2 / 2**20, 2)
     assert r["extra_kept_mb"] == round(r["skipped_heads"] * 2 * 75_600 * 128 * 2 / 2**20, 1)  # 2 CFG calls
     result = runner.invoke(app, ["bench", "memory", "--shape", "sora-1080p"])
+    assert result.exit_code == 2 and "unknown shape 'sora-1080p'" in result.output
+
+
+def test_published_shapes_are_defined_right_and_run_scaled_down():
+    """Full-size shapes are checked without memory on the meta device (parameter counts of the
+    published models, token counts at their sizes); one runs scaled down on the CPU."""
+    from sparsediff.bench import FULL_SHAPES, full_shape_model, full_shape_tokens
+
+    expected = {"wan2.1-480p": (32_760, 1.4), "wan2.1-720p": (75_600, 14.3), "hunyuan-720p": (118_800, 12.8)}
+    assert set(FULL_SHAPES) == set(expected)
+    for name, (tokens, billions) in expected.items():
+        model, inputs = full_shape_model(FULL_SHAPES[name], device="meta")
+        assert full_shape_tokens(FULL_SHAPES[name]) == tokens
+        assert round(sum(p.numel() for p in model.parameters()) / 1e9, 1) == billions
+        assert inputs["hidden_states"].shape[2:] == FULL_SHAPES[name].latent
+    result = runner.invoke(app, ["bench", "transformer", "--shape", "wan2.1-480p", "--scale", "4", "--repeat", "1",
+                                 "--method", "window", "--method", "dense", "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    r = json.loads(result.stdout)
+    assert r["tokens"] == 5 * 7 * 13 and r["native_ms"] > 0
+    window, dense = r["methods"]
+    assert 0 < window["density"] < 1 and window["attention_flop_ratio"] == pytest.approx(
+        1 / window["density"], rel=1e-3
+    )
+    assert dense["density"] == 1.0 and dense["measured_ratio"] > 0
+    result = runner.invoke(app, ["bench", "transformer", "--shape", "sora-1080p"])
     assert result.exit_code == 2 and "unknown shape 'sora-1080p'" in result.output
