@@ -370,14 +370,14 @@ def _generic_cases():
                  encoder_hidden_states=torch.randn(1, 4, 16, generator=gen)),
             "dense: no layout",
         ),
-        # joint attention with text at a place sparsediff does not know yet (MochiAttention, no set_processor)
+        # joint attention per sample over [visual; valid text] (MochiAttention, no set_processor)
         "MochiTransformer3DModel": (
             dict(patch_size=2, num_attention_heads=2, attention_head_dim=8, num_layers=1, pooled_projection_dim=16,
                  in_channels=4, text_embed_dim=16, time_embed_dim=4, activation_fn="swiglu", max_sequence_length=16),
             dict(hidden_states=torch.randn(1, 4, 3, 8, 8, generator=gen),
                  encoder_hidden_states=torch.randn(1, 16, 16, generator=gen), timestep=torch.tensor([5]),
                  encoder_attention_mask=torch.ones(1, 16)),
-            "dense: no layout",
+            "sparse",
         ),
     }  # fmt: skip
 

@@ -7,7 +7,7 @@ sit inside self/joint attention is a property of the family (../shared/notes/dif
 |---|---|
 | Wan 2.1/2.2, LTX-Video, PixArt | none (separate cross-attention) |
 | CogVideoX, Flux, QwenImage | prefix |
-| HunyuanVideo (and 1.5), SD3 | suffix |
+| HunyuanVideo (and 1.5), SD3, Mochi (per sample, its valid text) | suffix |
 
 A model class not listed uses the generic adapter: a 5-D (B, C, F, H, W) or 4-D (B, C, H, W)
 latent divided by the config's patch sizes, text position unknown (calls that hold text then
@@ -111,6 +111,8 @@ FAMILIES: dict[str, Family] = {
         Family("HunyuanVideoTransformer3DModel", "suffix", _channels_first_grid, ("context_embedder.",)),
         Family("HunyuanVideo15Transformer3DModel", "suffix", _channels_first_grid, ("context_embedder.",)),
         Family("LTXVideoTransformer3DModel", "none", _ltx_grid),
+        # Mochi attends per sample over [visual; that sample's valid text]: a suffix of its own length
+        Family("MochiTransformer3DModel", "suffix", _channels_first_grid),
         Family("FluxTransformer2DModel", "prefix", _flux_grid),
         Family("SD3Transformer2DModel", "suffix", _channels_first_grid),
         Family("PixArtTransformer2DModel", "none", _channels_first_grid),
