@@ -167,18 +167,12 @@ def run(loaded: LoadedModel, request: Request, steps: int | None = None, label: 
 
 
 def warm_up(
-    loaded: LoadedModel, request: Request, config: SparseConfig | None = None, method: Method | None = None,
-    mag_ratios: list[float] | None = None,
-) -> Run:  # fmt: skip
+    loaded: LoadedModel, request: Request, method: Method | None = None, mag_ratios: list[float] | None = None
+) -> Run:
     """A short run that pays one-off costs first (two steps: some multistep schedulers cannot run one);
-    with `config` or `method`, under it (its first video paid thread-pool and buffer set-up otherwise)."""
+    with `method`, under it (its first video paid thread-pool and buffer set-up otherwise)."""
     short = replace(request, steps=min(2, request.steps))
-    method = method if method is not None else Method("sparse", config, None) if config is not None else None
     return run(loaded, short, label="warm-up") if method is None else run_method(loaded, short, method, mag_ratios)
-
-
-def run_sparse(loaded: LoadedModel, request: Request, config: SparseConfig) -> Run:
-    return run_method(loaded, request, Method("sparse", config, None))
 
 
 @dataclass(frozen=True)
@@ -307,8 +301,11 @@ def compare(
     start = time.perf_counter()
     ratios = calibrate(loaded, request, method)
     calibration_s = time.perf_counter() - start
-    sparse_warm_up = warm_up(loaded, request, method=method, mag_ratios=ratios) if warm_up_runs else Run(None, 0.0)
-    warmup_s = (warm_up(loaded, request).seconds if warm_up_runs else 0.0) + sparse_warm_up.seconds + calibration_s
+    warmup_s, warm_plan_s = calibration_s, 0.0
+    if warm_up_runs:
+        sparse_warm_up = warm_up(loaded, request, method, ratios)
+        warmup_s += warm_up(loaded, request).seconds + sparse_warm_up.seconds
+        warm_plan_s = sparse_warm_up.plan_s
     dense = run(loaded, request, label="dense")
     sparse_run = run_method(loaded, request, method, ratios)
     write_frames(dense.frames, paths["dense"])
@@ -333,7 +330,7 @@ def compare(
         outputs={k: str(v) for k, v in paths.items()},
         load_s=loaded.load_s,
         warmup_s=warmup_s,
-        plan_s=sparse_warm_up.plan_s + sparse_run.plan_s,
+        plan_s=warm_plan_s + sparse_run.plan_s,
         peak_mem_dense_mb=dense.peak_mem_mb,
         peak_mem_sparse_mb=sparse_run.peak_mem_mb,
         peak_mem_source=sparse_run.peak_mem_source,
@@ -474,7 +471,7 @@ def compare_methods(
     for label, method in parsed.items():
         try:
             ratios[label] = calibrate(loaded, requests[0], method)
-            warm_up(loaded, requests[0], method=method, mag_ratios=ratios[label])
+            warm_up(loaded, requests[0], method, ratios[label])
         except peers.PeerError as err:
             failed[label] = str(err)
     dense: list[Run] = []

@@ -208,15 +208,15 @@ def test_metrics():
 
 
 def test_plans_are_built_once_per_layout_and_a_second_run_builds_none():
-    from sparsediff.generate import run_sparse
+    from sparsediff.generate import as_method, run_method
     from sparsediff.patterns import cached_plan
 
     loaded = load_model("tiny-wan")
     request = Request("a cat", Size(3, 64, 64), steps=2, guidance=1.0)
     config = SparseConfig(method="window", density=0.3, block_size=16)
     cached_plan.cache_clear()
-    first = run_sparse(loaded, request, config)
+    first = run_method(loaded, request, as_method(config))
     built = cached_plan.cache_info().misses
-    second = run_sparse(loaded, request, config)  # a fresh `apply`, as every user run is
+    second = run_method(loaded, request, as_method(config))  # a fresh `apply`, as every user run is
     assert built == 1 and cached_plan.cache_info().misses == built  # both layers run the same window: one plan
     assert first.plan_s > 0 and second.plan_s < first.plan_s and first.density is not None

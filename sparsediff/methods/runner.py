@@ -212,7 +212,7 @@ class Runner:
         if self.dense_now(call.layer, call.at):
             out = self._dense(call, "dense: schedule")
             if call.groups is None and method not in DYNAMIC:
-                self._keep_if_skips(call, out)
+                self._keep_if_skips(call, out, self._call_patterns(call))
             return out
         if call.groups is not None:
             out, density = self._padded(call)
@@ -222,18 +222,18 @@ class Runner:
             out, density = self._per_call(call.query, call.key, call.value, call.layout, call.scale)
             self.stats.record("sparse", call.work, density)
             return out
-        out = self._static(call)
-        self._keep_if_skips(call, out)
-        return out
+        return self._static(call)
 
     def _dense(self, call: AttentionCall, reason: str) -> Tensor:
         self.stats.record(reason, call.work if call.governed else None)
         return call.dense()
 
-    def _keep_if_skips(self, call: AttentionCall, out: Tensor) -> None:
+    def _call_patterns(self, call: AttentionCall) -> list[Pattern]:
+        return self.head_patterns(call.layer, call.layout, call.query.shape[1], call.head_offset)
+
+    def _keep_if_skips(self, call: AttentionCall, out: Tensor, patterns: list[Pattern]) -> None:
         """Layers with skipped heads keep those heads' last output (per CFG branch) for reuse, and
         nothing of the other heads: on a real model each kept head is B x N x D per branch."""
-        patterns = self.head_patterns(call.layer, call.layout, call.query.shape[1], call.head_offset)
         skipped = [h for h, p in enumerate(patterns) if isinstance(p, Skip)]
         if skipped:
             self.reuse[(call.layer, call.at.branch)] = KeptHeads(tuple(skipped), out[:, skipped].clone())
@@ -260,17 +260,21 @@ class Runner:
 
     def _static(self, call: AttentionCall) -> Tensor:
         """A static plan (window, pattern), skipped heads reusing their kept output where they may."""
-        layout, heads, offset = call.layout, call.query.shape[1], call.head_offset
-        patterns = self.head_patterns(call.layer, layout, heads, offset)
-        keeps_output = any(isinstance(p, Skip) for p in patterns)
-        previous = self._kept_output(call) if keeps_output else None
-        running = self._skipped_heads_running(patterns, call.at, can_reuse=previous is not None)
-        plan = self.plan(call.layer, layout, heads, running, offset)
-        q, k, v = call.query, call.key, call.value
-        reuse, per_call_density = self._per_call_heads(patterns, layout, q, k, v, previous, call.scale)
-        out = self._run_plan(plan, layout, q, k, v, call.scale, reuse)
-        self.stats.record("sparse", call.work, plan.density + per_call_density)
+        patterns = self._call_patterns(call)
+        previous = self._kept_output(call) if any(isinstance(p, Skip) for p in patterns) else None
+        out, density = self._static_attention(call, call.layout, call.query, call.key, call.value, patterns, previous)
+        self.stats.record("sparse", call.work, density)
+        self._keep_if_skips(call, out, patterns)
         return out
+
+    def _static_attention(self, call: AttentionCall, layout: TokenLayout, q, k, v, patterns, previous):
+        """(output, density) of the layer's static plan for these heads on q, k, v in `layout`;
+        skipped heads read `previous` where they reuse (without it they run in full)."""
+        heads = q.shape[1]
+        running = self._skipped_heads_running(patterns, call.at, can_reuse=previous is not None)
+        plan = self.plan(call.layer, layout, heads, running, call.head_offset)
+        reuse, per_call_density = self._per_call_heads(patterns, layout, q, k, v, previous, call.scale)
+        return self._run_plan(plan, layout, q, k, v, call.scale, reuse), plan.density + per_call_density
 
     def _padded(self, call: AttentionCall) -> tuple[Tensor, float]:
         """Sparse attention over the unmasked tokens of each group of samples sharing a key mask:
@@ -293,11 +297,7 @@ class Runner:
                 result, density = self._per_call(q, k, v, sub, scale)
             else:
                 patterns = self.head_patterns(call.layer, sub, heads, call.head_offset)
-                running = self._skipped_heads_running(patterns, call.at, False)
-                plan = self.plan(call.layer, sub, heads, running, call.head_offset)
-                reuse, per_call_density = self._per_call_heads(patterns, sub, q, k, v, None, scale)
-                result = self._run_plan(plan, sub, q, k, v, scale, reuse)
-                density = plan.density + per_call_density
+                result, density = self._static_attention(call, sub, q, k, v, patterns, None)
             computed += len(samples) * (keep.numel() ** 2 * density + pad.numel() * keep.numel())
             padded = (
                 F.scaled_dot_product_attention(query[samples][:, :, pad], k, v, scale=scale) if pad.numel() else None
