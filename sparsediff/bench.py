@@ -424,7 +424,8 @@ def bench_memory(shape: ModelShape | str, config: SparseConfig | str) -> MemoryB
             raise ValueError(f"unknown shape {shape!r}; choose one of {', '.join(SHAPES)}")
         shape = SHAPES[shape]
     config = SparseConfig.load(config)
-    per_head = [p for patterns in config.heads.values() for p in patterns] or [config.pattern]
+    per_head = [p for table in config.head_tables() for patterns in table.values() for p in patterns]
+    per_head = per_head or [config.pattern]
     share = sum(isinstance(p, Skip) for p in per_head) / len(per_head) if config.method == "pattern" else 0.0
     skipped = round(share * shape.attention_layers * shape.heads)
     mb = 2**20

@@ -602,6 +602,10 @@ def search_cmd(
     num_frames: Annotated[int | None, typer.Option(help="frames (video models)")] = None,
     height: Annotated[int | None, typer.Option(help="height in pixels")] = None,
     width: Annotated[int | None, typer.Option(help="width in pixels")] = None,
+    size: Annotated[
+        list[str],
+        typer.Option(help="FRAMESxHEIGHTxWIDTH in pixels; repeat to search at several sizes (a bucket each)"),
+    ] = [],  # noqa: B006
     calibration_steps: Annotated[int, typer.Option(help="steps scored per prompt")] = 4,
     rows: Annotated[int, typer.Option(help="query rows sampled per attention call")] = 128,
     block_size: Annotated[int, typer.Option(help="block size in tokens")] = 64,
@@ -609,6 +613,7 @@ def search_cmd(
         int | None, typer.Option(help="KV block size of static plans (default: --block-size)")
     ] = None,
     dense_fraction: Annotated[float, typer.Option(help="first fraction of steps kept dense")] = 0.0,
+    dense_steps: Annotated[int, typer.Option(help="first steps kept dense (the larger of the two counts)")] = 0,
     cost_model: Annotated[Path | None, typer.Option(help="reuse the cost model of an earlier config")] = None,
     max_extra_memory: Annotated[
         float | None, typer.Option(help="MB that skipped heads may keep between steps, at the calibration size")
@@ -620,7 +625,7 @@ def search_cmd(
     """Offline head search: the cheapest pattern per layer and head, within an error bound or a budget."""
     from sparsediff.generate import Request, check_request, shared_call_kwargs
     from sparsediff.pipelines.registry import default_model, load_model
-    from sparsediff.search import CostModel, search
+    from sparsediff.search import CostModel, search, search_sizes
 
     if threads:
         torch.set_num_threads(threads)
@@ -628,32 +633,80 @@ def search_cmd(
         texts = list(prompt) + (_read_prompts(prompts) if prompts else [])
         if not texts:
             raise ValueError("give calibration prompts: --prompt TEXT (repeatable) or --prompts FILE")
+        if size and (num_frames, height, width) != (None, None, None):
+            raise ValueError("give sizes either as --size FxHxW (repeatable) or as --num-frames/--height/--width")
+        if size and cost_model:
+            raise ValueError("--cost-model holds timings at one size; a search at several sizes measures its own")
+        sizes = [_parse_size(s) for s in size] or [(num_frames, height, width)]
         loaded = load_model(model or default_model())
         entry = loaded.entry
-        size = entry.size(num_frames, height, width)
-        request = Request(texts[0], size, _given(steps, entry.steps), _given(guidance, entry.guidance))
-        check_request(loaded, request)
-        kwargs = shared_call_kwargs(loaded, request)
+        calls = []
+        for frames, h, w in sizes:  # every size is checked before any search starts
+            request = Request(texts[0], entry.size(frames, h, w), _given(steps, entry.steps),
+                              _given(guidance, entry.guidance))  # fmt: skip
+            check_request(loaded, request)
+            calls.append(shared_call_kwargs(loaded, request))
         costs = CostModel.model_validate(_cost_model_json(cost_model)) if cost_model else None
         loaded.pipe.set_progress_bar_config(disable=True)
-        result = search(
-            loaded.pipe, texts, max_error=max_error, budget=budget, num_inference_steps=request.steps,
-            calibration_steps=calibration_steps, rows=rows, block_size=block_size, kv_block_size=kv_block_size,
-            dense_fraction=dense_fraction, cost_model=costs, seed=seed, max_extra_memory_mb=max_extra_memory, **kwargs,
+        settings = dict(
+            max_error=max_error, num_inference_steps=request.steps, calibration_steps=calibration_steps, rows=rows,
+            block_size=block_size, kv_block_size=kv_block_size, dense_fraction=dense_fraction, dense_steps=dense_steps,
+            seed=seed,
+            max_extra_memory_mb=max_extra_memory,
         )  # fmt: skip
+        if size:
+            own = ("num_frames", "height", "width")
+            shared = {k: v for k, v in calls[0].items() if k not in own}
+            per_size = [{k: v for k, v in c.items() if k in own} for c in calls]
+            config, results = search_sizes(loaded.pipe, texts, per_size, budget=budget, **settings, **shared)
+        else:
+            results = [search(loaded.pipe, texts, budget=budget, cost_model=costs, **settings, **calls[0])]
+            config = results[0].config
     except (ValueError, FileNotFoundError) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from err
-    result.config.save(out)
-    console.print(result.table())
-    console.print(
-        f"predicted: {result.config.search['predicted']}; search took {result.seconds:.1f} s, "
-        f"peak memory {_mb(result.peak_mem_mb)} MB"
-    )
-    if report:
-        for name, path in result.write_report(report).items():
-            console.print(f"{name}: {path}")
+    config.save(out)
+    for result in results:
+        grid = "x".join(map(str, result.layout.grid))
+        console.print(result.table())
+        console.print(
+            f"latent grid {grid}: predicted {result.config.search['predicted']}, budget "
+            f"{result.config.search['settings']['budget']}; search took {result.seconds:.1f} s, "
+            f"peak memory {_mb(result.peak_mem_mb)} MB"
+        )
+        if report:
+            for name, path in result.write_report(report / grid if size else report).items():
+                console.print(f"{name}: {path}")
     console.print(f"config: {out}  (use: sparsediff generate --config {out})")
+
+
+@app.command("merge")
+def merge_cmd(
+    configs: Annotated[list[Path], typer.Argument(help="searched configs of one model, at different sizes")],
+    out: Annotated[Path, typer.Option(help="where to write the multi-size config (JSON)")],
+) -> None:
+    """Merge configs searched at different sizes into one with a size bucket each (a later one
+    replaces an earlier one at the same size)."""
+    from sparsediff.config import SparseConfig
+    from sparsediff.search import merge_sizes
+
+    try:
+        merged = merge_sizes([SparseConfig.load(path) for path in configs])
+    except ValueError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
+    merged.save(out)
+    grids = ", ".join("x".join(map(str, b.grid)) for b in merged.sizes)
+    console.print(f"config: {out}  (latent grids {grids}; use: sparsediff generate --config {out})")
+
+
+def _parse_size(text: str) -> tuple[int, int, int]:
+    """ "16x64x64" -> (frames, height, width)."""
+    parts = text.lower().split("x")
+    if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"--size {text!r} is not FRAMESxHEIGHTxWIDTH in pixels, e.g. 16x64x64")
+    frames, height, width = (int(p) for p in parts)
+    return frames, height, width
 
 
 def _read_prompts(path: Path) -> list[str]:

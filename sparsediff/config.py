@@ -8,6 +8,7 @@ the model it was made for (so loading it on another model is an error, not a wro
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sparsediff.attention import backend_choices
 from sparsediff.patterns import PatternSpec
 
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2  # 2 added `sizes` (per-size buckets) and `never_slower`; version 1 files load unchanged
 
 
 class Schedule(BaseModel):
@@ -50,6 +51,22 @@ class ModelSignature(BaseModel):
     head_dim: int
 
 
+class SizeBucket(BaseModel):
+    """Per-head patterns searched at one size: `grid` is the latent grid of the visual tokens
+    (frames, height, width after patchify), `heads` as `SparseConfig.heads`, `search` what the
+    search recorded there."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    grid: tuple[int, int, int]
+    heads: dict[str, list[PatternSpec]] = Field(default_factory=dict)
+    search: dict | None = None
+
+    def distance(self, grid: tuple[int, int, int]) -> float:
+        """How far `grid` is from this bucket's: the summed log ratios of frames, height, width."""
+        return sum(abs(math.log(a / b)) for a, b in zip(grid, self.grid, strict=True))
+
+
 class SparseConfig(BaseModel):
     """Which sparse attention to run.
 
@@ -66,11 +83,14 @@ class SparseConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    version: Literal[1] = CONFIG_VERSION
+    version: Literal[1, 2] = CONFIG_VERSION
     method: Literal["dense", "window", "pattern", "sparsed", "pyramid", "topk", "hilbert", "raster-window"] = "window"
     density: float = Field(default=0.25, gt=0.0, le=1.0)
     pattern: PatternSpec | None = None
     heads: dict[str, list[PatternSpec]] = Field(default_factory=dict)
+    # `pattern` configs searched at several sizes: each call uses the bucket nearest its grid
+    # (`size_bucket`); then `heads` is empty.
+    sizes: list[SizeBucket] = Field(default_factory=list)
     block_size: int = Field(default=64, ge=1)
     # Static plans (window, pattern) only: KV blocks of another size than query blocks (None: the
     # same). Smaller KV blocks follow a local band more closely; the search prices either.
@@ -82,6 +102,10 @@ class SparseConfig(BaseModel):
     coarse_pool: int = Field(default=16, ge=2)  # hilbert / raster-window: tokens per coarse global token
     backend: str = "auto"
     schedule: Schedule = Schedule()
+    # Run a call dense where its sparse form measured no faster than dense attention (timed once
+    # per kind of call, layout, batch and device; `methods.speed`). None: on, unless the
+    # environment sets SPARSEDIFF_NEVER_SLOWER=0 (tests of tiny models, where nothing pays).
+    never_slower: bool | None = None
     model: ModelSignature | None = None
     search: dict | None = None  # what the offline search recorded: settings, predictions, cost model
 
@@ -94,9 +118,34 @@ class SparseConfig(BaseModel):
 
     @model_validator(mode="after")
     def _pattern_method_has_patterns(self) -> SparseConfig:
-        if self.method == "pattern" and self.pattern is None and not self.heads:
+        if self.method == "pattern" and self.pattern is None and not self.heads and not self.sizes:
             raise ValueError("method 'pattern' needs `pattern` (all layers) or `heads` (per layer and head)")
+        if self.sizes:
+            if self.method != "pattern" or self.heads:
+                raise ValueError(
+                    "`sizes` holds the heads of a `pattern` config searched at several sizes; "
+                    "such a config has method 'pattern' and no top-level `heads`"
+                )
+            grids = [b.grid for b in self.sizes]
+            if len(set(grids)) != len(grids):
+                raise ValueError(f"`sizes` has a grid more than once: {grids}")
+            if self.version < 2:
+                raise ValueError("`sizes` needs config version 2")
         return self
+
+    def head_tables(self) -> list[dict[str, list[PatternSpec]]]:
+        """Every layer -> per-head patterns table the config holds (one per size bucket)."""
+        return [b.heads for b in self.sizes] if self.sizes else [self.heads]
+
+    def size_bucket(self, grid: tuple[int, int, int]) -> tuple[SizeBucket, bool]:
+        """The bucket searched nearest to `grid`, and whether `grid` lies within what was searched
+        (a searched grid, or between the smallest and largest searched in frames, height and width)."""
+        if not self.sizes:
+            raise ValueError("this config holds one set of heads, not size buckets")
+        nearest = min(self.sizes, key=lambda b: b.distance(grid))
+        inside = all(min(b.grid[d] for b in self.sizes) <= grid[d] <= max(b.grid[d] for b in self.sizes)
+                     for d in range(3))  # fmt: skip
+        return nearest, inside
 
     @property
     def plan_blocks(self) -> tuple[int, int]:
@@ -121,9 +170,10 @@ class SparseConfig(BaseModel):
             raise ValueError(f"config file {path} is not valid JSON: {err}") from err
         if not isinstance(data, dict):
             raise ValueError(f"config file {path} must hold a JSON object")
-        if data.get("version", CONFIG_VERSION) != CONFIG_VERSION:
+        if data.get("version", CONFIG_VERSION) not in (1, CONFIG_VERSION):
             raise ValueError(
-                f"config file {path} has version {data['version']}; this sparsediff reads {CONFIG_VERSION}"
+                f"config file {path} has version {data['version']}; this sparsediff reads versions 1 to "
+                f"{CONFIG_VERSION} (upgrade sparsediff to read it)"
             )
         return _validate({**data, **overrides}, str(path))
 

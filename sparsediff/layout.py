@@ -49,6 +49,11 @@ class TokenLayout:
             raise ValueError(f"unknown token order {self.order!r}; choose one of {ORDERS}")
 
     @property
+    def grid(self) -> tuple[int, int, int]:
+        """(frames, height, width) of the visual tokens."""
+        return self.frames, self.height, self.width
+
+    @property
     def num_visual(self) -> int:
         return self.frames * self.height * self.width
 

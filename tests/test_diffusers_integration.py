@@ -163,7 +163,7 @@ def test_layer_whose_heads_all_reuse_returns_its_last_output_whole(models, famil
     whole, state = steps()
     runs_with_whole_reuse = len(projections)
     assert state.calls["sparse: layer reused"] == 1  # step 1 only: steps 0 and 2 refresh
-    monkeypatch.setattr(Runner, "reuses_whole_layer", lambda self, layer, at: False)
+    monkeypatch.setattr(Runner, "reuses_whole_layer", lambda self, layer, at, layout: False)
     per_head, _ = steps()
     assert len(projections) - runs_with_whole_reuse == runs_with_whole_reuse + 1
     for a, b in zip(whole, per_head, strict=True):
@@ -260,7 +260,7 @@ def test_config_errors(models, tmp_path):
 def test_config_file_round_trip(models, tmp_path):
     config = SparseConfig(method="pattern", pattern=Diagonal(radius=2) | Stripe(frames=(0,)))
     path = config.save(tmp_path / "c.json")
-    assert json.loads(path.read_text())["version"] == 1
+    assert json.loads(path.read_text())["version"] == 2
     assert SparseConfig.load(path) == config
     with sparsediff.sparse(models["sd3"], path, block_size=16) as state:
         _run(models["sd3"], _inputs("sd3"))

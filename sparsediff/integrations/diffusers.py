@@ -489,11 +489,16 @@ def _check_fits(config: SparseConfig, transformer, layers: dict[str, object]) ->
         if wrong:
             detail = ", ".join(f"{k}: config {a!r} vs model {b!r}" for k, (a, b) in wrong.items())
             raise ValueError(f"this config was made for another model ({detail}); search again for this model")
-    for name, patterns in config.heads.items():
-        if name not in layers:
-            raise ValueError(f"config names attention layer {name!r}, which {type(transformer).__name__} does not have")
-        if heads[name] is not None and len(patterns) != heads[name]:
-            raise ValueError(f"config gives {len(patterns)} head patterns for {name!r}, which has {heads[name]} heads")
+    for table in config.head_tables():
+        for name, patterns in table.items():
+            if name not in layers:
+                raise ValueError(
+                    f"config names attention layer {name!r}, which {type(transformer).__name__} does not have"
+                )
+            if heads[name] is not None and len(patterns) != heads[name]:
+                raise ValueError(
+                    f"config gives {len(patterns)} head patterns for {name!r}, which has {heads[name]} heads"
+                )
     for d in config.schedule.dense_layers:
         if isinstance(d, str) and d not in layers:
             raise ValueError(f"schedule.dense_layers names {d!r}, which is not an attention layer of this model")

@@ -14,12 +14,16 @@ def layer_patterns(config: SparseConfig, layer: str, layout: TokenLayout, heads:
         return [Full()] * heads
     if config.method == "window":
         return [window_pattern(layout, config.density, config.plan_blocks)] * heads
-    return searched_patterns(config, layer, heads)
+    return searched_patterns(config, layer, heads, layout)
 
 
-def searched_patterns(config: SparseConfig, layer: str, heads: int) -> list[Pattern]:
-    """A `pattern` config's heads for `layer`: its per-head list, else its one pattern for every head."""
-    per_head = config.heads.get(layer)
+def searched_patterns(config: SparseConfig, layer: str, heads: int, layout: TokenLayout | None = None) -> list[Pattern]:
+    """A `pattern` config's heads for `layer`: its per-head list (from the size bucket nearest
+    `layout`'s grid, for a config searched at several sizes), else its one pattern for every head."""
+    if config.sizes and layout is None:
+        raise ValueError("a config searched at several sizes needs the call's layout to pick its heads")
+    table = config.size_bucket(layout.grid)[0].heads if config.sizes else config.heads
+    per_head = table.get(layer)
     if per_head is None:
         if config.pattern is None:
             raise ValueError(f"config has per-layer patterns but none for layer {layer!r}")

@@ -22,13 +22,15 @@ planning. The runner owns the schedule decision (dense steps and layers), per-he
 resolution, skipped heads' outputs kept per (layer, branch) and dropped when a new run starts,
 block plans (cached process-wide by `patterns.cached_plan`), block alignment, per-call heads
 (Pyramid, HilbertWindow), per-call methods, SparseD's compute-once patterns, padding groups, the
-plan run, and whole-layer reuse (`reused_layer` / `keep_layer`). It imports nothing of diffusers
-or transformers.
+plan run, whole-layer reuse (`reused_layer` / `keep_layer`), the size bucket of a config
+searched at several sizes, and the speed check (`methods.speed`): a kind of call whose sparse
+form timed no faster than dense runs dense. It imports nothing of diffusers or transformers.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -42,6 +44,7 @@ from sparsediff.kernels import expand_kv
 from sparsediff.layout import TokenLayout
 from sparsediff.methods import DYNAMIC, layer_patterns, per_call_heads, searched_patterns
 from sparsediff.methods.sparsed import SparsedPatterns
+from sparsediff.methods.speed import DENSE_REASON, SPEED, SpeedCheck, never_slower
 from sparsediff.patterns import PER_CALL, Full, Pattern, Skip, cached_plan
 from sparsediff.plan import BlockPlan
 
@@ -152,6 +155,7 @@ class Runner:
         layers: Sequence[str],
         heads: dict[str, int | None] | None = None,
         stats: RunStats | None = None,
+        speed: SpeedCheck | None = None,
     ) -> None:
         self.config = config
         self.layers = list(layers)  # attention module names in module order (dense_layers indexes them)
@@ -163,8 +167,12 @@ class Runner:
         self.sparsed = SparsedPatterns(config) if config.method == "sparsed" else None
         self.plan_seconds = 0.0  # one-off time spent building plans
         self._run = 0  # the run that `reuse` and SparseD's patterns belong to
-        self._kept_now: dict[str, float] = {}  # layer -> work of its running call, if it kept its output
+        # layer -> (work, layout) of its running call, if it kept its output
+        self._kept_now: dict[str, tuple[float, TokenLayout]] = {}
         self._layer_index = {name: i for i, name in enumerate(self.layers)}
+        self.speed = (speed or SPEED) if never_slower(config) else None
+        self._grids_seen: set[tuple[int, int, int]] = set()  # grids a size bucket was picked for
+        self._method_key = config.model_dump_json(include={"method", "density", "block_size", "order", "coarse_pool"})
 
     def __repr__(self) -> str:
         return (
@@ -215,18 +223,32 @@ class Runner:
                 self._keep_if_skips(call, out, self._call_patterns(call))
             return out
         if call.groups is not None:
-            out, density = self._padded(call)
-            self.stats.record("sparse: padded text", call.work, density)
-            return out
+            masks = tuple((int(valid.sum()), len(samples)) for valid, samples in call.groups)
+            what = ("padded", self._method_key if method in DYNAMIC else tuple(self._call_patterns(call)), masks)
+            return self._checked(call, what, lambda: self._padded(call), "sparse: padded text")
         if method in DYNAMIC:
-            out, density = self._per_call(call.query, call.key, call.value, call.layout, call.scale)
-            self.stats.record("sparse", call.work, density)
-            return out
+            q, k, v, layout, scale = call.query, call.key, call.value, call.layout, call.scale
+            return self._checked(call, ("method", self._method_key), lambda: self._per_call(q, k, v, layout, scale))
         return self._static(call)
 
     def _dense(self, call: AttentionCall, reason: str) -> Tensor:
         self.stats.record(reason, call.work if call.governed else None)
         return call.dense()
+
+    def _checked(self, call: AttentionCall, what, sparse: Callable[[], tuple[Tensor, float]], reason: str = "sparse"):
+        """sparse() -> (output, density), unless the speed check found this kind of call (`what`
+        runs, at this layout, shapes, dtype, device) no faster than dense; then the call runs dense."""
+        verdict = True
+        if self.speed is not None:
+            q, k = call.query, call.key
+            key = (what, call.layout, self.config.plan_blocks, self.config.backend, tuple(q.shape), tuple(k.shape),
+                   q.dtype, q.device.type)  # fmt: skip
+            verdict = self.speed.verdict(key, call)
+        if verdict is False:
+            return self._dense(call, DENSE_REASON)
+        out, density = sparse() if verdict else self.speed.timed(key, sparse, call.dense, call.query.device)
+        self.stats.record(reason, call.work, density)
+        return out
 
     def _call_patterns(self, call: AttentionCall) -> list[Pattern]:
         return self.head_patterns(call.layer, call.layout, call.query.shape[1], call.head_offset)
@@ -237,7 +259,7 @@ class Runner:
         skipped = [h for h, p in enumerate(patterns) if isinstance(p, Skip)]
         if skipped:
             self.reuse[(call.layer, call.at.branch)] = KeptHeads(tuple(skipped), out[:, skipped].clone())
-            self._kept_now[call.layer] = call.work
+            self._kept_now[call.layer] = (call.work, call.layout)
 
     def _kept_output(self, call: AttentionCall) -> Tensor | None:
         """A full-shaped tensor holding the kept heads' outputs (the others unset), or None when
@@ -254,16 +276,21 @@ class Runner:
         """Memory held for reuse now: kept heads' outputs and layers' whole outputs."""
         total = 0
         for kept in self.reuse.values():
-            tensors = [kept.output] if isinstance(kept, KeptHeads) else _tensors(kept[1])
+            tensors = [kept.output] if isinstance(kept, KeptHeads) else _tensors(kept[1])  # (inputs, output, ...)
             total += sum(t.numel() * t.element_size() for t in tensors)
         return total
 
     def _static(self, call: AttentionCall) -> Tensor:
-        """A static plan (window, pattern), skipped heads reusing their kept output where they may."""
+        """A static plan (window, pattern), skipped heads reusing their kept output where they may;
+        a searched layer whose heads are all `Full` runs the model's dense attention."""
         patterns = self._call_patterns(call)
+        if self.config.method == "pattern" and all(isinstance(p, Full) for p in patterns):
+            return self._dense(call, "dense: full pattern")
         previous = self._kept_output(call) if any(isinstance(p, Skip) for p in patterns) else None
-        out, density = self._static_attention(call, call.layout, call.query, call.key, call.value, patterns, previous)
-        self.stats.record("sparse", call.work, density)
+        running = self._skipped_heads_running(patterns, call.at, can_reuse=previous is not None)
+        what = ("plan", tuple(Full() if h in running else p for h, p in enumerate(patterns)))
+        out = self._checked(call, what, lambda: self._static_attention(
+            call, call.layout, call.query, call.key, call.value, patterns, previous))  # fmt: skip
         self._keep_if_skips(call, out, patterns)
         return out
 
@@ -313,11 +340,16 @@ class Runner:
         switch = self.config.schedule.dense_step_count(call.at.total)
         if call.at.step < switch:
             return self._dense(call, "dense: schedule")
-        out, reason, density = self.sparsed.attend(
-            call.layer, call.query, call.key, call.value, call.scale, call.at.step, switch
-        )
-        self.stats.record(reason, call.work, density)
-        return out
+        step = call.at.step
+
+        def attend():
+            return self.sparsed.attend(call.layer, call.query, call.key, call.value, call.scale, step, switch)
+
+        if self.sparsed.pattern_step(call.layer, call.query, call.key, step, switch):
+            out, reason, density = attend()
+            self.stats.record(reason, call.work, density)
+            return out
+        return self._checked(call, ("sparsed", call.layer), lambda: attend()[::2])
 
     # --- plans and heads ------------------------------------------------------------------------
 
@@ -325,6 +357,18 @@ class Runner:
         """The patterns of the `heads` heads from `offset` a call holds (all of the layer's, unless a
         process holds a slice of them)."""
         total = self.heads.get(layer) or heads
+        if self.config.sizes and layout.grid not in self._grids_seen:
+            self._grids_seen.add(layout.grid)
+            bucket, inside = self.config.size_bucket(layout.grid)
+            if not inside:
+                searched = ", ".join("x".join(map(str, b.grid)) for b in self.config.sizes)
+                warnings.warn(
+                    f"sparsediff: latent grid {'x'.join(map(str, layout.grid))} (frames x height x width) lies "
+                    f"outside the sizes this config was searched at ({searched}); using the patterns of the "
+                    f"nearest, {'x'.join(map(str, bucket.grid))}. Search at this size too for patterns made for it "
+                    "(sparsediff search --size ...)",
+                    stacklevel=2,
+                )
         if offset == 0 and heads == total:
             return layer_patterns(self.config, layer, layout, heads)
         if offset + heads > total:
@@ -393,17 +437,17 @@ class Runner:
 
     # --- whole-layer reuse ------------------------------------------------------------------------
 
-    def _skips(self, layer: str) -> list[Skip] | None:
-        """The layer's head patterns when every one is a `Skip`, else None."""
+    def _skips(self, layer: str, layout: TokenLayout) -> list[Skip] | None:
+        """The layer's head patterns at `layout` when every one is a `Skip`, else None."""
         heads = self.heads.get(layer)
         if self.config.method != "pattern" or heads is None:
             return None
-        patterns = searched_patterns(self.config, layer, heads)
+        patterns = searched_patterns(self.config, layer, heads, layout)
         return patterns if all(isinstance(p, Skip) for p in patterns) else None
 
-    def reuses_whole_layer(self, layer: str, at: Step) -> bool:
-        """Every head of `layer` reuses its output now: not a refresh step of any, not dense."""
-        skips = self._skips(layer)
+    def reuses_whole_layer(self, layer: str, at: Step, layout: TokenLayout) -> bool:
+        """Every head of `layer` reuses its output now at `layout`: not a refresh step of any, not dense."""
+        skips = self._skips(layer, layout)
         if skips is None or at.step < 0 or self.dense_now(layer, at):
             return False
         return not any(p.runs_at(at.step) for p in skips)
@@ -413,10 +457,8 @@ class Runner:
         input shapes (the caller skips its projections too); None: run the layer."""
         self.begin(at)
         self._kept_now.pop(layer, None)
-        if not self.reuses_whole_layer(layer, at):
-            return None
         kept = self.reuse.get(("layer output", layer, at.branch))
-        if kept is None or kept[0] != inputs:
+        if kept is None or kept[0] != inputs or not self.reuses_whole_layer(layer, at, kept[3]):
             return None
         self.stats.record("sparse: layer reused", kept[2], 0.0)
         return kept[1]
@@ -426,9 +468,12 @@ class Runner:
         With one period for all its heads, a step either refreshes all of them or reuses the layer
         whole, so when the next step reuses it whole its heads' outputs are dropped: the layer
         keeps only what it returns."""
-        skips = self._skips(layer)
-        if skips is not None and layer in self._kept_now:
-            self.reuse[("layer output", layer, at.branch)] = (inputs, output, self._kept_now[layer])
+        if layer not in self._kept_now:
+            return
+        work, layout = self._kept_now[layer]
+        skips = self._skips(layer, layout)
+        if skips is not None:
+            self.reuse[("layer output", layer, at.branch)] = (inputs, output, work, layout)
             following = Step(at.step + 1, at.branch, at.run, at.total)
-            if len({p.every for p in skips}) == 1 and self.reuses_whole_layer(layer, following):
+            if len({p.every for p in skips}) == 1 and self.reuses_whole_layer(layer, following, layout):
                 self.reuse.pop((layer, at.branch), None)

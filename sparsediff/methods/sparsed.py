@@ -103,15 +103,19 @@ class SparsedPatterns:
     def reset(self) -> None:
         self.plans.clear()
 
+    def pattern_step(self, layer, query: Tensor, key: Tensor, step: int, switch: int) -> bool:
+        """Whether a call at `step` takes (or retakes) its layer's plan rather than running it."""
+        every = self.config.recompute_every
+        recompute = every and step > switch and (step - switch) % every == 0
+        return bool(step == switch or recompute or (layer, query.shape[2], key.shape[2]) not in self.plans)
+
     def attend(self, layer, query: Tensor, key: Tensor, value: Tensor, scale: float | None, step: int, switch: int):
         """(output [B, H, N_q, D], how it was served, density) of one call at or after the switch."""
         batch, heads = query.shape[:2]
         shape = (query.shape[2], key.shape[2])
-        every = self.config.recompute_every
-        recompute = every and step > switch and (step - switch) % every == 0
         plan_key = (layer, *shape)
         q, k, v = sequences_as_heads(query, key, value)
-        if step == switch or recompute or plan_key not in self.plans:
+        if self.pattern_step(layer, query, key, step, switch):
             with torch.no_grad():
                 s = q.shape[-1] ** -0.5 if scale is None else scale
                 mass, out = block_mass(q, k, s, self.config.block_size, value=v)

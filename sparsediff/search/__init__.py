@@ -2,7 +2,18 @@
 
 from sparsediff.search.candidates import default_candidates
 from sparsediff.search.cost import CostModel, measure
-from sparsediff.search.offline import SearchResult, search
+from sparsediff.search.offline import SearchResult, merge_sizes, search, search_sizes, searched_grid
 from sparsediff.search.solver import solve_budget, solve_max_error
 
-__all__ = ["CostModel", "SearchResult", "default_candidates", "measure", "search", "solve_budget", "solve_max_error"]
+__all__ = [
+    "CostModel",
+    "SearchResult",
+    "default_candidates",
+    "measure",
+    "merge_sizes",
+    "search",
+    "search_sizes",
+    "searched_grid",
+    "solve_budget",
+    "solve_max_error",
+]

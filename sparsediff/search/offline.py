@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from sparsediff.config import Schedule, SparseConfig
+from sparsediff.config import Schedule, SizeBucket, SparseConfig
 from sparsediff.integrations.diffusers import can_reuse_whole, model_signature, transformers_of
 from sparsediff.layout import TokenLayout
 from sparsediff.memory import PeakMemory
@@ -47,6 +48,7 @@ class SearchResult:
     cost_model: CostModel
     seconds: float
     peak_mem_mb: float | None = None  # of the calibration runs, where the search peaks (`memory.PeakMemory`)
+    layout: TokenLayout | None = None  # of the calibration calls (the first layer's)
 
     def table(self) -> Table:
         table = Table(title="sparsediff search: chosen pattern per head (relative L2 error, density)")
@@ -96,6 +98,7 @@ def search(
     kv_block_size: int | None = None,
     backend: str = "auto",
     dense_fraction: float = 0.0,
+    dense_steps: int = 0,
     candidates: Sequence[Candidate] | None = None,
     cost_model: CostModel | None = None,
     seed: int = 0,
@@ -125,7 +128,7 @@ def search(
             f"{blocks}; measure a new one or search with its block sizes"
         )
     start = time.perf_counter()
-    schedule = Schedule(dense_fraction=dense_fraction)
+    schedule = Schedule(dense_steps=dense_steps, dense_fraction=dense_fraction)
     cal = Calibration(
         candidates=list(candidates) if candidates else [],
         sample_steps=sample_steps(
@@ -162,7 +165,7 @@ def search(
         dense_total = sum(cost_model.dense_ms * t.shape[0] / cost_model.heads for t in errors.values())
         overhead = len(errors) * (cost_model.fixed_ms + cost_model.per_group_ms)
         if budget * dense_total <= overhead:
-            raise ValueError(
+            raise BudgetBelowFixedCost(
                 f"budget {budget} of dense ({budget * dense_total:.3g} ms) does not cover the sparse kernel's fixed "
                 f"cost ({overhead:.3g} ms over {len(errors)} layers) at {layout.num_tokens} tokens; raise the budget "
                 "or search at a longer layout, where sparse attention pays"
@@ -194,7 +197,7 @@ def search(
             "settings": {
                 "prompts": list(prompts), "num_inference_steps": num_inference_steps,
                 "calibration_steps": sorted(cal.sample_steps), "rows": rows, "seed": seed,
-                "max_error": max_error, "budget": budget, "layout": repr(layout),
+                "max_error": max_error, "budget": budget, "layout": repr(layout), "grid": list(layout.grid),
                 "max_extra_memory_mb": max_extra_memory_mb,
                 "call_kwargs": {k: v for k, v in call_kwargs.items() if isinstance(v, (int, float, str, bool))},
             },
@@ -206,7 +209,78 @@ def search(
     )  # fmt: skip
     seconds = time.perf_counter() - start
     return SearchResult(config, cal.candidates, errors, costs, reuse, choices, per_head, densities, cost_model, seconds,
-                        peak.mb)  # fmt: skip
+                        peak.mb, layout)  # fmt: skip
+
+
+class BudgetBelowFixedCost(ValueError):
+    """The budget leaves nothing once the sparse kernel's fixed costs are paid (a short layout)."""
+
+
+BUDGET_STEPS = (1.5, 2.0, 3.0)  # a refused budget is retried at these multiples (capped at 1)
+
+
+def search_sizes(
+    pipe, prompts: Sequence[str], sizes: Sequence[dict], *, budget: float | None = None, progress: bool = True,
+    **settings,
+) -> tuple[SparseConfig, list[SearchResult]]:  # fmt: skip
+    """`search` at each of `sizes` (call arguments: `num_frames`, `height`, `width`), merged into
+    one config with a size bucket per searched grid (`merge_sizes`).
+
+    At a size so short that `budget` does not cover the sparse kernel's fixed costs, the budget
+    is raised (x1.5, x2, x3, at most 1: dense time) and the one used recorded in the bucket; a
+    size where none pays is an error naming it (leave it out: the speed check runs such calls
+    dense at run time anyway).
+    """
+    results = []
+    for i, size in enumerate(sizes):
+        if progress:
+            print(f"search at size {i + 1}/{len(sizes)}: {size}", flush=True)
+        raised = (round(min(1.0, budget * m), 4) for m in (1.0, *BUDGET_STEPS)) if budget else ()
+        tried = list(dict.fromkeys(raised)) or [budget]
+        for attempt in tried:
+            try:
+                results.append(search(pipe, prompts, budget=attempt, progress=progress, **settings, **size))
+                break
+            except BudgetBelowFixedCost as err:
+                if attempt == tried[-1]:
+                    raise ValueError(f"at size {size} no budget up to {attempt} pays: {err}") from err
+                if progress:
+                    print(f"budget {attempt} is below the fixed cost at {size}; trying a larger one", flush=True)
+    return merge_sizes([r.config for r in results]), results
+
+
+def searched_grid(config: SparseConfig) -> tuple[int, int, int]:
+    """The latent grid a single-size config was searched at (its search settings)."""
+    settings = (config.search or {}).get("settings", {})
+    if "grid" in settings:
+        return tuple(settings["grid"])
+    found = {k: int(v) for k, v in re.findall(r"\b(frames|height|width)=(\d+)", settings.get("layout", ""))}
+    if len(found) != 3:
+        raise ValueError("this config does not record the size it was searched at (search.settings); search it again")
+    return found["frames"], found["height"], found["width"]
+
+
+def merge_sizes(configs: Sequence[SparseConfig]) -> SparseConfig:
+    """One config from `pattern` configs searched on one model at different sizes: a size bucket
+    per single-size config (at the grid it was searched at), the buckets of multi-size ones.
+    Block sizes, backend, schedule and model must agree; a later bucket for a grid replaces an
+    earlier one."""
+    if not configs:
+        raise ValueError("give at least one config to merge")
+    first = configs[0]
+    shared = ("method", "block_size", "kv_block_size", "backend", "schedule", "model", "pattern")
+    for config in configs:
+        if config.method != "pattern" or not (config.heads or config.sizes):
+            raise ValueError("only searched `pattern` configs (per-head patterns) can be merged by size")
+        differ = [name for name in shared if getattr(config, name) != getattr(first, name)]
+        if differ:
+            raise ValueError(f"configs merged by size must agree on {', '.join(differ)}")
+    buckets: dict[tuple[int, int, int], SizeBucket] = {}
+    for config in configs:
+        own = config.sizes or [SizeBucket(grid=searched_grid(config), heads=config.heads, search=config.search)]
+        buckets |= {bucket.grid: bucket for bucket in own}
+    merged = first.model_dump() | {"heads": {}, "sizes": list(buckets.values()), "search": None, "version": 2}
+    return SparseConfig.model_validate(merged)
 
 
 def _state_class(cal: Calibration) -> type[CalibrationState]:
