@@ -343,64 +343,6 @@ def test_roles_come_from_the_model_even_at_equal_lengths(models, family, dense_r
         assert state.calls["sparse"] == len(layers) - others
 
 
-def _generic_cases():
-    """Transformers with no family adapter and no `attn_processors` (no AttentionMixin): built
-    from tiny configs. (model class, config, inputs, what their self-attention calls do)."""
-    gen = torch.Generator().manual_seed(0)
-    return {
-        "DiTTransformer2DModel": (
-            dict(num_attention_heads=2, attention_head_dim=8, in_channels=4, num_layers=1, sample_size=16,
-                 patch_size=2, num_embeds_ada_norm=10, norm_num_groups=1),
-            dict(hidden_states=torch.randn(1, 4, 16, 16, generator=gen), timestep=torch.tensor([5]),
-                 class_labels=torch.tensor([1])),
-            "sparse",
-        ),
-        "AllegroTransformer3DModel": (
-            dict(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4, num_layers=1,
-                 cross_attention_dim=16, sample_width=8, sample_height=8, sample_frames=8, caption_channels=16),
-            dict(hidden_states=torch.randn(1, 4, 2, 8, 8, generator=gen),
-                 encoder_hidden_states=torch.randn(1, 4, 16, generator=gen), timestep=torch.tensor([5])),
-            "sparse",
-        ),
-        # spatial and temporal attention over parts of the video: no layout of the whole grid
-        "LatteTransformer3DModel": (
-            dict(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=1,
-                 sample_size=8, patch_size=2, cross_attention_dim=16, caption_channels=16, video_length=3),
-            dict(hidden_states=torch.randn(1, 4, 3, 8, 8, generator=gen), timestep=torch.tensor([5]),
-                 encoder_hidden_states=torch.randn(1, 4, 16, generator=gen)),
-            "dense: no layout",
-        ),
-        # joint attention per sample over [visual; valid text] (MochiAttention, no set_processor)
-        "MochiTransformer3DModel": (
-            dict(patch_size=2, num_attention_heads=2, attention_head_dim=8, num_layers=1, pooled_projection_dim=16,
-                 in_channels=4, text_embed_dim=16, time_embed_dim=4, activation_fn="swiglu", max_sequence_length=16),
-            dict(hidden_states=torch.randn(1, 4, 3, 8, 8, generator=gen),
-                 encoder_hidden_states=torch.randn(1, 16, 16, generator=gen), timestep=torch.tensor([5]),
-                 encoder_attention_mask=torch.ones(1, 16)),
-            "sparse",
-        ),
-    }  # fmt: skip
-
-
-@pytest.mark.parametrize("name", sorted(_generic_cases()))
-def test_models_without_attn_processors_get_sparse_attention_or_a_counted_reason(name, tmp_path):
-    import diffusers
-
-    config, inputs, served = _generic_cases()[name]
-    getattr(diffusers, name)(**config).save_pretrained(tmp_path)
-    model = getattr(diffusers, name).from_pretrained(tmp_path).eval()
-    with torch.no_grad():
-        native = model(**inputs, return_dict=False)[0]
-        with sparsediff.sparse(model, "dense", block_size=8) as state:
-            assert (model(**inputs, return_dict=False)[0] - native).abs().max() <= 1e-5
-            assert state.calls[served] >= 1
-        with sparsediff.sparse(model, "window", density=0.3, block_size=8):
-            windowed = model(**inputs, return_dict=False)[0]
-        assert torch.isfinite(windowed).all()
-        assert ((windowed - native).abs().max() > 1e-4) == (served == "sparse")
-        assert torch.equal(model(**inputs, return_dict=False)[0], native)  # removed exactly
-
-
 def test_a_diffusers_model_without_attention_is_refused_truthfully():
     from diffusers import ModelMixin
 

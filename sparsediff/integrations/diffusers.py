@@ -35,7 +35,7 @@ from torch.overrides import TorchFunctionMode
 
 from sparsediff.attention import is_trivial_mask
 from sparsediff.config import ModelSignature, SparseConfig
-from sparsediff.integrations.families import FAMILIES, Family, family_of
+from sparsediff.integrations.families import FAMILIES, SUPPORT, Family, family_of
 from sparsediff.layout import TokenLayout
 from sparsediff.methods.runner import AttentionCall, Runner, RunStats, Step
 
@@ -407,7 +407,7 @@ def _current_context(manager: StateManager) -> CacheContext | None:
 def transformers_of(target) -> list[torch.nn.Module]:
     """The diffusers transformers of a pipeline (`transformer`, Wan 2.2's `transformer_2`), or the
     target itself when it is one; a model sparsediff cannot reach is refused with the reason."""
-    if _is_diffusers_model(target):
+    if _is_diffusers_model(target) or type(target).__name__ in SUPPORT:  # DualTransformer2DModel is no ModelMixin
         found = [target]
     else:
         found = [m for m in (getattr(target, n, None) for n in ("transformer", "transformer_2")) if m is not None]
@@ -417,6 +417,14 @@ def transformers_of(target) -> list[torch.nn.Module]:
                 f"got {type(target).__name__}"
             )
     for model in found:
+        status, reason = SUPPORT.get(type(model).__name__, ("untested", ""))
+        if status == "refused":
+            supported = ", ".join(name for name, (s, _) in SUPPORT.items() if s == "sparse")
+            raise TypeError(
+                f"sparsediff does not support {type(model).__name__}: {reason}. It makes image and video "
+                f"transformers sparse: {supported}. To request a model, open an issue with its diffusers class "
+                "and model id."
+            )
         if not attention_processors(model):
             raise TypeError(
                 f"{type(model).__name__} is a diffusers model, but none of its modules is a diffusers attention "

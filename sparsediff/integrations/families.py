@@ -8,6 +8,10 @@ sit inside self/joint attention is a property of the family (../shared/notes/dif
 | Wan 2.1/2.2, LTX-Video, PixArt | none (separate cross-attention) |
 | CogVideoX, Flux, QwenImage | prefix |
 | HunyuanVideo (and 1.5), SD3, Mochi (per sample, its valid text) | suffix |
+| AuraFlow, Bria, Chroma, CogView3Plus/4, ConsisID, EasyAnimate, Flux2, LongCat-Image, Lumina2, Ovis-Image | prefix |
+| SkyReels-V2 | none |
+
+`SUPPORT` below lists every transformer class diffusers exports and what `apply` does with it.
 
 A model class not listed uses the generic adapter: a 5-D (B, C, F, H, W) or 4-D (B, C, H, W)
 latent divided by the config's patch sizes, text position unknown (calls that hold text then
@@ -117,10 +121,113 @@ FAMILIES: dict[str, Family] = {
         Family("SD3Transformer2DModel", "suffix", _channels_first_grid),
         Family("PixArtTransformer2DModel", "none", _channels_first_grid),
         Family("QwenImageTransformer2DModel", "prefix", _qwen_grid),
+        # text first in joint attention (read from each model's attention processor)
+        *(Family(name, "prefix", _flux_grid) for name in ("ChromaTransformer2DModel", "BriaTransformer2DModel",
+          "LongCatImageTransformer2DModel", "OvisImageTransformer2DModel", "Flux2Transformer2DModel")),
+        *(Family(name, "prefix", _channels_first_grid) for name in ("AuraFlowTransformer2DModel",
+          "CogView3PlusTransformer2DModel", "CogView4Transformer2DModel", "EasyAnimateTransformer3DModel")),
+        Family("Lumina2Transformer2DModel", "prefix", _channels_first_grid, ("context_refiner.",)),
+        Family("ConsisIDTransformer3DModel", "prefix", _cogvideox_grid),
+        # text only in separate cross-attention
+        Family("SkyReelsV2Transformer3DModel", "none", _channels_first_grid),
     )
-}
+}  # fmt: skip
 GENERIC = Family("generic", "unknown", _channels_first_grid)
 
 
 def family_of(model) -> Family:
     return FAMILIES.get(type(model).__name__, GENERIC)
+
+
+# Every transformer class diffusers 0.42 exports (`diffusers.models.transformers`) and what `apply`
+# does with it; tests/test_families.py fails when diffusers exports a class not listed here.
+#   "sparse": its self/joint attention runs sparse (what is inferred: text place, grid source);
+#             each is built from a tiny config in the tests (dense equals native, window runs);
+#   "dense":  `apply` works, but its attention calls run dense, counted under the reason given;
+#   "refused": `apply` refuses it with the reason given (no image or video grid to be sparse on);
+#   "untested": not yet built from a tiny config in our tests; `apply` runs the generic adapter
+#             (channels-first latents, text place unknown: calls holding text run dense, counted).
+_CHANNELS = "grid from the (B, C, [F,] H, W) latents and the patch sizes"
+_PACKED = "grid from img_ids (packed latents)"
+_NO_GRID = "its tokens are not an image or video grid"
+_LINEAR = "self-attention is linear attention (already O(N), no softmax to sparsify); cross-attention runs dense"
+SUPPORT: dict[str, tuple[str, str]] = {
+    "AceStepTransformer1DModel": ("refused", f"1-D audio latents: {_NO_GRID}"),
+    "AllegroTransformer3DModel": ("sparse", f"no text in self-attention; {_CHANNELS}"),
+    "AnyFlowFARTransformer3DModel": ("untested", "frame-autoregressive video DiT"),
+    "AnyFlowTransformer3DModel": ("untested", "video DiT"),
+    "AuraFlowTransformer2DModel": ("sparse", f"text prefix in joint and single-stream attention; {_CHANNELS}"),
+    "BriaFibo2Transformer2DModel": ("untested", "Flux-style image DiT"),
+    "BriaFiboTransformer2DModel": ("untested", "Flux-style image DiT"),
+    "BriaTransformer2DModel": ("sparse", f"text prefix (Flux-style); {_PACKED}"),
+    "ChromaTransformer2DModel": ("sparse", f"text prefix (Flux-style); {_PACKED}"),
+    "ChronoEditTransformer3DModel": ("untested", "Wan-style video editing DiT"),
+    "CogVideoXTransformer3DModel": ("sparse", "text prefix; grid from the (B, F, C, H, W) latents"),
+    "CogView3PlusTransformer2DModel": ("sparse", f"text prefix; {_CHANNELS}"),
+    "CogView4Transformer2DModel": ("sparse", f"text prefix; {_CHANNELS}"),
+    "ConsisIDTransformer3DModel": ("sparse", "text prefix (CogVideoX-style); grid from the (B, F, C, H, W) latents"),
+    "Cosmos3OmniTransformer": ("untested", "omni-modal world model"),
+    "CosmosTransformer3DModel": ("untested", "video world model, cross-attention text"),
+    "DiTTransformer2DModel": ("sparse", f"class-conditioned, no text; {_CHANNELS}"),
+    "DreamLiteTransformer2DModel": ("untested", "image DiT"),
+    "DualTransformer2DModel": ("refused", "a pair of Transformer2DModels mixing two conditions (VersatileDiffusion)"),
+    "EasyAnimateTransformer3DModel": ("sparse", f"text prefix; {_CHANNELS}"),
+    "ErnieImageTransformer2DModel": ("untested", "image DiT"),
+    "Flux2Transformer2DModel": ("sparse", f"text prefix; {_PACKED} (reference images: dense)"),
+    "Flux3Transformer2DModel": ("untested", "Flux-style image DiT"),
+    "FluxTransformer2DModel": ("sparse", f"text prefix; {_PACKED} (reference images: dense)"),
+    "GlmImageTransformer2DModel": ("untested", "image DiT"),
+    "HeliosTransformer3DModel": ("untested", "video DiT"),
+    "HiDreamImageTransformer2DModel": ("untested", "image DiT with text appended per block (suffix of varying length)"),
+    "HunyuanDiT2DModel": ("untested", "image DiT, cross-attention text"),
+    "HunyuanImageTransformer2DModel": ("untested", "image DiT"),
+    "HunyuanVideo15Transformer3DModel": ("dense", "its joint attention takes a query-and-key padding mask (B, 1, N, N) "
+                                                  "over per-sample reordered text: dense, counted as `dense: attention mask`"),
+    "HunyuanVideoFramepackTransformer3DModel": ("untested", "video DiT with packed history frames of other sizes"),
+    "HunyuanVideoTransformer3DModel": ("sparse", f"text suffix; token refiner dense (text only); {_CHANNELS}"),
+    "Ideogram4Transformer2DModel": ("untested", "image DiT"),
+    "JoyImageEditPlusTransformer3DModel": ("untested", "image editing DiT"),
+    "JoyImageEditTransformer3DModel": ("untested", "image editing DiT"),
+    "Kandinsky5Transformer3DModel": ("untested", "video DiT with its own sparse attention option"),
+    "Kandinsky6SRTransformer3DModel": ("untested", "video super-resolution DiT"),
+    "Kandinsky6Transformer3DModel": ("untested", "video DiT"),
+    "Krea2Transformer2DModel": ("untested", "image DiT"),
+    "LTX2VideoTransformer3DModel": ("untested", "joint audio-video DiT"),
+    "LTXVideoTransformer3DModel": ("sparse", "no text in self-attention; grid from num_frames, height, width"),
+    "LatteTransformer3DModel": ("dense", "spatial attention per frame and temporal attention per position: no layout "
+                                         "of the whole grid (dense: no layout)"),
+    "LongCatAudioDiTTransformer": ("refused", f"1-D audio latents: {_NO_GRID}"),
+    "LongCatImageTransformer2DModel": ("sparse", f"text prefix (Flux-style); {_PACKED}"),
+    "Lumina2Transformer2DModel": ("sparse", f"text prefix; caption refiner dense (text only); {_CHANNELS}"),
+    "LuminaNextDiT2DModel": ("untested", "image DiT, cross-attention text"),
+    "MiniMaxH3Transformer3DModel": ("untested", "video DiT"),
+    "MiniMaxMusic3RVQDepthDecoder": ("refused", f"a depth decoder over audio codebooks: {_NO_GRID}"),
+    "MiniMaxMusic3Transformer1DModel": ("refused", f"1-D music latents: {_NO_GRID}"),
+    "MochiTransformer3DModel": ("sparse", f"per-sample text suffix (its valid tokens); {_CHANNELS}"),
+    "MotifVideoTransformer3DModel": ("untested", "video DiT"),
+    "NucleusMoEImageTransformer2DModel": ("untested", "image DiT"),
+    "OmniGenTransformer2DModel": ("untested", "interleaved text and image tokens with a causal/bidirectional mask"),
+    "OvisImageTransformer2DModel": ("sparse", f"text prefix (Flux-style); {_PACKED}"),
+    "PRXTransformer2DModel": ("untested", "image DiT"),
+    "PixArtTransformer2DModel": ("sparse", f"no text in self-attention; {_CHANNELS}"),
+    "PriorTransformer": ("refused", f"a prior over CLIP embeddings (a few tokens): {_NO_GRID}"),
+    "QwenImage21Transformer2DModel": ("untested", "QwenImage-style image DiT"),
+    "QwenImageTransformer2DModel": ("sparse", "text prefix; grid from img_shapes (several images: dense)"),
+    "RFD4ProteinaTransformer": ("refused", f"protein structure tokens: {_NO_GRID}"),
+    "SD3Transformer2DModel": ("sparse", f"text suffix; {_CHANNELS}"),
+    "SanaTransformer2DModel": ("dense", _LINEAR),
+    "SanaVideoTransformer3DModel": ("dense", _LINEAR),
+    "SanaWMLTX2RefinerTransformer3DModel": ("untested", "video refiner"),
+    "SanaWMTransformer3DModel": ("untested", "video world model"),
+    "SkyReelsV2Transformer3DModel": ("sparse", f"no text in self-attention (Wan-style); {_CHANNELS}"),
+    "StableAudio3DiTModel": ("refused", f"1-D audio latents: {_NO_GRID}"),
+    "StableAudioDiTModel": ("refused", f"1-D audio latents: {_NO_GRID}"),
+    "T5FilmDecoder": ("refused", f"a spectrogram decoder (music): {_NO_GRID}"),
+    "Transformer2DModel": ("untested", "the generic 2-D transformer block stack of older pipelines"),
+    "TransformerTemporalModel": ("refused", "temporal attention over frames only (short sequences: nothing to skip)"),
+    "WanAnimate2Transformer3DModel": ("untested", "Wan-style character animation DiT"),
+    "WanAnimateTransformer3DModel": ("untested", "Wan-style character animation DiT"),
+    "WanTransformer3DModel": ("sparse", f"no text in self-attention; {_CHANNELS}"),
+    "WanVACETransformer3DModel": ("sparse", f"no text in self-attention; {_CHANNELS}"),
+    "ZImageTransformer2DModel": ("untested", "unified caption and image sequence, list inputs"),
+}  # fmt: skip

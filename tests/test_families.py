@@ -1,0 +1,70 @@
+"""Every transformer class diffusers exports: listed with what `apply` does, and each one we call
+sparse built from a tiny config, saved, loaded back and checked."""
+
+import re
+from pathlib import Path
+
+import diffusers
+import diffusers.models.transformers as exported
+import pytest
+import torch
+from family_cases import CASES
+
+import sparsediff
+from sparsediff.integrations.families import SUPPORT
+from sparsediff.pipelines.tiny import TINY_TRANSFORMERS
+
+BUILT_IN = {t.model_class for t in TINY_TRANSFORMERS.values()}  # covered by test_diffusers_integration
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _exported_classes() -> set[str]:
+    return {name for name in dir(exported) if isinstance(getattr(exported, name), type)}
+
+
+def test_every_exported_transformer_is_listed_with_what_apply_does():
+    exported_names = _exported_classes()
+    missing = sorted(exported_names - set(SUPPORT))
+    assert not missing, f"diffusers exports transformers SUPPORT does not list: {missing}"
+    assert not set(SUPPORT) - exported_names, "SUPPORT lists classes diffusers no longer exports"
+    for name, (status, reason) in SUPPORT.items():
+        assert status in ("sparse", "dense", "refused", "untested") and reason, name
+
+
+def test_every_class_called_sparse_or_dense_has_a_tiny_model_in_the_tests():
+    claimed = {name for name, (status, _) in SUPPORT.items() if status in ("sparse", "dense")}
+    assert claimed <= set(CASES) | BUILT_IN, sorted(claimed - set(CASES) - BUILT_IN)
+    assert set(CASES) <= claimed  # a tested class is listed as tested
+
+
+def test_readme_family_table_matches_the_list():
+    rows = dict(re.findall(r"^\| `(\w+)` \| (\w+) \|", README.read_text(), flags=re.MULTILINE))
+    assert rows == {name: status for name, (status, _) in SUPPORT.items() if status != "untested"}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_tiny_model_dense_equals_native_window_changes_it_remove_restores(name, tmp_path):
+    config, make_inputs = CASES[name]
+    model_class = getattr(diffusers, name)
+    model_class(**config).save_pretrained(tmp_path)
+    model = model_class.from_pretrained(tmp_path).eval()
+    inputs = make_inputs(torch.Generator().manual_seed(0))
+    sparse = SUPPORT[name][0] == "sparse"
+    with torch.no_grad():
+        native = model(**inputs, return_dict=False)[0]
+        with sparsediff.sparse(model, "dense", block_size=8) as state:
+            assert (model(**inputs, return_dict=False)[0] - native).abs().max() <= 1e-5
+            assert (state.calls["sparse"] > 0) == sparse, dict(state.calls)
+        with sparsediff.sparse(model, "window", density=0.3, block_size=8) as state:
+            windowed = model(**inputs, return_dict=False)[0]
+        assert torch.isfinite(windowed).all()
+        assert ((windowed - native).abs().max() > 1e-4) == sparse, dict(state.calls)
+        assert torch.equal(model(**inputs, return_dict=False)[0], native)  # removed exactly
+
+
+@pytest.mark.parametrize("name", sorted(n for n, (s, _) in SUPPORT.items() if s == "refused"))
+def test_refused_classes_are_named_with_the_reason_and_what_is_supported(name):
+    model = object.__new__(getattr(exported, name))  # the class is what is refused; no weights needed
+    torch.nn.Module.__init__(model)
+    with pytest.raises(TypeError, match=rf"does not support {name}: .*WanTransformer3DModel.*open an issue"):
+        sparsediff.apply(model, "window")
