@@ -170,7 +170,7 @@ def test_search_sizes_raises_a_refused_budget_and_merges_one_bucket_per_size(mon
         if height == 64 and budget < 0.5:
             raise offline.BudgetBelowFixedCost("below the fixed cost")
         config = SparseConfig(method="pattern", pattern=Full(), heads={LAYER: [Diagonal(radius=height // 64)] * 2},
-                              search={"settings": {"budget": budget}})  # fmt: skip
+                              search={"settings": {"budget": budget, "grid": list(layouts[height].grid)}})  # fmt: skip
         return offline.SearchResult(config, *[None] * 9, layout=layouts[height])
 
     monkeypatch.setattr(offline, "search", fake_search)
