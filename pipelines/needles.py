@@ -56,7 +56,13 @@ CURRICULUM = (
     Level(24, 4, 4, 0.0),
     Level(64, 4, 4, 1.0),
     Level(512, 8, 4, 1.0),
+    # the long-context task (from the shipped 512-token model, --start-level 11): one needle
+    # among digits in 1,024, 2,048 and 4,096 tokens, where SparseD's long-context regime starts
+    Level(1024, 1, 1, 1.0),
+    Level(2048, 1, 1, 1.0),
+    Level(4096, 1, 1, 1.0),
 )
+LONGEST = max(level.context for level in CURRICULUM)
 
 
 def sample(tokenizer, level: Level, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,6 +2,9 @@
 
     python -m sparsediff.pipelines.train_dlm --run runs/tiny-dlm --minutes 60
     python -m sparsediff.pipelines.train_dlm --run runs/tiny-dlm --export assets/tiny-dlm
+    # the long-context levels, from the shipped 512-token model
+    python -m sparsediff.pipelines.train_dlm --run runs/tiny-dlm-long --init assets/tiny-dlm --start-level 11 \
+        --batch-tokens 16384 --threads 2 --minutes 60
 
 Objective (LLaDA's SFT form): the prompt stays visible; each answer token is masked with
 probability t ~ U(0.05, 1) (at least one per example) and the loss is the mean cross-entropy over
@@ -25,7 +28,15 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from sparsediff.pipelines.dllm import tiny_dlm
-from sparsediff.pipelines.needles import CURRICULUM, Level, exact_accuracy, sample, save_level, task_tokenizer
+from sparsediff.pipelines.needles import (
+    CURRICULUM,
+    LONGEST,
+    Level,
+    exact_accuracy,
+    sample,
+    save_level,
+    task_tokenizer,
+)
 from sparsediff.pipelines.training import log, save_atomic, save_on_sigterm
 
 
@@ -52,9 +63,11 @@ def train(args) -> None:
     torch.set_num_threads(args.threads)
     tokenizer = task_tokenizer()
     model = tiny_dlm(len(tokenizer), hidden=args.hidden, layers=args.layers, heads=args.heads, kv_heads=args.heads,
-                     context=1024, seed=args.seed)  # fmt: skip
+                     context=LONGEST, seed=args.seed)  # fmt: skip
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-    step, level_index, ckpt_path = 0, 0, run / "ckpt.pt"
+    step, level_index, ckpt_path = 0, args.start_level, run / "ckpt.pt"
+    if args.init and not ckpt_path.exists():  # a new run from exported weights (rotary positions: any length)
+        model.load_state_dict(type(model).from_pretrained(args.init).state_dict())
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, weights_only=False)
         model.load_state_dict(ckpt["model"])
@@ -114,7 +127,7 @@ def export(args) -> None:
     """The model (safetensors) and tokenizer, loadable with from_pretrained, plus the training log."""
     tokenizer = task_tokenizer()
     model = tiny_dlm(len(tokenizer), hidden=args.hidden, layers=args.layers, heads=args.heads, kv_heads=args.heads,
-                     context=1024)  # fmt: skip
+                     context=LONGEST)  # fmt: skip
     ckpt = torch.load(Path(args.run) / "ckpt.pt", weights_only=False)
     model.load_state_dict(ckpt["model"])
     model.save_pretrained(args.export)
@@ -145,6 +158,8 @@ def main() -> None:
     parser.add_argument("--last-level", type=int, default=len(CURRICULUM) - 1,
                         help="stop promoting here and keep training this level (the one to ship)")  # fmt: skip
     parser.add_argument("--ckpt-minutes", type=float, default=10.0)
+    parser.add_argument("--init", help="start a new run from an exported model folder (e.g. assets/tiny-dlm)")
+    parser.add_argument("--start-level", type=int, default=0, help="curriculum level a new run starts at")
     parser.add_argument("--export", help="write the model and tokenizer to this folder instead of training")
     args = parser.parse_args()
     export(args) if args.export else train(args)

@@ -381,6 +381,11 @@ def test_train_export_and_eval_round_trip(tmp_path):
     done = subprocess.run([*train, "--export", str(folder)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert level_of(folder) == CURRICULUM[0] and (folder / "training_log.jsonl").exists()
+    longer = [*train[:4], str(tmp_path / "long"), *train[5:], "--init", str(folder), "--start-level", "11"]
+    done = subprocess.run([*longer, "--minutes", "0.01"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    ckpt = torch.load(tmp_path / "long" / "ckpt.pt", weights_only=False)
+    assert ckpt["level"] == 11 and CURRICULUM[11].context == 1024  # a new run from the export, at the long levels
     result = CliRunner().invoke(app, ["eval", "--model", str(folder), "--samples", "5", "--batch", "3",
                                       "--density", "0.5", "--density", "1.0", "--json"])  # fmt: skip
     assert result.exit_code == 0, result.output
