@@ -16,6 +16,7 @@ from sparsediff.pipelines.tiny import TINY_TRANSFORMERS
 
 BUILT_IN = {t.model_class for t in TINY_TRANSFORMERS.values()}  # covered by test_diffusers_integration
 README = Path(__file__).resolve().parent.parent / "README.md"
+DOCS = README.parent / "docs" / "diffusers.md"
 
 
 def _exported_classes() -> set[str]:
@@ -37,9 +38,13 @@ def test_every_class_called_sparse_or_dense_has_a_tiny_model_in_the_tests():
     assert set(CASES) <= claimed  # a tested class is listed as tested
 
 
-def test_readme_family_table_matches_the_list():
-    rows = dict(re.findall(r"^\| `(\w+)` \| (\w+) \|", README.read_text(), flags=re.MULTILINE))
-    assert rows == {name: status for name, (status, _) in SUPPORT.items() if status != "untested"}
+def _table(path: Path) -> dict[str, str]:
+    return dict(re.findall(r"^\| `(\w+)` \| (\w+) \|", path.read_text(), flags=re.MULTILINE))
+
+
+def test_readme_and_docs_family_tables_match_the_list():
+    assert _table(README) == {name: status for name, (status, _) in SUPPORT.items() if status in ("sparse", "dense")}
+    assert _table(DOCS) == {name: status for name, (status, _) in SUPPORT.items() if status != "untested"}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
