@@ -1,7 +1,7 @@
 """One small adapter per diffusers model family: where text sits and the latent grid.
 
 The transformer's forward arguments give the visual grid after patchify; where text tokens
-sit inside self/joint attention is a property of the family (../shared/notes/diffusers-0.42.md):
+sit inside self/joint attention is a property of the family, read from each model's attention processor:
 
 | family | text inside self/joint attention |
 |---|---|
