@@ -8,6 +8,7 @@ cannot run raises a clear error, `auto` picks among those that can.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,6 +59,23 @@ def _flex_needs(device: torch.device) -> str | None:
     return _compiler_missing() if device.type == "cpu" else None
 
 
+def _triton_needs(device: torch.device) -> str | None:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "backend 'triton' needs the triton package (pip install 'sparsediff[triton]')"
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        return "backend 'triton' runs on CUDA GPUs; on the CPU only under the Triton interpreter (TRITON_INTERPRET=1)"
+    return None
+
+
+def _triton_kernel(*args, **kwargs) -> Tensor:
+    """Imported on first use: triton is optional, and reads TRITON_INTERPRET when it compiles."""
+    from sparsediff.kernels.triton import block_sparse_attention_triton
+
+    return block_sparse_attention_triton(*args, **kwargs)
+
+
 BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in (
@@ -66,6 +84,7 @@ BACKENDS: dict[str, Backend] = {
         ),
         Backend("torch", block_sparse_attention_gather, ("cpu", "cuda"), "block gather + fused SDPA per chunk"),
         Backend("flex", block_sparse_attention_flex, ("cpu", "cuda"), "torch.compile'd FlexAttention", _flex_needs),
+        Backend("triton", _triton_kernel, ("cpu", "cuda"), "Triton block-sparse flash attention", _triton_needs),
     )
 }
 
@@ -77,9 +96,10 @@ def backend_choices() -> tuple[str, ...]:
 def resolve_backend(name: str, device: torch.device) -> Backend:
     """The backend `name` (or the best for `device` when "auto"), checked to be runnable."""
     if name == "auto":
-        # Measured on 2 CPU cores (README, bench table): the gather path matches compiled
-        # FlexAttention on the CPU without its per-shape compile; on GPUs FlexAttention wins.
-        preference = ("flex", "torch") if device.type == "cuda" else ("torch",)
+        # On 2 CPU cores (docs/results.md) the gather path matches compiled FlexAttention without its
+        # per-shape compile. On GPUs our Triton kernel reads the plan as it is (no BlockMask to
+        # build, no compile per shape); FlexAttention where triton is missing.
+        preference = ("triton", "flex", "torch") if device.type == "cuda" else ("torch",)
         for candidate in preference:
             if BACKENDS[candidate].unavailable(device) is None:
                 return BACKENDS[candidate]

@@ -6,6 +6,8 @@ from hypothesis import settings
 # Tiny models are far too small for sparse attention to pay: the speed check
 # (`sparsediff.methods.speed`) would run them dense. Tests of the check turn it on in their config.
 os.environ["SPARSEDIFF_NEVER_SLOWER"] = "0"
+# The Triton kernel runs on the CPU under the interpreter; triton reads this when a kernel compiles.
+os.environ["TRITON_INTERPRET"] = "1"
 
 # Small CPU tensors: one thread is faster and steadier on this 2-core machine.
 torch.set_num_threads(1)

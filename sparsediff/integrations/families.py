@@ -181,8 +181,9 @@ SUPPORT: dict[str, tuple[str, str]] = {
     "HiDreamImageTransformer2DModel": ("untested", "image DiT with text appended per block (suffix of varying length)"),
     "HunyuanDiT2DModel": ("untested", "image DiT, cross-attention text"),
     "HunyuanImageTransformer2DModel": ("untested", "image DiT"),
-    "HunyuanVideo15Transformer3DModel": ("dense", "its joint attention takes a query-and-key padding mask (B, 1, N, N) "
-                                                  "over per-sample reordered text: dense, counted as `dense: attention mask`"),
+    "HunyuanVideo15Transformer3DModel": ("dense", "its joint attention takes a query-and-key padding mask "
+                                                  "(B, 1, N, N) over per-sample reordered text: counted as "
+                                                  "`dense: attention mask`"),
     "HunyuanVideoFramepackTransformer3DModel": ("untested", "video DiT with packed history frames of other sizes"),
     "HunyuanVideoTransformer3DModel": ("sparse", f"text suffix; token refiner dense (text only); {_CHANNELS}"),
     "Ideogram4Transformer2DModel": ("untested", "image DiT"),
