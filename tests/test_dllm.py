@@ -202,8 +202,9 @@ def test_padding_masks_are_honoured_by_sparsed(model):
 
 
 def test_wrong_methods_are_refused(model):
+    searched = {"method": "pattern", "pattern": {"kind": "diagonal", "radius": 1}}
     with pytest.raises(ValueError, match="is for diffusion transformers"):
-        sparsediff.apply(model, "window")
+        sparsediff.apply(model, searched)
     from sparsediff.pipelines.tiny import tiny_pipeline
 
     with pytest.raises(ValueError, match="'sparsed' is for diffusion language models"):
@@ -418,3 +419,36 @@ def test_shipped_tiny_dlm_finds_held_out_needles_in_512_tokens():
             sparse = decode_answers(model, tok, prompts, level.answer_tokens)
     assert (dense == answers).all(1).sum() >= 15
     assert (sparse == answers).all(1).sum() >= 15 and state.calls["sparse"] > 0
+
+
+def _encoder(name: str, tmp_path):
+    """A tiny encoder built from its config, saved and loaded back."""
+    import transformers
+
+    small = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=64)
+    extra = {"ModernBert": dict(pad_token_id=0, global_attn_every_n_layers=1, max_position_embeddings=512)}
+    config = getattr(transformers, f"{name}Config")(**small, **extra.get(name, {}))
+    getattr(transformers, f"{name}Model")(config).save_pretrained(tmp_path)
+    return getattr(transformers, f"{name}Model").from_pretrained(tmp_path).eval()
+
+
+@pytest.mark.parametrize("name", ["Bert", "Roberta", "ModernBert"])
+def test_encoders_without_sparse_specific_code(name, tmp_path):
+    """Encoders' attention modules are found by class and numbered in module order; `dense` equals
+    native, `window` (a local band over the 1 x N sequence) and `sparsed` run, `remove` restores."""
+    model = _encoder(name, tmp_path)
+    ids = torch.randint(1, 64, (2, 200), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        native = model(input_ids=ids).last_hidden_state
+        with sparsediff.sparse(model, "dense", block_size=16) as state:
+            assert (model(input_ids=ids).last_hidden_state - native).abs().max() <= 1e-5
+        assert state.calls["sparse"] == 2 and sorted(state.names.values()) == ["0", "1"]
+        with sparsediff.sparse(model, "window", density=0.3, block_size=16) as state:
+            windowed = model(input_ids=ids).last_hidden_state
+        assert state.calls["sparse"] == 2 and torch.isfinite(windowed).all()
+        assert (windowed - native).abs().max() > 1e-4
+        with sparsediff.sparse(model, "sparsed", block_size=16, schedule={"dense_steps": 0}) as state:
+            model(input_ids=ids)  # the pattern step
+            sparse = model(input_ids=ids).last_hidden_state
+        assert state.calls["sparse"] == 2 and torch.isfinite(sparse).all()
+        assert torch.equal(model(input_ids=ids).last_hidden_state, native)  # removed exactly

@@ -29,6 +29,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from sparsediff.config import SparseConfig
+from sparsediff.layout import TokenLayout
 from sparsediff.methods.runner import AttentionCall, Runner, Step
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,8 @@ class SparseDState:
     mask_token_id: int | None = None
     total_steps: int | None = None  # set by a sampler that knows it
     default_total_steps: int | None = None  # from the model's generation config
-    first_layer: int = 0
+    first_layer: str = "0"
+    names: dict[int, str] = field(default_factory=dict)  # id(attention module) -> layer name
     forwards: int = 0
     phase_start: int = 0
     run: int = 0  # one per sequence (request): the runner drops the last one's patterns
@@ -116,7 +118,7 @@ class SparseDState:
 
             return attention
 
-        layer = str(module.layer_idx)
+        layer = self.names.get(id(module)) or str(module.layer_idx)
         is_causal = kwargs.get("is_causal", getattr(module, "is_causal", True))
         if is_causal or dropout or query.shape[2] < 2:
             call = AttentionCall(layer, query, key, value, native(), Step(run=self.run), scaling,
@@ -127,10 +129,12 @@ class SparseDState:
             call = AttentionCall(layer, query, key, value, native(), Step(run=self.run), scaling,
                                  dense_reason="dense: attention mask")  # fmt: skip
             return self.runner.run(call).transpose(1, 2), None
-        if module.layer_idx == self.first_layer:  # plans are per sequence: a new batch is a new request
+        if layer == self.first_layer:  # plans are per sequence: a new batch is a new request
             self._count_step((query.shape[0], query.shape[2], key.shape[2]))
         at = Step(step=self.step, run=self.run, total=self.total())
-        call = AttentionCall(layer, query, key, value, native(mask=None, k=key, v=value), at, scaling)
+        # a sequence is a 1 x N grid to the layout methods (window, pyramid, ...): local = nearby tokens
+        layout = TokenLayout(height=1, width=key.shape[2]) if query.shape[2] == key.shape[2] else None
+        call = AttentionCall(layer, query, key, value, native(mask=None, k=key, v=value), at, scaling, layout=layout)
         return self.runner.run(call).transpose(1, 2).contiguous(), None
 
 
@@ -165,11 +169,22 @@ AttentionInterface.register(ATTENTION_NAME, sparsediff_attention)
 AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
 
 
-def _attention_modules(model) -> list[torch.nn.Module]:
-    found = [m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "num_key_value_groups")]
+def _is_attention(module) -> bool:
+    """A transformers attention module: decoders' (layer_idx and KV groups) or encoders' (BERT,
+    RoBERTa, ModernBERT: an `...Attention` class with `is_causal`, with or without a layer_idx)."""
+    decoder = hasattr(module, "layer_idx") and hasattr(module, "num_key_value_groups")
+    return decoder or (type(module).__name__.endswith("Attention") and hasattr(module, "is_causal"))
+
+
+def _attention_modules(model) -> dict[int, torch.nn.Module]:
+    """Layer name -> attention module, in module order; a module without a layer_idx is named by
+    its place in that order."""
+    found = [m for m in model.modules() if _is_attention(m)]
     if not found:
-        raise TypeError(f"{type(model).__name__} has no transformers attention modules (with layer_idx) to make sparse")
-    return found
+        raise TypeError(f"{type(model).__name__} has no transformers attention modules to make sparse")
+    indices = [getattr(m, "layer_idx", None) for m in found]
+    numbered = all(isinstance(i, int) for i in indices) and len(set(indices)) == len(indices)
+    return {str(indices[i] if numbered else i): m for i, m in enumerate(found)}
 
 
 def _mask_token_id(model) -> int | None:
@@ -181,10 +196,10 @@ def _mask_token_id(model) -> int | None:
 
 
 def apply(model, config: SparseConfig) -> SparseDState:
-    if config.method not in ("sparsed", "dense"):
+    if config.method == "pattern":
         raise ValueError(
-            f"method {config.method!r} is for diffusion transformers (diffusers pipelines); "
-            "for a transformers language model use 'sparsed' or 'dense'"
+            "method 'pattern' (searched per-head patterns) is for diffusion transformers (diffusers pipelines); "
+            "for a transformers model use 'sparsed', 'dense', or a layout method such as 'window'"
         )
     if hasattr(model, STATE_ATTR):
         raise RuntimeError(f"sparsediff is already applied to this {type(model).__name__}; call remove first")
@@ -195,16 +210,17 @@ def apply(model, config: SparseConfig) -> SparseDState:
         mask_token_id=_mask_token_id(model),
         default_total_steps=getattr(generation, "max_denoising_steps", None),
     )
-    state.first_layer = min(m.layer_idx for m in modules)
+    state.names = {id(m): name for name, m in modules.items()}
+    state.first_layer = next(iter(modules))
     handle = model.register_forward_pre_hook(
         lambda _module, args, kwargs: state.observe_input(kwargs.get("input_ids", args[0] if args else None)),
         with_kwargs=True,
     )
     original = model.config._attn_implementation
     model.set_attn_implementation(ATTENTION_NAME)
-    for m in modules:
+    for m in modules.values():
         setattr(m, STATE_ATTR, state)
-    setattr(model, STATE_ATTR, (state, handle, original, modules))
+    setattr(model, STATE_ATTR, (state, handle, original, list(modules.values())))
     return state
 
 
