@@ -1,8 +1,11 @@
-"""Diffusers' own step and block caches, as peers to compare with and to stack under sparse attention.
+"""Diffusers' own step and block caches and cache-dit, as peers to compare with and to stack under sparse attention.
 
-Each peer runs through diffusers' hooks (`transformer.enable_cache(config)`, removed with
-`disable_cache()`), never re-implemented, at diffusers' documented defaults; `name:key=value,...`
-changes settings (`fbcache:threshold=0.1`). MagCache needs magnitude ratios measured on the model:
+Each peer runs through its own engine, never re-implemented: diffusers' hooks
+(`transformer.enable_cache(config)`, removed with `disable_cache()`) at diffusers' documented
+defaults, and cache-dit's DBCache (`cache_dit.enable_cache(transformer, cache_config=...)`, the
+optional `cache-dit` package) at its defaults but one: F1B0, since its F8B0 needs 8 blocks per
+stack. `name:key=value,...` changes settings (`fbcache:threshold=0.1`,
+`cachedit:residual_diff_threshold=0.12`). MagCache needs magnitude ratios measured on the model:
 `magcache_ratios` runs diffusers' own calibration mode once and reads the ratios it logs.
 A peer that cannot run on a model raises `PeerError` naming why.
 """
@@ -29,18 +32,30 @@ from diffusers.hooks import (
 
 @dataclass(frozen=True)
 class PeerKind:
-    config: type
-    defaults: dict  # beyond the config's own defaults, as diffusers' docs use it
+    config: Callable[[], type]  # the config class (imported on use: cache-dit is optional)
+    defaults: dict  # beyond the config's own defaults, as the engine's docs use it
     needs_timestep: bool = False  # reads the pipeline's current timestep
+    engine: str = "diffusers"  # or "cache-dit"
+
+
+def _cache_dit():
+    try:
+        import cache_dit
+    except ImportError as err:
+        raise ValueError("the cachedit peer needs the cache-dit package: pip install 'sparsediff[cachedit]'") from err
+    cache_dit.disable_print()  # its hooks print statistics on removal
+    return cache_dit
 
 
 PEERS: dict[str, PeerKind] = {
-    "pab": PeerKind(PyramidAttentionBroadcastConfig, {"spatial_attention_block_skip_range": 2}, True),
-    "fastercache": PeerKind(FasterCacheConfig, {}, True),
-    "fbcache": PeerKind(FirstBlockCacheConfig, {}),
-    "taylorseer": PeerKind(TaylorSeerCacheConfig, {}),
-    "magcache": PeerKind(MagCacheConfig, {}),
-    "seacache": PeerKind(SeaCacheConfig, {}),
+    "pab": PeerKind(lambda: PyramidAttentionBroadcastConfig, {"spatial_attention_block_skip_range": 2}, True),
+    "fastercache": PeerKind(lambda: FasterCacheConfig, {}, True),
+    "fbcache": PeerKind(lambda: FirstBlockCacheConfig, {}),
+    "taylorseer": PeerKind(lambda: TaylorSeerCacheConfig, {}),
+    "magcache": PeerKind(lambda: MagCacheConfig, {}),
+    "seacache": PeerKind(lambda: SeaCacheConfig, {}),
+    "cachedit": PeerKind(lambda: _cache_dit().DBCacheConfig, {"Fn_compute_blocks": 1, "Bn_compute_blocks": 0},
+                         engine="cache-dit"),
 }
 
 
@@ -63,7 +78,7 @@ def parse_peer(text: str) -> Peer | None:
     name, _, knobs = text.partition(":")
     if name not in PEERS:
         return None
-    allowed = {f.name for f in fields(PEERS[name].config)}
+    allowed = {f.name for f in fields(PEERS[name].config())}
     settings = []
     for knob in filter(None, knobs.split(",")):
         key, equals, raw = knob.partition("=")
@@ -85,25 +100,51 @@ def cache_config(pipe, peer: Peer, steps: int, mag_ratios: list[float] | None = 
         kwargs["current_timestep_callback"] = lambda: pipe.current_timestep
     if peer.name == "magcache":
         kwargs |= {"num_inference_steps": steps, "mag_ratios": mag_ratios}
-    return kind.config(**kwargs)
+    return kind.config()(**kwargs)
 
 
 @contextlib.contextmanager
 def enabled(pipe, peer: Peer, steps: int, mag_ratios: list[float] | None = None) -> Iterator[None]:
     """`peer` on the pipeline's transformer for the block, removed after (the pipeline as before)."""
     transformer = pipe.transformer
+    if PEERS[peer.name].engine == "cache-dit":
+        cache_dit = _cache_dit()
+        enable = lambda config: cache_dit.enable_cache(transformer, cache_config=config)  # noqa: E731
+        disable = lambda: _disable_cache_dit(cache_dit, transformer)  # noqa: E731
+    else:
+        enable, disable = transformer.enable_cache, transformer.disable_cache
     try:
-        transformer.enable_cache(cache_config(pipe, peer, steps, mag_ratios))
-    except Exception as err:  # diffusers' own refusal, whatever its type
+        enable(cache_config(pipe, peer, steps, mag_ratios))
+    except Exception as err:  # the engine's own refusal, whatever its type
         with contextlib.suppress(Exception):
-            transformer.disable_cache()
+            disable()
         raise PeerError(f"{peer} cannot run on {type(transformer).__name__}: {err}") from err
     try:
         yield
     except Exception as err:
         raise PeerError(f"{peer} failed on {type(transformer).__name__}: {type(err).__name__}: {err}") from err
     finally:
-        transformer.disable_cache()
+        disable()
+
+
+class _Prebound:
+    """A forward that binds to itself: what cache-dit's removal expects of the forward it saved."""
+
+    def __init__(self, forward: Callable) -> None:
+        self.forward = forward
+
+    def __get__(self, instance, owner=None) -> Callable:
+        return self.forward
+
+
+def _disable_cache_dit(cache_dit, transformer) -> None:
+    """cache-dit 1.5 restores the forward it saved as `saved.__get__(transformer)`, which fails when
+    diffusers' hook registry had already made `forward` a functools.partial (every pipeline that
+    calls `transformer.cache_context`); it gets that forward in a form that binds."""
+    saved = getattr(transformer, "_original_forward", None)
+    if saved is not None and not hasattr(saved, "__get__"):
+        transformer._original_forward = _Prebound(saved)
+    cache_dit.disable_cache(transformer)
 
 
 def magcache_ratios(pipe, steps: int, run: Callable[[], object]) -> list[float]:

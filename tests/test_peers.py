@@ -69,6 +69,23 @@ def test_stacks_equal_each_alone_where_the_other_does_nothing(wan):
     assert stacked.calls["sparse"] > 0 and 0 < stacked.density < 1  # both ran: ours counted its calls
 
 
+def test_cache_dit_runs_as_a_peer_alone_and_under_ours(wan):
+    """cache-dit's DBCache on the transformer: threshold 0 never caches (our output, bit for bit
+    where ours is dense), a large threshold caches steps, and removal restores the pipeline."""
+    native = run(wan, REQUEST).frames
+    never = run_method(wan, REQUEST, parse_method("cachedit:residual_diff_threshold=0.0,max_warmup_steps=1")).frames
+    assert np.abs(never - native).max() <= 1e-6
+    caching = parse_method("cachedit:residual_diff_threshold=10.0,max_warmup_steps=1")
+    cached = run_method(wan, REQUEST, caching).frames
+    assert np.abs(cached - native).max() > 1e-4
+    assert np.array_equal(run(wan, REQUEST).frames, native)
+    ours = run_method(wan, REQUEST, parse_method("window")).frames
+    stacked = run_method(wan, REQUEST, parse_method("window+cachedit:residual_diff_threshold=0.0"))
+    assert np.abs(stacked.frames - ours).max() <= 1e-6 and stacked.calls["sparse"] > 0
+    with pytest.raises(ValueError, match="is not a setting of cachedit"):
+        parse_peer("cachedit:speed=2")
+
+
 def test_bench_methods_summary_and_pareto_plot(tmp_path):
     plot = tmp_path / "pareto.png"
     result = runner.invoke(app, ["bench", "methods", "--model", "tiny-wan", "--num-frames", "5", "--height", "64",
