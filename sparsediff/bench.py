@@ -520,6 +520,9 @@ FULL_SHAPES = {
                   "Wan2.1-T2V-14B, 81 frames at 720x1280", ("num_layers",)),
         FullShape("hunyuan-720p", "HunyuanVideoTransformer3DModel", {}, (33, 90, 160), 256,
                   "HunyuanVideo, 129 frames at 720x1280", ("num_layers", "num_single_layers", "num_refiner_layers")),
+        FullShape("cogvideox-5b", "CogVideoXTransformer3DModel",
+                  {"num_attention_heads": 48, "num_layers": 42, "use_rotary_positional_embeddings": True},
+                  (13, 60, 90), 226, "CogVideoX-5B, 49 frames at 480x720", ("num_layers",)),
     )
 }  # fmt: skip
 
@@ -544,8 +547,10 @@ def full_shape_model(shape: FullShape, scale: int = 1, device: str = "cpu", dtyp
     def randn(*size):
         return torch.randn(*size, generator=gen).to(device, dtype)
 
+    channels_first = shape.model_class != "CogVideoXTransformer3DModel"  # CogVideoX takes (B, F, C, H, W)
+    latent = (model.config.in_channels, frames) if channels_first else (frames, model.config.in_channels)
     inputs = {
-        "hidden_states": randn(1, model.config.in_channels, frames, height, width),
+        "hidden_states": randn(1, *latent, height, width),
         "timestep": torch.tensor([500], device=device),
         "encoder_hidden_states": randn(1, shape.text_tokens, text_dim),
     }

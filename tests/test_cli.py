@@ -180,13 +180,15 @@ def test_published_shapes_are_defined_right_and_run_scaled_down():
     published models, token counts at their sizes); one runs scaled down on the CPU."""
     from sparsediff.bench import FULL_SHAPES, full_shape_model, full_shape_tokens
 
-    expected = {"wan2.1-480p": (32_760, 1.4), "wan2.1-720p": (75_600, 14.3), "hunyuan-720p": (118_800, 12.8)}
+    expected = {"wan2.1-480p": (32_760, 1.4), "wan2.1-720p": (75_600, 14.3), "hunyuan-720p": (118_800, 12.8),
+                "cogvideox-5b": (17_550, 5.6)}
     assert set(FULL_SHAPES) == set(expected)
     for name, (tokens, billions) in expected.items():
         model, inputs = full_shape_model(FULL_SHAPES[name], device="meta")
         assert full_shape_tokens(FULL_SHAPES[name]) == tokens
         assert round(sum(p.numel() for p in model.parameters()) / 1e9, 1) == billions
-        assert inputs["hidden_states"].shape[2:] == FULL_SHAPES[name].latent
+        frames, height, width = FULL_SHAPES[name].latent
+        assert inputs["hidden_states"].shape[-2:] == (height, width) and frames in inputs["hidden_states"].shape[1:3]
     result = runner.invoke(app, ["bench", "transformer", "--shape", "wan2.1-480p", "--scale", "4", "--repeat", "1",
                                  "--method", "window", "--method", "dense", "--json"])  # fmt: skip
     assert result.exit_code == 0, result.output
