@@ -142,19 +142,21 @@ class SparsedEval:
     samples: int
     dense_fraction: float  # share of steps decoded dense before the switch
     keep_ratio: float  # SparseD's share of KV blocks kept per query block
+    mass: str  # how the pattern step measured block mass: exact, rows or pooled
     dense_s: float
     sparse_s: float
     steps: int
 
 
 def evaluate_sparsed(
-    model, tokenizer, level: Level, samples: int, settings: Sequence[tuple[float, float]] = ((0.3, 0.2),),
+    model, tokenizer, level: Level, samples: int,
+    settings: Sequence[tuple[float, float, str]] = ((0.3, 0.2, "exact"),),
     steps: int | None = None, batch: int = 32, progress: bool = True,
 ) -> list[SparsedEval]:  # fmt: skip
     """Dense and SparseD decoding of the same held-out examples: exact accuracy of each, and time.
 
-    `settings` are (keep ratio, dense fraction) pairs, one result each; dense decodes each batch
-    once for all of them, so a curve costs one dense pass.
+    `settings` are (keep ratio, dense fraction, mass estimate) triples, one result each; dense
+    decodes each batch once for all of them, so a curve costs one dense pass.
     """
     import sparsediff
 
@@ -173,8 +175,8 @@ def evaluate_sparsed(
             dense = decode_answers(model, tokenizer, p, level.answer_tokens, steps)
             dense_s += time.perf_counter() - start
             dense_right += int((dense == a).all(1).sum())
-            for i, (density, dense_fraction) in enumerate(settings):
-                config = {"density": density, "schedule": {"dense_fraction": dense_fraction}}  # rest: the preset
+            for i, (density, dense_fraction, mass) in enumerate(settings):
+                config = {"density": density, "schedule": {"dense_fraction": dense_fraction}, "mass": mass}
                 with sparsediff.sparse(model, "sparsed", **config) as state:
                     start = time.perf_counter()
                     got = decode_answers(model, tokenizer, p, level.answer_tokens, steps)
@@ -194,9 +196,10 @@ def evaluate_sparsed(
             samples=samples,
             dense_fraction=dense_fraction,
             keep_ratio=density,
+            mass=mass,
             dense_s=round(dense_s, 3),
             sparse_s=round(seconds[i], 3),
             steps=steps,
         )
-        for i, (density, dense_fraction) in enumerate(settings)
+        for i, (density, dense_fraction, mass) in enumerate(settings)
     ]

@@ -798,6 +798,9 @@ def eval_cmd(
     context: Annotated[int | None, typer.Option(help="prompt tokens (default: the level the model was trained at)")] = (
         None
     ),
+    mass: Annotated[
+        list[str], typer.Option(help="pattern step's block mass: exact, rows or pooled; repeat for a curve")
+    ] = ["exact"],  # noqa: B006
     batch: Annotated[int, typer.Option(help="examples decoded together")] = 32,
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per setting, one per line")] = False,
@@ -817,7 +820,9 @@ def eval_cmd(
         level = level_of(loaded.entry.folder)
         if context is not None:
             level = replace(level, context=context)
-        settings = [(d, f) for f in dense_fraction for d in density]
+        for m in mass:
+            _choice(m, ("exact", "rows", "pooled"), "mass")
+        settings = [(d, f, m) for m in mass for f in dense_fraction for d in density]
         results = evaluate_sparsed(loaded.pipe, loaded.tokenizer, level, samples, settings, batch=batch,
                                    progress=not json_out)  # fmt: skip
     except (ValueError, FileNotFoundError) as err:
@@ -828,11 +833,13 @@ def eval_cmd(
             print(json.dumps(asdict(r)), flush=True)
         return
     table = Table(title=f"{model}: needle retrieval, {level}, {samples} held-out examples")
-    for col in ("dense fraction", "keep ratio", "density", "dense acc", "sparse acc", "tokens as dense", "speedup"):
+    for col in ("mass", "dense fraction", "keep ratio", "density", "dense acc", "sparse acc", "tokens as dense",
+                "speedup"):  # fmt: skip
         table.add_column(col, justify="right")
     for r in results:
-        table.add_row(f"{r.dense_fraction:.2f}", f"{r.keep_ratio:.2f}", f"{r.density}", f"{r.accuracy_dense:.3f}",
-                      f"{r.accuracy_sparse:.3f}", f"{r.token_agreement:.3f}", f"{r.speedup:.2f}x")  # fmt: skip
+        table.add_row(r.mass, f"{r.dense_fraction:.2f}", f"{r.keep_ratio:.2f}", f"{r.density}",
+                      f"{r.accuracy_dense:.3f}", f"{r.accuracy_sparse:.3f}", f"{r.token_agreement:.3f}",
+                      f"{r.speedup:.2f}x")  # fmt: skip
     console.print(table)
 
 

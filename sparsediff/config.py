@@ -96,6 +96,12 @@ class SparseConfig(BaseModel):
     # same). Smaller KV blocks follow a local band more closely; the search prices either.
     kv_block_size: int | None = Field(default=None, ge=1)
     recompute_every: int = Field(default=0, ge=0)  # sparsed: recompute patterns every k sparse steps (0: never)
+    # sparsed: how the pattern step measures block attention mass. "exact": every query row (about
+    # one dense attention, whose output it also returns); "rows": `mass_rows` evenly spaced rows per
+    # query block; "pooled": each query block's mean query. The estimates cost rows / block (1 / block)
+    # of a dense attention, and the pattern step then runs sparse.
+    mass: Literal["exact", "rows", "pooled"] = "exact"
+    mass_rows: int = Field(default=4, ge=1)
     # hilbert: a 2-D curve per frame (default: it beat raster windows at densities 0.1 and 0.25 on
     # shapes-t2v, the 3-D curve only at 0.1; README), or one 3-D curve through the video.
     order: Literal["hilbert-frame", "hilbert"] = "hilbert-frame"

@@ -398,6 +398,11 @@ def test_train_export_and_eval_round_trip(tmp_path):
     assert rows[1]["token_agreement"] == 1.0  # keeping every block decodes exactly the dense tokens
     assert rows[1]["accuracy_sparse"] == rows[1]["accuracy_dense"]
     assert rows[0]["dense_s"] == rows[1]["dense_s"]  # one dense pass serves the whole curve
+    result = CliRunner().invoke(app, ["eval", "--model", str(folder), "--samples", "3", "--density", "1.0",
+                                      "--mass", "pooled", "--mass", "rows", "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    for r in (json.loads(line) for line in result.stdout.splitlines() if line):
+        assert r["mass"] in ("pooled", "rows") and r["token_agreement"] == 1.0  # every block kept: as dense
     result = CliRunner().invoke(app, ["eval", "--model", "tiny-llada", "--samples", "2"])
     assert result.exit_code == 2 and "task.json is missing" in " ".join(result.output.split())
 
@@ -452,3 +457,40 @@ def test_encoders_without_sparse_specific_code(name, tmp_path):
             sparse = model(input_ids=ids).last_hidden_state
         assert state.calls["sparse"] == 2 and torch.isfinite(sparse).all()
         assert torch.equal(model(input_ids=ids).last_hidden_state, native)  # removed exactly
+
+
+@pytest.mark.parametrize("n", [96, 100])
+def test_cheaper_mass_estimates_against_the_exact_mass(n):
+    """Every row sampled is the exact mass; the mean query with blocks of one token is too; on a
+    needle the estimates rank its block first, as the exact mass does."""
+    from sparsediff.methods.sparsed import block_mass_pooled, block_mass_reference, block_mass_rows
+
+    gen = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(2, 3, n, 16, generator=gen) for _ in range(2))
+    exact = block_mass_reference(q, k, 0.25, 32)
+    assert torch.allclose(block_mass_rows(q, k, 0.25, 32, rows=32), exact, atol=1e-6)
+    assert torch.allclose(block_mass_pooled(q, k, 0.25, 1), block_mass_reference(q, k, 0.25, 1), atol=1e-6)
+    sought = q.mean(2, keepdim=True)  # every query finds keys 64..79 (block 2 of 32-token blocks)
+    k[:, :, 64:80] += 12 * sought / sought.norm(dim=-1, keepdim=True)
+    for mass in (block_mass_reference(q, k, 0.25, 32), block_mass_rows(q, k, 0.25, 32, 4),
+                 block_mass_pooled(q, k, 0.25, 32)):  # fmt: skip
+        assert (mass.argmax(-1) == 2).all()
+
+
+@pytest.mark.parametrize("mass", ["rows", "pooled"])
+def test_sparsed_pattern_step_with_an_estimated_mass_runs_sparse(mass):
+    from types import SimpleNamespace
+
+    from sparsediff.integrations.transformers import SparseDState
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 4, 160, 16, generator=gen) for _ in range(3))
+    config = sparsediff.SparseConfig(method="sparsed", density=0.3, block_size=16, mass=mass,
+                                     schedule={"dense_steps": 0})  # fmt: skip
+    state = SparseDState(config)
+    module = SimpleNamespace(layer_idx=0, is_causal=False)
+    first, _ = state.attend(module, q, k, v, None, None, 0.0, {})
+    second, _ = state.attend(module, q, k, v, None, None, 0.0, {})
+    assert state.calls == {"sparse: pattern step": 1, "sparse": 1} and state.pattern_computations == 1
+    assert torch.allclose(first, second, atol=1e-6)  # the pattern step already ran the plan it took
+    assert state.density() < 0.5

@@ -73,6 +73,39 @@ def block_mass(q: Tensor, k: Tensor, scale: float, block: int, value: Tensor | N
     return mass if value is None else (mass, out)
 
 
+def _block_sums(probs: Tensor, block: int, n_kv: int) -> Tensor:
+    """[..., N_kv] probabilities -> [..., Kb] per KV block."""
+    kb = math.ceil(n_kv / block)
+    return torch.nn.functional.pad(probs, (0, kb * block - n_kv)).unflatten(-1, (kb, block)).sum(-1)
+
+
+def block_mass_rows(q: Tensor, k: Tensor, scale: float, block: int, rows: int) -> Tensor:
+    """`block_mass_reference` estimated from `rows` evenly spaced query rows of each query block
+    (all rows when `rows` >= block: then it is exact): rows / block of the exact cost."""
+    n_q, n_kv = q.shape[2], k.shape[2]
+    qb = math.ceil(n_q / block)
+    offsets = torch.arange(min(rows, block)) * block // min(rows, block)
+    picked = (torch.arange(qb)[:, None] * block + offsets[None]).clamp(max=n_q - 1)  # [Qb, r]
+    sub = q[:, :, picked.flatten().to(q.device)].float()
+    probs = (sub @ expand_kv(k, q.shape[1]).float().transpose(-1, -2) * scale).softmax(-1)
+    sums = _block_sums(probs, block, n_kv).unflatten(2, picked.shape)  # [B, H, Qb, r, Kb]
+    real = (torch.arange(qb)[:, None] * block + offsets[None]) < n_q  # rows past a short last block repeat
+    weights = real.float() / real.sum(1, keepdim=True)
+    return (sums * weights[None, None, :, :, None].to(sums.device)).sum(3).mean(0).cpu()
+
+
+def block_mass_pooled(q: Tensor, k: Tensor, scale: float, block: int) -> Tensor:
+    """`block_mass_reference` estimated from each query block's mean query: 1 / block of the exact cost."""
+    n_q, n_kv = q.shape[2], k.shape[2]
+    qb = math.ceil(n_q / block)
+    padded = torch.nn.functional.pad(q.float(), (0, 0, 0, qb * block - n_q))
+    counts = torch.full((qb, 1), float(block), device=q.device)
+    counts[-1] = n_q - (qb - 1) * block
+    pooled = padded.unflatten(2, (qb, block)).sum(3) / counts  # [B, H, Qb, D]
+    probs = (pooled @ expand_kv(k, q.shape[1]).float().transpose(-1, -2) * scale).softmax(-1)
+    return _block_sums(probs, block, n_kv).mean(0).cpu()
+
+
 def forced_blocks(q_blocks: int, kv_blocks: int, n_q: int, n_kv: int, block: int) -> Tensor:
     """[Qb, Kb] the sink and the local band around the aligned diagonal (queries are the last n_q keys)."""
     offset = n_kv - n_q  # DiffusionGemma: keys are the cached prompt, then the canvas the queries are
@@ -116,12 +149,23 @@ class SparsedPatterns:
         plan_key = (layer, *shape)
         q, k, v = sequences_as_heads(query, key, value)
         if self.pattern_step(layer, query, key, step, switch):
+            block, estimate = self.config.block_size, self.config.mass
             with torch.no_grad():
                 s = q.shape[-1] ** -0.5 if scale is None else scale
-                mass, out = block_mass(q, k, s, self.config.block_size, value=v)
-            self.plans[plan_key] = sparsed_plan(mass, self.config.density, self.config.block_size, *shape)
+                if estimate == "exact":
+                    mass, out = block_mass(q, k, s, block, value=v)
+                elif estimate == "rows":
+                    mass = block_mass_rows(q, k, s, block, self.config.mass_rows)
+                else:
+                    mass = block_mass_pooled(q, k, s, block)
+            plan = self.plans[plan_key] = sparsed_plan(mass, self.config.density, block, *shape)
             self.pattern_computations += 1
-            served, density = "dense: pattern step", 1.0
+            if estimate == "exact":
+                served, density = "dense: pattern step", 1.0
+            else:  # the estimate's share of a dense attention, then the new plan
+                out = sparse_attention(q, k, v, plan, self.config.backend, scale=scale)
+                cost = min(self.config.mass_rows, block) / block if estimate == "rows" else 1 / block
+                served, density = "sparse: pattern step", min(1.0, plan.density + cost)
         else:
             plan = self.plans[plan_key]
             out = sparse_attention(q, k, v, plan, self.config.backend, scale=scale)
