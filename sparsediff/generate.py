@@ -25,6 +25,7 @@ from tqdm import tqdm
 from sparsediff import peers
 from sparsediff.config import SparseConfig
 from sparsediff.integrations import sparse
+from sparsediff.integrations.diffusers import attention_processors
 from sparsediff.media import VIDEO_SUFFIXES, check_writable, side_by_side, write_frames
 from sparsediff.memory import PeakMemory
 from sparsediff.metrics import psnr, ssim
@@ -210,8 +211,14 @@ def parse_method(text: str, density: float | None = None, **overrides) -> Method
 
 def run_method(loaded: LoadedModel, request: Request, method: Method, mag_ratios: list[float] | None = None) -> Run:
     """One pipeline call under `method`; ours and the peer are removed after it."""
+    config = method.config
+    if config is not None and method.peer is not None:  # the cache's own probe blocks stay dense
+        layers = [n.removesuffix(".processor") for n in attention_processors(loaded.pipe.transformer)]
+        probe = peers.probe_layers(loaded.pipe.transformer, method.peer, layers)
+        dense = tuple(dict.fromkeys((*config.schedule.dense_layers, *probe)))
+        config = config.model_copy(update={"schedule": config.schedule.model_copy(update={"dense_layers": dense})})
     with contextlib.ExitStack() as stack:
-        state = stack.enter_context(sparse(loaded.pipe, method.config)) if method.config is not None else None
+        state = stack.enter_context(sparse(loaded.pipe, config)) if config is not None else None
         if method.peer is not None:
             stack.enter_context(peers.enabled(loaded.pipe, method.peer, request.steps, mag_ratios))
         result = run(loaded, request, label=method.label)

@@ -36,6 +36,7 @@ class PeerKind:
     defaults: dict  # beyond the config's own defaults, as the engine's docs use it
     needs_timestep: bool = False  # reads the pipeline's current timestep
     engine: str = "diffusers"  # or "cache-dit"
+    probe: Callable[[dict], int] = lambda settings: 0  # leading blocks whose output decides what is skipped
 
 
 def _cache_dit():
@@ -50,12 +51,16 @@ def _cache_dit():
 PEERS: dict[str, PeerKind] = {
     "pab": PeerKind(lambda: PyramidAttentionBroadcastConfig, {"spatial_attention_block_skip_range": 2}, True),
     "fastercache": PeerKind(lambda: FasterCacheConfig, {}, True),
-    "fbcache": PeerKind(lambda: FirstBlockCacheConfig, {}),
+    "fbcache": PeerKind(lambda: FirstBlockCacheConfig, {}, probe=lambda settings: 1),
     "taylorseer": PeerKind(lambda: TaylorSeerCacheConfig, {}),
     "magcache": PeerKind(lambda: MagCacheConfig, {}),
     "seacache": PeerKind(lambda: SeaCacheConfig, {}),
-    "cachedit": PeerKind(lambda: _cache_dit().DBCacheConfig, {"Fn_compute_blocks": 1, "Bn_compute_blocks": 0},
-                         engine="cache-dit"),
+    "cachedit": PeerKind(
+        lambda: _cache_dit().DBCacheConfig,
+        {"Fn_compute_blocks": 1, "Bn_compute_blocks": 0},
+        engine="cache-dit",
+        probe=lambda settings: settings["Fn_compute_blocks"],
+    ),
 }
 
 
@@ -101,6 +106,20 @@ def cache_config(pipe, peer: Peer, steps: int, mag_ratios: list[float] | None = 
     if peer.name == "magcache":
         kwargs |= {"num_inference_steps": steps, "mag_ratios": mag_ratios}
     return kind.config()(**kwargs)
+
+
+def probe_layers(transformer, peer: Peer, attention_layers: list[str]) -> list[str]:
+    """The attention layers of the leading blocks whose output `peer` compares from step to step to
+    decide what to skip (FirstBlockCache's first block, DBCache's first Fn). Stacked under ours they
+    must run dense: a reused or sparse layer there would feed the cache's decision a changed signal
+    (a layer reused whole changes not at all, so the cache would skip every later step)."""
+    kind = PEERS[peer.name]
+    count = kind.probe(kind.defaults | dict(peer.settings))
+    stack = next((name for name in ("transformer_blocks", "blocks") if hasattr(transformer, name)), None)
+    if not count or stack is None:
+        return []
+    prefixes = tuple(f"{stack}.{i}." for i in range(count))
+    return [layer for layer in attention_layers if layer.startswith(prefixes)]
 
 
 @contextlib.contextmanager

@@ -180,8 +180,12 @@ def test_published_shapes_are_defined_right_and_run_scaled_down():
     published models, token counts at their sizes); one runs scaled down on the CPU."""
     from sparsediff.bench import FULL_SHAPES, full_shape_model, full_shape_tokens
 
-    expected = {"wan2.1-480p": (32_760, 1.4), "wan2.1-720p": (75_600, 14.3), "hunyuan-720p": (118_800, 12.8),
-                "cogvideox-5b": (17_550, 5.6)}
+    expected = {
+        "wan2.1-480p": (32_760, 1.4),
+        "wan2.1-720p": (75_600, 14.3),
+        "hunyuan-720p": (118_800, 12.8),
+        "cogvideox-5b": (17_550, 5.6),
+    }
     assert set(FULL_SHAPES) == set(expected)
     for name, (tokens, billions) in expected.items():
         model, inputs = full_shape_model(FULL_SHAPES[name], device="meta")

@@ -58,7 +58,8 @@ def test_a_peer_is_removed_after_its_run(wan):
 
 
 def test_stacks_equal_each_alone_where_the_other_does_nothing(wan):
-    ours = run_method(wan, REQUEST, parse_method("window")).frames
+    probe_dense = {"schedule": {"dense_layers": ["blocks.0.attn1", "blocks.0.attn2"]}}  # as stacked (below)
+    ours = run_method(wan, REQUEST, parse_method("window", **probe_dense)).frames
     never_skips = run_method(wan, REQUEST, parse_method("window+fbcache:threshold=0")).frames
     assert np.abs(never_skips - ours).max() <= 1e-6  # a cache that never skips leaves our output
     peer = parse_method("fbcache:threshold=0.5")
@@ -79,11 +80,28 @@ def test_cache_dit_runs_as_a_peer_alone_and_under_ours(wan):
     cached = run_method(wan, REQUEST, caching).frames
     assert np.abs(cached - native).max() > 1e-4
     assert np.array_equal(run(wan, REQUEST).frames, native)
-    ours = run_method(wan, REQUEST, parse_method("window")).frames
+    ours = run_method(wan, REQUEST, parse_method("window", schedule={"dense_layers": ["blocks.0.attn1"]})).frames
     stacked = run_method(wan, REQUEST, parse_method("window+cachedit:residual_diff_threshold=0.0"))
     assert np.abs(stacked.frames - ours).max() <= 1e-6 and stacked.calls["sparse"] > 0
     with pytest.raises(ValueError, match="is not a setting of cachedit"):
         parse_peer("cachedit:speed=2")
+
+
+def test_a_cache_s_probe_block_stays_dense_under_ours(wan):
+    """FirstBlockCache and DBCache decide from their first block's output: stacked under ours, that
+    block's self-attention runs dense (a layer reused whole there would look unchanged and make
+    the cache skip every later step); the other layers stay sparse. TaylorSeer probes nothing."""
+    from sparsediff.peers import probe_layers
+
+    layers = ["blocks.0.attn1", "blocks.0.attn2", "blocks.1.attn1", "blocks.1.attn2"]
+    transformer = wan.pipe.transformer
+    assert probe_layers(transformer, parse_peer("fbcache"), layers) == ["blocks.0.attn1", "blocks.0.attn2"]
+    assert probe_layers(transformer, parse_peer("cachedit:Fn_compute_blocks=2"), layers) == layers
+    assert probe_layers(transformer, parse_peer("taylorseer"), layers) == []
+    stacked = run_method(wan, REQUEST, parse_method("window+fbcache:threshold=0"))
+    alone = run_method(wan, REQUEST, parse_method("window"))
+    assert stacked.calls["dense: schedule"] > 0 and "dense: schedule" not in alone.calls
+    assert stacked.calls["sparse"] > 0
 
 
 def test_bench_methods_summary_and_pareto_plot(tmp_path):
