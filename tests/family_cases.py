@@ -92,6 +92,22 @@ CASES = {
              approximator_hidden_dim=16, approximator_layers=1),
         _flux_like(),
     ),
+    "ChronoEditTransformer3DModel": (
+        dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4,
+             text_dim=16, freq_dim=8, ffn_dim=16, num_layers=1, rope_max_seq_len=32),
+        lambda gen: {"hidden_states": torch.randn(1, 4, 3, 16, 16, generator=gen), "timestep": torch.tensor([5]),
+                     "encoder_hidden_states": _text(gen)},
+    ),
+    "Flux3Transformer2DModel": (
+        dict(in_channels=16, cond_in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+             num_attention_heads=2, joint_attention_dim=16, timestep_channels=8, axes_dims_rope=(4, 4, 4, 4)),
+        _flux_like(axes=4),
+    ),
+    "Transformer2DModel": (
+        dict(num_attention_heads=2, attention_head_dim=8, in_channels=4, num_layers=1, norm_num_groups=1,
+             cross_attention_dim=16),
+        lambda gen: {"hidden_states": torch.randn(1, 4, 16, 16, generator=gen), "encoder_hidden_states": _text(gen)},
+    ),
     "CogView3PlusTransformer2DModel": (
         dict(patch_size=2, in_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=2, out_channels=4,
              text_embed_dim=16, time_embed_dim=8, condition_dim=2, pos_embed_max_size=16, sample_size=16),

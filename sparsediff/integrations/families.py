@@ -123,13 +123,15 @@ FAMILIES: dict[str, Family] = {
         Family("QwenImageTransformer2DModel", "prefix", _qwen_grid),
         # text first in joint attention (read from each model's attention processor)
         *(Family(name, "prefix", _flux_grid) for name in ("ChromaTransformer2DModel", "BriaTransformer2DModel",
-          "LongCatImageTransformer2DModel", "OvisImageTransformer2DModel", "Flux2Transformer2DModel")),
+          "LongCatImageTransformer2DModel", "OvisImageTransformer2DModel", "Flux2Transformer2DModel",
+          "Flux3Transformer2DModel")),
         *(Family(name, "prefix", _channels_first_grid) for name in ("AuraFlowTransformer2DModel",
           "CogView3PlusTransformer2DModel", "CogView4Transformer2DModel", "EasyAnimateTransformer3DModel")),
         Family("Lumina2Transformer2DModel", "prefix", _channels_first_grid, ("context_refiner.",)),
         Family("ConsisIDTransformer3DModel", "prefix", _cogvideox_grid),
         # text only in separate cross-attention
         Family("SkyReelsV2Transformer3DModel", "none", _channels_first_grid),
+        Family("ChronoEditTransformer3DModel", "none", _channels_first_grid),
     )
 }  # fmt: skip
 GENERIC = Family("generic", "unknown", _channels_first_grid)
@@ -161,7 +163,7 @@ SUPPORT: dict[str, tuple[str, str]] = {
     "BriaFiboTransformer2DModel": ("untested", "Flux-style image DiT"),
     "BriaTransformer2DModel": ("sparse", f"text prefix (Flux-style); {_PACKED}"),
     "ChromaTransformer2DModel": ("sparse", f"text prefix (Flux-style); {_PACKED}"),
-    "ChronoEditTransformer3DModel": ("untested", "Wan-style video editing DiT"),
+    "ChronoEditTransformer3DModel": ("sparse", f"no text in self-attention (Wan-style); {_CHANNELS}"),
     "CogVideoXTransformer3DModel": ("sparse", "text prefix; grid from the (B, F, C, H, W) latents"),
     "CogView3PlusTransformer2DModel": ("sparse", f"text prefix; {_CHANNELS}"),
     "CogView4Transformer2DModel": ("sparse", f"text prefix; {_CHANNELS}"),
@@ -174,7 +176,7 @@ SUPPORT: dict[str, tuple[str, str]] = {
     "EasyAnimateTransformer3DModel": ("sparse", f"text prefix; {_CHANNELS}"),
     "ErnieImageTransformer2DModel": ("untested", "image DiT"),
     "Flux2Transformer2DModel": ("sparse", f"text prefix; {_PACKED} (reference images: dense)"),
-    "Flux3Transformer2DModel": ("untested", "Flux-style image DiT"),
+    "Flux3Transformer2DModel": ("sparse", f"text prefix; {_PACKED} (image conditions: dense)"),
     "FluxTransformer2DModel": ("sparse", f"text prefix; {_PACKED} (reference images: dense)"),
     "GlmImageTransformer2DModel": ("untested", "image DiT"),
     "HeliosTransformer3DModel": ("untested", "video DiT"),
@@ -224,7 +226,7 @@ SUPPORT: dict[str, tuple[str, str]] = {
     "StableAudio3DiTModel": ("refused", f"1-D audio latents: {_NO_GRID}"),
     "StableAudioDiTModel": ("refused", f"1-D audio latents: {_NO_GRID}"),
     "T5FilmDecoder": ("refused", f"a spectrogram decoder (music): {_NO_GRID}"),
-    "Transformer2DModel": ("untested", "the generic 2-D transformer block stack of older pipelines"),
+    "Transformer2DModel": ("sparse", f"no text in self-attention (generic adapter); {_CHANNELS}"),
     "TransformerTemporalModel": ("refused", "temporal attention over frames only (short sequences: nothing to skip)"),
     "WanAnimate2Transformer3DModel": ("untested", "Wan-style character animation DiT"),
     "WanAnimateTransformer3DModel": ("untested", "Wan-style character animation DiT"),
