@@ -74,6 +74,17 @@ CASES = {
                      "encoder_hidden_states": _text(gen),
                      "control_hidden_states": torch.randn(1, 8, 3, 16, 16, generator=gen)},
     ),
+    "DreamLiteTransformer2DModel": (
+        dict(num_attention_heads=2, attention_head_dim=8, in_channels=4, num_layers=1, norm_num_groups=1,
+             cross_attention_dim=16),
+        lambda gen: {"hidden_states": torch.randn(1, 4, 16, 16, generator=gen), "encoder_hidden_states": _text(gen)},
+    ),
+    "HeliosTransformer3DModel": (
+        dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4,
+             text_dim=16, freq_dim=8, ffn_dim=16, num_layers=1, rope_dim=(2, 2, 4)),
+        lambda gen: {"hidden_states": torch.randn(1, 4, 3, 16, 16, generator=gen), "timestep": torch.tensor([5]),
+                     "encoder_hidden_states": _text(gen)},
+    ),
     "AuraFlowTransformer2DModel": (
         dict(sample_size=16, patch_size=2, in_channels=4, num_mmdit_layers=1, num_single_dit_layers=1,
              attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16, caption_projection_dim=16,
