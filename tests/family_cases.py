@@ -42,6 +42,12 @@ CASES = {
         lambda gen: {"hidden_states": torch.randn(1, 4, 16, 16, generator=gen), "timestep": torch.tensor([5]),
                      "class_labels": torch.tensor([1])},
     ),
+    "HunyuanImageTransformer2DModel": (
+        dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=1,
+             num_single_layers=1, num_refiner_layers=1, patch_size=(1, 1), text_embed_dim=16, rope_axes_dim=(4, 4)),
+        lambda gen: {"hidden_states": torch.randn(1, 4, 8, 8, generator=gen), "timestep": torch.tensor([5.0]),
+                     "encoder_hidden_states": _text(gen), "encoder_attention_mask": torch.ones(1, 8)},
+    ),
     "HunyuanVideo15Transformer3DModel": (
         dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=1,
              num_refiner_layers=1, patch_size=1, patch_size_t=1, text_embed_dim=16, text_embed_2_dim=16,
@@ -163,6 +169,12 @@ CASES = {
              cap_feat_dim=16),
         lambda gen: {"hidden_states": torch.randn(1, 4, 16, 16, generator=gen), "timestep": torch.tensor([0.5]),
                      "encoder_hidden_states": _text(gen), "encoder_attention_mask": torch.ones(1, 8, dtype=torch.bool)},
+    ),
+    "MotifVideoTransformer3DModel": (
+        dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=1,
+             num_single_layers=1, patch_size=2, patch_size_t=1, text_embed_dim=16, rope_axes_dim=(2, 2, 4)),
+        lambda gen: {"hidden_states": torch.randn(1, 4, 2, 8, 8, generator=gen), "timestep": torch.tensor([5.0]),
+                     "encoder_hidden_states": _text(gen)},
     ),
     "OvisImageTransformer2DModel": (
         dict(patch_size=1, in_channels=16, out_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,

@@ -7,9 +7,9 @@ sit inside self/joint attention is a property of the family, read from each mode
 |---|---|
 | Wan 2.1/2.2, LTX-Video, PixArt | none (separate cross-attention) |
 | CogVideoX, Flux, QwenImage | prefix |
-| HunyuanVideo (and 1.5), SD3, Mochi (per sample, its valid text) | suffix |
-| AuraFlow, Bria, Chroma, CogView3Plus/4, ConsisID, EasyAnimate, Flux2, LongCat-Image, Lumina2, Ovis-Image | prefix |
-| SkyReels-V2 | none |
+| HunyuanVideo (and 1.5), HunyuanImage, Motif-Video, SD3, Mochi (per sample, its valid text) | suffix |
+| AuraFlow, Bria, Chroma, CogView3Plus/4, ConsisID, EasyAnimate, Flux2/3, LongCat-Image, Lumina2, Ovis-Image | prefix |
+| SkyReels-V2, ChronoEdit | none |
 
 `SUPPORT` below lists every transformer class diffusers exports and what `apply` does with it.
 
@@ -114,6 +114,8 @@ FAMILIES: dict[str, Family] = {
         Family("CogVideoXTransformer3DModel", "prefix", _cogvideox_grid),
         Family("HunyuanVideoTransformer3DModel", "suffix", _channels_first_grid, ("context_embedder.",)),
         Family("HunyuanVideo15Transformer3DModel", "suffix", _channels_first_grid, ("context_embedder.",)),
+        Family("HunyuanImageTransformer2DModel", "suffix", _channels_first_grid, ("context_embedder.",)),
+        Family("MotifVideoTransformer3DModel", "suffix", _channels_first_grid, ("context_embedder.",)),
         Family("LTXVideoTransformer3DModel", "none", _ltx_grid),
         # Mochi attends per sample over [visual; that sample's valid text]: a suffix of its own length
         Family("MochiTransformer3DModel", "suffix", _channels_first_grid),
@@ -182,7 +184,7 @@ SUPPORT: dict[str, tuple[str, str]] = {
     "HeliosTransformer3DModel": ("sparse", f"no text in self-attention (generic adapter); {_CHANNELS}"),
     "HiDreamImageTransformer2DModel": ("untested", "image DiT with text appended per block (suffix of varying length)"),
     "HunyuanDiT2DModel": ("untested", "image DiT, cross-attention text"),
-    "HunyuanImageTransformer2DModel": ("untested", "image DiT"),
+    "HunyuanImageTransformer2DModel": ("sparse", f"text suffix; token refiner dense (text only); {_CHANNELS}"),
     "HunyuanVideo15Transformer3DModel": ("dense", "its joint attention takes a query-and-key padding mask "
                                                   "(B, 1, N, N) over per-sample reordered text: counted as "
                                                   "`dense: attention mask`"),
@@ -207,7 +209,7 @@ SUPPORT: dict[str, tuple[str, str]] = {
     "MiniMaxMusic3RVQDepthDecoder": ("refused", f"a depth decoder over audio codebooks: {_NO_GRID}"),
     "MiniMaxMusic3Transformer1DModel": ("refused", f"1-D music latents: {_NO_GRID}"),
     "MochiTransformer3DModel": ("sparse", f"per-sample text suffix (its valid tokens); {_CHANNELS}"),
-    "MotifVideoTransformer3DModel": ("untested", "video DiT"),
+    "MotifVideoTransformer3DModel": ("sparse", f"text suffix; {_CHANNELS}"),
     "NucleusMoEImageTransformer2DModel": ("untested", "image DiT"),
     "OmniGenTransformer2DModel": ("untested", "interleaved text and image tokens with a causal/bidirectional mask"),
     "OvisImageTransformer2DModel": ("sparse", f"text prefix (Flux-style); {_PACKED}"),
