@@ -171,7 +171,7 @@ SUPPORT: dict[str, tuple[str, str]] = {
     "CogView4Transformer2DModel": ("sparse", f"text prefix; {_CHANNELS}"),
     "ConsisIDTransformer3DModel": ("sparse", "text prefix (CogVideoX-style); grid from the (B, F, C, H, W) latents"),
     "Cosmos3OmniTransformer": ("untested", "omni-modal world model"),
-    "CosmosTransformer3DModel": ("untested", "video world model, cross-attention text"),
+    "CosmosTransformer3DModel": ("sparse", f"no text in self-attention (generic adapter); {_CHANNELS}"),
     "DiTTransformer2DModel": ("sparse", f"class-conditioned, no text; {_CHANNELS}"),
     "DreamLiteTransformer2DModel": ("sparse", f"no text in self-attention (generic adapter); {_CHANNELS}"),
     "DualTransformer2DModel": ("refused", "a pair of Transformer2DModels mixing two conditions (VersatileDiffusion)"),
