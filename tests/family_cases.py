@@ -38,7 +38,8 @@ CASES = {
     ),
     "CosmosTransformer3DModel": (
         dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=32, num_layers=1,
-             text_embed_dim=16, adaln_lora_dim=4, max_size=(4, 32, 32), concat_padding_mask=False, encoder_hidden_states_channels=16),
+             text_embed_dim=16, adaln_lora_dim=4, max_size=(4, 32, 32), concat_padding_mask=False,
+             encoder_hidden_states_channels=16),
         lambda gen: {"hidden_states": torch.randn(1, 4, 3, 16, 16, generator=gen), "timestep": torch.tensor([0.5]),
                      "encoder_hidden_states": _text(gen), "fps": 24},
     ),
