@@ -259,7 +259,7 @@ class DllmBench:
 
 def bench_dllm(
     context: int, steps: int, gen_length: int = 64, hidden: int = 512, heads: int = 8, layers: int = 1,
-    density: float = 0.3, dense_fraction: float = 0.2, seed: int = 0, progress: bool = False,
+    density: float = 0.3, dense_fraction: float = 0.2, seed: int = 0, progress: bool = False, mass: str = "exact",
 ) -> DllmBench:  # fmt: skip
     """Masked-diffusion decoding of `gen_length` tokens after a random prompt: dense vs SparseD.
 
@@ -286,7 +286,8 @@ def bench_dllm(
     start = time.perf_counter()
     dense = decode()
     dense_s = time.perf_counter() - start
-    with sparsediff.sparse(model, "sparsed", density=density, schedule={"dense_fraction": dense_fraction}) as state:
+    schedule = {"dense_fraction": dense_fraction}
+    with sparsediff.sparse(model, "sparsed", density=density, schedule=schedule, mass=mass) as state:
         start = time.perf_counter()
         sparse = decode()
         sparse_s = time.perf_counter() - start

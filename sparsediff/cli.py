@@ -192,6 +192,7 @@ def bench_dllm_cmd(
     gen_length: Annotated[int, typer.Option(help="answer tokens")] = 64,
     density: Annotated[float, typer.Option(help="SparseD keep ratio of KV blocks")] = 0.3,
     dense_fraction: Annotated[float, typer.Option(help="first fraction of steps kept dense")] = 0.2,
+    mass: Annotated[str, typer.Option(help="pattern step's block mass: exact, rows or pooled")] = "exact",
     hidden: Annotated[int, typer.Option(help="model width")] = 512,
     heads: Annotated[int, typer.Option(help="attention heads")] = 8,
     layers: Annotated[int, typer.Option(help="transformer layers")] = 1,
@@ -201,6 +202,7 @@ def bench_dllm_cmd(
     """Masked-diffusion decoding, dense vs SparseD, on a random-weight bidirectional Llama."""
     from sparsediff.bench import bench_dllm
 
+    _choice(mass, ("exact", "rows", "pooled"), "mass")
     if threads:
         torch.set_num_threads(threads)
     table = Table(title=f"dLLM decoding, {steps} steps, {gen_length} answer tokens (random weights: time only)")
@@ -208,7 +210,8 @@ def bench_dllm_cmd(
         table.add_column(col, justify="right")
     for n in context:
         try:
-            r = bench_dllm(n, steps, gen_length, hidden, heads, layers, density, dense_fraction, progress=not json_out)
+            r = bench_dllm(n, steps, gen_length, hidden, heads, layers, density, dense_fraction,
+                           progress=not json_out, mass=mass)  # fmt: skip
         except ValueError as err:
             console.print(f"[red]error:[/red] {err}")
             raise typer.Exit(2) from err
