@@ -188,6 +188,13 @@ CASES = {
              num_attention_heads=2, joint_attention_dim=16, axes_dims_rope=(4, 6, 6)),
         _flux_like(),
     ),
+    # image queries attend over [text; image] keys (PRX) or [image; text] (NucleusMoE): no one layout
+    "PRXTransformer2DModel": (
+        dict(in_channels=4, patch_size=2, context_in_dim=16, hidden_size=16, mlp_ratio=2.0, num_heads=2, depth=1,
+             axes_dim=[4, 4]),
+        lambda gen: {"hidden_states": torch.randn(1, 4, 16, 16, generator=gen), "timestep": torch.tensor([0.5]),
+                     "encoder_hidden_states": _text(gen)},
+    ),
     "SanaTransformer2DModel": (
         dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=1,
              num_cross_attention_heads=2, cross_attention_head_dim=8, cross_attention_dim=16, caption_channels=16,

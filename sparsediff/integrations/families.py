@@ -213,7 +213,8 @@ SUPPORT: dict[str, tuple[str, str]] = {
     "NucleusMoEImageTransformer2DModel": ("untested", "image DiT"),
     "OmniGenTransformer2DModel": ("untested", "interleaved text and image tokens with a causal/bidirectional mask"),
     "OvisImageTransformer2DModel": ("sparse", f"text prefix (Flux-style); {_PACKED}"),
-    "PRXTransformer2DModel": ("untested", "image DiT"),
+    "PRXTransformer2DModel": ("dense", "image queries attend over [text; image] keys: no one layout for both "
+                                       "(counted as `dense: not self-attention`)"),
     "PixArtTransformer2DModel": ("sparse", f"no text in self-attention; {_CHANNELS}"),
     "PriorTransformer": ("refused", f"a prior over CLIP embeddings (a few tokens): {_NO_GRID}"),
     "QwenImage21Transformer2DModel": ("untested", "QwenImage-style image DiT"),
