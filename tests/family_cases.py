@@ -189,6 +189,12 @@ CASES = {
         _flux_like(),
     ),
     # image queries attend over [text; image] keys (PRX) or [image; text] (NucleusMoE): no one layout
+    "NucleusMoEImageTransformer2DModel": (
+        dict(patch_size=2, in_channels=16, num_layers=1, attention_head_dim=16, num_attention_heads=2,
+             joint_attention_dim=16, axes_dims_rope=(4, 6, 6), moe_enabled=False),
+        lambda gen: {"hidden_states": torch.randn(1, 16, 16, generator=gen), "img_shapes": [(1, 4, 4)],
+                     "encoder_hidden_states": _text(gen), "timestep": torch.tensor([0.5])},
+    ),
     "PRXTransformer2DModel": (
         dict(in_channels=4, patch_size=2, context_in_dim=16, hidden_size=16, mlp_ratio=2.0, num_heads=2, depth=1,
              axes_dim=[4, 4]),

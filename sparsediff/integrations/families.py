@@ -210,7 +210,8 @@ SUPPORT: dict[str, tuple[str, str]] = {
     "MiniMaxMusic3Transformer1DModel": ("refused", f"1-D music latents: {_NO_GRID}"),
     "MochiTransformer3DModel": ("sparse", f"per-sample text suffix (its valid tokens); {_CHANNELS}"),
     "MotifVideoTransformer3DModel": ("sparse", f"text suffix; {_CHANNELS}"),
-    "NucleusMoEImageTransformer2DModel": ("untested", "image DiT"),
+    "NucleusMoEImageTransformer2DModel": ("dense", "image queries attend over [image; text] keys: no one layout "
+                                                   "for both (counted as `dense: not self-attention`)"),
     "OmniGenTransformer2DModel": ("untested", "interleaved text and image tokens with a causal/bidirectional mask"),
     "OvisImageTransformer2DModel": ("sparse", f"text prefix (Flux-style); {_PACKED}"),
     "PRXTransformer2DModel": ("dense", "image queries attend over [text; image] keys: no one layout for both "
