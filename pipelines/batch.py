@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from tqdm import tqdm
 
 from sparsediff.config import SparseConfig
-from sparsediff.generate import Request, compare, generate_one, request_problems, resolve_config
+from sparsediff.generate import Request, compare, generate_one, given_or, request_problems, resolve_config
 from sparsediff.pipelines.registry import LoadedModel
 
 FORMATS = ("mp4", "gif", "png")
@@ -174,8 +174,8 @@ def plan_items(
         except ValidationError as err:
             problems.extend((line, _pydantic_message(e)) for e in err.errors())
             continue
-        source = _given(row.config, defaults.config), _given(row.method, defaults.method)
-        density = _given(row.density, defaults.density)
+        source = given_or(row.config, defaults.config), given_or(row.method, defaults.method)
+        density = given_or(row.density, defaults.density)
         try:
             if (*source, density) not in configs:
                 configs[(*source, density)] = resolve_config(loaded.entry, source[1], source[0], density)
@@ -184,12 +184,12 @@ def plan_items(
             problems.append((line, str(err)))
             continue
         entry = loaded.entry
-        size = entry.size(_given(row.num_frames, defaults.num_frames), _given(row.height, defaults.height),
-                          _given(row.width, defaults.width))  # fmt: skip
-        base = _given(row.seed, defaults.seed)
+        size = entry.size(given_or(row.num_frames, defaults.num_frames), given_or(row.height, defaults.height),
+                          given_or(row.width, defaults.width))  # fmt: skip
+        base = given_or(row.seed, defaults.seed)
         for s in range(defaults.seeds):
-            request = Request(row.prompt, size, _given(row.steps, _given(defaults.steps, entry.steps)),
-                              _given(row.guidance, _given(defaults.guidance, entry.guidance)), base + s,
+            request = Request(row.prompt, size, given_or(row.steps, given_or(defaults.steps, entry.steps)),
+                              given_or(row.guidance, given_or(defaults.guidance, entry.guidance)), base + s,
                               row.negative_prompt)  # fmt: skip
             found = request_problems(loaded, request)
             if found:
@@ -203,10 +203,6 @@ def plan_items(
             out = out_dir / f"{index:05d}-{slug}-seed{request.seed}.{defaults.format}"
             items.append(BatchItem(index, line, request, config, config_hash, key, out))
     return items, sorted(problems)
-
-
-def _given(value, default):
-    return default if value is None else value
 
 
 def _pydantic_message(error: dict) -> str:

@@ -316,7 +316,7 @@ def bench_methods_cmd(
     """Methods side by side on the same seeds: ours (presets, configs), diffusers' caches (pab,
     fastercache, fbcache, taylorseer, magcache, seacache; `name:key=value`) and stacks (`ours+peer`)."""
     from sparsediff.bench import pareto_figure
-    from sparsediff.generate import Request, compare_methods
+    from sparsediff.generate import Request, compare_methods, given_or
     from sparsediff.pipelines.registry import default_model, load_model
 
     if threads:
@@ -332,7 +332,9 @@ def bench_methods_cmd(
         prompts = prompt or (
             entry.held_out_prompts(held_out) if held_out is not None else ["a red circle moving right"]
         )
-        requests = [Request(p, size, _given(steps, entry.steps), entry.guidance, seed=i) for i, p in enumerate(prompts)]
+        requests = [
+            Request(p, size, given_or(steps, entry.steps), entry.guidance, seed=i) for i, p in enumerate(prompts)
+        ]
         loaded.pipe.set_progress_bar_config(disable=True)
         methods = method or ["window", "topk", "pyramid", "raster-window", "hilbert"]
         overrides = {} if dense_steps is None else {"schedule": {"dense_steps": dense_steps}}
@@ -387,7 +389,7 @@ def structure_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per layer, one per line")] = False,
 ) -> None:
     """Where attention goes per layer and head: local 3-D, same place in other frames, text, first frame."""
-    from sparsediff.generate import Request, check_request, shared_call_kwargs
+    from sparsediff.generate import Request, check_request, given_or, shared_call_kwargs
     from sparsediff.pipelines.registry import default_model, load_model
     from sparsediff.search.structure import CATEGORIES, attention_structure, structure_figure
 
@@ -396,7 +398,7 @@ def structure_cmd(
         entry = loaded.entry
         size = entry.size(num_frames, height, width)
         request = Request(
-            (prompt or ["a red circle moving right"])[0], size, _given(steps, entry.steps), entry.guidance
+            (prompt or ["a red circle moving right"])[0], size, given_or(steps, entry.steps), entry.guidance
         )
         check_request(loaded, request)
         kwargs = shared_call_kwargs(loaded, request)
@@ -446,7 +448,7 @@ def generate_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object on the last line of stdout")] = False,
 ) -> None:
     """Generate an image or video with sparse attention; --compare puts it beside dense."""
-    from sparsediff.generate import Request, generate_one, resolve_method
+    from sparsediff.generate import Request, generate_one, given_or, resolve_method
     from sparsediff.generate import compare as run_compare
     from sparsediff.pipelines.registry import default_model, load_model
 
@@ -463,7 +465,7 @@ def generate_cmd(
             return
         size = entry.size(num_frames, height, width)
         request = Request(
-            prompt, size, _given(steps, entry.steps), _given(guidance, entry.guidance), seed, negative_prompt
+            prompt, size, given_or(steps, entry.steps), given_or(guidance, entry.guidance), seed, negative_prompt
         )
         sparse_config = resolve_method(entry, method, config, density)
         suffix = ".mp4" if entry.video else ".png"
@@ -626,7 +628,7 @@ def search_cmd(
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice)")] = None,
 ) -> None:
     """Offline head search: the cheapest pattern per layer and head, within an error bound or a budget."""
-    from sparsediff.generate import Request, check_request, shared_call_kwargs
+    from sparsediff.generate import Request, check_request, given_or, shared_call_kwargs
     from sparsediff.pipelines.registry import default_model, load_model
     from sparsediff.search import CostModel, search, search_sizes
 
@@ -645,8 +647,8 @@ def search_cmd(
         entry = loaded.entry
         calls = []
         for frames, h, w in sizes:  # every size is checked before any search starts
-            request = Request(texts[0], entry.size(frames, h, w), _given(steps, entry.steps),
-                              _given(guidance, entry.guidance))  # fmt: skip
+            request = Request(texts[0], entry.size(frames, h, w), given_or(steps, entry.steps),
+                              given_or(guidance, entry.guidance))  # fmt: skip
             check_request(loaded, request)
             calls.append(shared_call_kwargs(loaded, request))
         costs = CostModel.model_validate(_cost_model_json(cost_model)) if cost_model else None
@@ -731,11 +733,11 @@ def _cost_model_json(path: Path) -> dict:
 def _generate_text(loaded, prompt, steps, gen_length, block_length, seed, method, config, density, compare,
                    json_out) -> None:  # fmt: skip
     """`generate` for a diffusion language model: print the answer, timings and (with --compare) agreement."""
-    from sparsediff.generate import TextRequest, compare_text, generate_text_one, resolve_config
+    from sparsediff.generate import TextRequest, compare_text, generate_text_one, given_or, resolve_config
 
     entry = loaded.entry
     gen = gen_length or entry.call_kwargs.get("gen_length", 64)
-    request = TextRequest(prompt, gen, _given(steps, entry.steps), block_length or min(gen, entry.call_kwargs.get(
+    request = TextRequest(prompt, gen, given_or(steps, entry.steps), block_length or min(gen, entry.call_kwargs.get(
         "block_length", gen)), seed)  # fmt: skip
     sparse_config = resolve_config(entry, method, config, density)
     summary = compare_text(loaded, request, sparse_config) if compare else generate_text_one(
@@ -866,11 +868,6 @@ def ui_cmd(
 
 def _mb(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
-
-
-def _given(value, default):
-    """An option's value, or the default when it was not given (a given 0 stays 0, to be refused)."""
-    return default if value is None else value
 
 
 @app.callback()

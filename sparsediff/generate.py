@@ -131,6 +131,11 @@ def call_kwargs(pipe, entry: ModelEntry, request: Request, steps: int) -> dict:
     return {k: v for k, v in wanted.items() if k in params and v is not None}
 
 
+def given_or(value, default):
+    """An option's value, or the default when it was not given (a given 0 stays 0, for the checks to refuse)."""
+    return default if value is None else value
+
+
 def shared_call_kwargs(loaded: LoadedModel, request: Request) -> dict:
     """`call_kwargs` without prompt, steps and generator: for runners that set those per prompt."""
     kwargs = call_kwargs(loaded.pipe, loaded.entry, request, request.steps)
