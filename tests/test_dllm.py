@@ -115,7 +115,7 @@ def test_dense_preset_matches_the_model_attention(model):
         with sparsediff.sparse(model, "dense") as state:
             routed = model(input_ids=ids).logits
             routed_masked = model(input_ids=ids, attention_mask=mask).logits
-    assert state.calls["dense: preset"] == 4
+    assert sum(state.calls.values()) == 4  # every call went through sparsediff
     assert (routed - native).abs().max() <= 1e-5 and (routed_masked - native_masked).abs().max() <= 1e-5
     assert (native - native_masked).abs().max() > 1e-3  # the padding mask matters, and was honoured
     assert model.config._attn_implementation == "sdpa"  # restored

@@ -47,7 +47,7 @@ class SparseDState:
     mask_token_id: int | None = None
     total_steps: int | None = None  # set by a sampler that knows it
     default_total_steps: int | None = None  # from the model's generation config
-    first_layer: str = "0"
+    first_layer: str | None = None  # where steps are counted: the first layer that reaches SparseD
     names: dict[int, str] = field(default_factory=dict)  # id(attention module) -> layer name
     forwards: int = 0
     phase_start: int = 0
@@ -129,6 +129,8 @@ class SparseDState:
             call = AttentionCall(layer, query, key, value, native(), Step(run=self.run), scaling,
                                  dense_reason="dense: attention mask")  # fmt: skip
             return self.runner.run(call).transpose(1, 2), None
+        if self.first_layer is None:  # a causal encoder's layers (DiffusionGemma) never get here
+            self.first_layer = layer
         if layer == self.first_layer:  # plans are per sequence: a new batch is a new request
             self._count_step((query.shape[0], query.shape[2], key.shape[2]))
         at = Step(step=self.step, run=self.run, total=self.total())
@@ -211,7 +213,6 @@ def apply(model, config: SparseConfig) -> SparseDState:
         default_total_steps=getattr(generation, "max_denoising_steps", None),
     )
     state.names = {id(m): name for name, m in modules.items()}
-    state.first_layer = next(iter(modules))
     handle = model.register_forward_pre_hook(
         lambda _module, args, kwargs: state.observe_input(kwargs.get("input_ids", args[0] if args else None)),
         with_kwargs=True,
