@@ -62,7 +62,7 @@ CURRICULUM = (
     Level(2048, 1, 1, 1.0),
     Level(4096, 1, 1, 1.0),
 )
-LONGEST = max(level.context for level in CURRICULUM)
+LONGEST = max(level.context + level.answer_tokens for level in CURRICULUM)  # prompt and answer
 
 
 def sample(tokenizer, level: Level, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -360,6 +360,17 @@ def test_masked_batch_hides_only_answer_tokens_and_targets_exactly_those():
     assert batch_size(Level(512, 1, 1, 1.0), Namespace(batch=32, batch_tokens=None)) == 32
 
 
+def test_the_training_model_decodes_the_longest_level():
+    """The model's positions hold the longest level's prompt and answer (evaluation decodes both)."""
+    from sparsediff.pipelines.dllm import tiny_dlm
+    from sparsediff.pipelines.needles import CURRICULUM, LONGEST, decode_answers, sample, task_tokenizer
+
+    tok, level = task_tokenizer(), max(CURRICULUM, key=lambda lv: lv.context)
+    model = tiny_dlm(len(tok), hidden=32, layers=1, heads=2, kv_heads=2, context=LONGEST)
+    prompts, _ = sample(tok, level, 1, seed=0)
+    assert decode_answers(model, tok, prompts, level.answer_tokens, steps=1).shape == (1, level.answer_tokens)
+
+
 def test_train_export_and_eval_round_trip(tmp_path):
     """train_dlm runs, resumes and exports a from_pretrained folder with its level; `sparsediff eval` reads it."""
     import json
