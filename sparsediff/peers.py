@@ -44,7 +44,13 @@ def _cache_dit():
         import cache_dit
     except ImportError as err:
         raise ValueError("the cachedit peer needs the cache-dit package: pip install 'sparsediff[cachedit]'") from err
-    cache_dit.disable_print()  # its hooks print statistics on removal
+    # It logs every run's cache statistics, and warns that hooks were removed, to stdout, through one
+    # handler its loggers share (also those its modules create later): errors only, so our --json
+    # output stays clean.
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("cache_dit"):
+            for handler in logging.getLogger(name).handlers:
+                handler.setLevel(logging.ERROR)
     return cache_dit
 
 
@@ -129,7 +135,8 @@ def enabled(pipe, peer: Peer, steps: int, mag_ratios: list[float] | None = None)
     if PEERS[peer.name].engine == "cache-dit":
         cache_dit = _cache_dit()
         enable = lambda config: cache_dit.enable_cache(transformer, cache_config=config)  # noqa: E731
-        disable = lambda: _disable_cache_dit(cache_dit, transformer)  # noqa: E731
+        before = transformer.__dict__.get("forward"), list(transformer._modules)  # forward and child order
+        disable = lambda: _disable_cache_dit(cache_dit, transformer, *before)  # noqa: E731
     else:
         enable, disable = transformer.enable_cache, transformer.disable_cache
     try:
@@ -156,14 +163,23 @@ class _Prebound:
         return self.forward
 
 
-def _disable_cache_dit(cache_dit, transformer) -> None:
-    """cache-dit 1.5 restores the forward it saved as `saved.__get__(transformer)`, which fails when
-    diffusers' hook registry had already made `forward` a functools.partial (every pipeline that
-    calls `transformer.cache_context`); it gets that forward in a form that binds."""
+def _disable_cache_dit(cache_dit, transformer, forward: Callable | None, children: list[str]) -> None:
+    """cache-dit 1.5's removal, and the transformer exactly as before it. Its removal calls
+    `saved.__get__(transformer)` on the forward it saved, which fails when diffusers' hook registry
+    had made that a functools.partial (it gets a form that binds); it leaves the class's forward
+    bound on the instance; and its patching moves the block lists to the end of the module's
+    children, so module order (which FirstBlockCache takes its first block from, and our layer
+    indices) changes. Forward and child order are put back."""
     saved = getattr(transformer, "_original_forward", None)
     if saved is not None and not hasattr(saved, "__get__"):
         transformer._original_forward = _Prebound(saved)
     cache_dit.disable_cache(transformer)
+    if forward is None:
+        transformer.__dict__.pop("forward", None)
+    else:
+        transformer.forward = forward
+    modules = transformer._modules
+    transformer._modules = {name: modules[name] for name in [*children, *modules] if name in modules}
 
 
 def magcache_ratios(pipe, steps: int, run: Callable[[], object]) -> list[float]:
