@@ -216,14 +216,11 @@ def parse_method(text: str, density: float | None = None, **overrides) -> Method
 
 def run_method(loaded: LoadedModel, request: Request, method: Method, mag_ratios: list[float] | None = None) -> Run:
     """One pipeline call under `method`; ours and the peer are removed after it."""
-    config = method.config
-    if config is not None and method.peer is not None:  # the cache's own probe blocks stay dense
-        layers = [n.removesuffix(".processor") for n in attention_processors(loaded.pipe.transformer)]
-        probe = peers.probe_layers(loaded.pipe.transformer, method.peer, layers)
-        dense = tuple(dict.fromkeys((*config.schedule.dense_layers, *probe)))
-        config = config.model_copy(update={"schedule": config.schedule.model_copy(update={"dense_layers": dense})})
     with contextlib.ExitStack() as stack:
-        state = stack.enter_context(sparse(loaded.pipe, config)) if config is not None else None
+        state = stack.enter_context(sparse(loaded.pipe, method.config)) if method.config is not None else None
+        if state is not None and method.peer is not None:  # no reused outputs where the cache probes
+            layers = [n.removesuffix(".processor") for n in attention_processors(loaded.pipe.transformer)]
+            state.runner.fresh_layers = set(peers.probe_layers(loaded.pipe.transformer, method.peer, layers))
         if method.peer is not None:
             stack.enter_context(peers.enabled(loaded.pipe, method.peer, request.steps, mag_ratios))
         result = run(loaded, request, label=method.label)

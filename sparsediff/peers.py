@@ -116,9 +116,9 @@ def cache_config(pipe, peer: Peer, steps: int, mag_ratios: list[float] | None = 
 
 def probe_layers(transformer, peer: Peer, attention_layers: list[str]) -> list[str]:
     """The attention layers of the leading blocks whose output `peer` compares from step to step to
-    decide what to skip (FirstBlockCache's first block, DBCache's first Fn). Stacked under ours they
-    must run dense: a reused or sparse layer there would feed the cache's decision a changed signal
-    (a layer reused whole changes not at all, so the cache would skip every later step)."""
+    decide what to skip (FirstBlockCache's first block, DBCache's first Fn). Stacked under ours no
+    head there may reuse a past output: a layer reused whole changes not at all from step to step,
+    so the cache would skip every later step (sparse heads there are fine: they follow the input)."""
     kind = PEERS[peer.name]
     count = kind.probe(kind.defaults | dict(peer.settings))
     stack = next((name for name in ("transformer_blocks", "blocks") if hasattr(transformer, name)), None)

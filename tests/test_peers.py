@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from sparsediff import Full, Skip, SparseConfig
 from sparsediff.cli import app
 from sparsediff.generate import Method, Request, parse_method, run, run_method
 from sparsediff.peers import Peer, PeerError, parse_peer
@@ -58,8 +59,7 @@ def test_a_peer_is_removed_after_its_run(wan):
 
 
 def test_stacks_equal_each_alone_where_the_other_does_nothing(wan):
-    probe_dense = {"schedule": {"dense_layers": ["blocks.0.attn1", "blocks.0.attn2"]}}  # as stacked (below)
-    ours = run_method(wan, REQUEST, parse_method("window", **probe_dense)).frames
+    ours = run_method(wan, REQUEST, parse_method("window")).frames
     never_skips = run_method(wan, REQUEST, parse_method("window+fbcache:threshold=0")).frames
     assert np.abs(never_skips - ours).max() <= 1e-6  # a cache that never skips leaves our output
     peer = parse_method("fbcache:threshold=0.5")
@@ -74,23 +74,25 @@ def test_cache_dit_runs_as_a_peer_alone_and_under_ours(wan):
     """cache-dit's DBCache on the transformer: threshold 0 never caches (our output, bit for bit
     where ours is dense), a large threshold caches steps, and removal restores the pipeline."""
     native = run(wan, REQUEST).frames
+    children = list(wan.pipe.transformer._modules)
     never = run_method(wan, REQUEST, parse_method("cachedit:residual_diff_threshold=0.0,max_warmup_steps=1")).frames
+    assert list(wan.pipe.transformer._modules) == children  # module order, which other caches read, as before
     assert np.abs(never - native).max() <= 1e-6
     caching = parse_method("cachedit:residual_diff_threshold=10.0,max_warmup_steps=1")
     cached = run_method(wan, REQUEST, caching).frames
     assert np.abs(cached - native).max() > 1e-4
     assert np.array_equal(run(wan, REQUEST).frames, native)
-    ours = run_method(wan, REQUEST, parse_method("window", schedule={"dense_layers": ["blocks.0.attn1"]})).frames
+    ours = run_method(wan, REQUEST, parse_method("window")).frames
     stacked = run_method(wan, REQUEST, parse_method("window+cachedit:residual_diff_threshold=0.0"))
     assert np.abs(stacked.frames - ours).max() <= 1e-6 and stacked.calls["sparse"] > 0
     with pytest.raises(ValueError, match="is not a setting of cachedit"):
         parse_peer("cachedit:speed=2")
 
 
-def test_a_cache_s_probe_block_stays_dense_under_ours(wan):
-    """FirstBlockCache and DBCache decide from their first block's output: stacked under ours, that
-    block's self-attention runs dense (a layer reused whole there would look unchanged and make
-    the cache skip every later step); the other layers stay sparse. TaylorSeer probes nothing."""
+def test_no_head_reuses_its_output_where_a_cache_probes(wan):
+    """FirstBlockCache and DBCache decide from their first block's output: stacked under ours, no
+    head there reuses a past output (a layer reused whole would look unchanged and make the cache
+    skip every later step); elsewhere skips and whole-layer reuse go on. TaylorSeer probes nothing."""
     from sparsediff.peers import probe_layers
 
     layers = ["blocks.0.attn1", "blocks.0.attn2", "blocks.1.attn1", "blocks.1.attn2"]
@@ -98,10 +100,15 @@ def test_a_cache_s_probe_block_stays_dense_under_ours(wan):
     assert probe_layers(transformer, parse_peer("fbcache"), layers) == ["blocks.0.attn1", "blocks.0.attn2"]
     assert probe_layers(transformer, parse_peer("cachedit:Fn_compute_blocks=2"), layers) == layers
     assert probe_layers(transformer, parse_peer("taylorseer"), layers) == []
-    stacked = run_method(wan, REQUEST, parse_method("window+fbcache:threshold=0"))
-    alone = run_method(wan, REQUEST, parse_method("window"))
-    assert stacked.calls["dense: schedule"] > 0 and "dense: schedule" not in alone.calls
-    assert stacked.calls["sparse"] > 0
+    skipping = SparseConfig(
+        method="pattern",
+        pattern=Full(),
+        block_size=16,
+        heads={name: [Skip(every=2)] * 2 for name in ("blocks.0.attn1", "blocks.1.attn1")},
+    )
+    alone = run_method(wan, REQUEST, Method("skips", skipping, None))
+    stacked = run_method(wan, REQUEST, Method("skips+fbcache", skipping, parse_peer("fbcache:threshold=0")))
+    assert alone.calls["sparse: layer reused"] == 2 * stacked.calls["sparse: layer reused"] > 0  # one layer of two
 
 
 def test_bench_methods_summary_and_pareto_plot(tmp_path):

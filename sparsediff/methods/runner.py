@@ -172,6 +172,9 @@ class Runner:
         self._layer_index = {name: i for i, name in enumerate(self.layers)}
         self.speed = (speed or SPEED) if never_slower(config) else None
         self._grids_seen: set[tuple[int, int, int]] = set()  # grids a size bucket was picked for
+        # Layers whose heads never reuse a past output: a cache stacked on top compares their output
+        # from step to step (FirstBlockCache's first block), and a reused output would look unchanged.
+        self.fresh_layers: set[str] = set()
         self._method_key = config.model_dump_json(include={"method", "density", "block_size", "order", "coarse_pool"})
 
     def __repr__(self) -> str:
@@ -286,7 +289,8 @@ class Runner:
         patterns = self._call_patterns(call)
         if self.config.method == "pattern" and all(isinstance(p, Full) for p in patterns):
             return self._dense(call, "dense: full pattern")
-        previous = self._kept_output(call) if any(isinstance(p, Skip) for p in patterns) else None
+        reuses = any(isinstance(p, Skip) for p in patterns) and call.layer not in self.fresh_layers
+        previous = self._kept_output(call) if reuses else None
         running = self._skipped_heads_running(patterns, call.at, can_reuse=previous is not None)
         what = ("plan", tuple(Full() if h in running else p for h, p in enumerate(patterns)))
         out = self._checked(call, what, lambda: self._static_attention(
@@ -448,7 +452,7 @@ class Runner:
     def reuses_whole_layer(self, layer: str, at: Step, layout: TokenLayout) -> bool:
         """Every head of `layer` reuses its output now at `layout`: not a refresh step of any, not dense."""
         skips = self._skips(layer, layout)
-        if skips is None or at.step < 0 or self.dense_now(layer, at):
+        if skips is None or at.step < 0 or self.dense_now(layer, at) or layer in self.fresh_layers:
             return False
         return not any(p.runs_at(at.step) for p in skips)
 
