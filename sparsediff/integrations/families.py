@@ -8,8 +8,10 @@ sit inside self/joint attention is a property of the family, read from each mode
 | Wan 2.1/2.2, LTX-Video, PixArt | none (separate cross-attention) |
 | CogVideoX, Flux, QwenImage | prefix |
 | HunyuanVideo (and 1.5), HunyuanImage, Motif-Video, SD3, Mochi (per sample, its valid text) | suffix |
-| AuraFlow, Bria, Chroma, CogView3Plus/4, ConsisID, EasyAnimate, Flux2/3, LongCat-Image, Lumina2, Ovis-Image | prefix |
-| SkyReels-V2, ChronoEdit | none |
+| HiDream (a different length per block), ERNIE-Image, JoyImage-Edit | suffix |
+| AuraFlow, Bria, Bria-FIBO, Chroma, CogView3Plus/4, ConsisID, EasyAnimate, Flux2/3, GLM-Image, Krea2, | prefix |
+| LongCat-Image, Lumina2, Ovis-Image, OmniGen | |
+| SkyReels-V2, ChronoEdit, HunyuanDiT, Lumina-Next, Wan-Animate, AnyFlow, Kandinsky 5, LTX-2 (video) | none |
 
 `SUPPORT` below lists every transformer class diffusers exports and what `apply` does with it.
 
@@ -36,15 +38,20 @@ class Family:
     text: str  # "none", "prefix", "suffix" or "unknown"
     grid: Callable[[Any, dict], Grid | None]
     text_only: tuple[str, ...] = ()  # module-name prefixes of attention over text alone (HunyuanVideo's refiner)
+    cross_flag: bool = True  # False where `is_cross_attention` is set on self-attention (OmniGen)
 
     def role(self, name: str, module) -> str:
         """What an attention module computes: "cross" (queries attend to text keys), "text" (attention
-        among text tokens alone) or "self" (over the visual tokens, with text inside when the family
-        puts it there). Taken from the model, never from sequence lengths: at some sizes the text is
-        exactly as long as the visual sequence (Wan: 512 text tokens, 512 latent tokens)."""
+        among text tokens alone), "audio" (LTX-2's audio stream) or "self" (over the visual tokens,
+        with text inside when the family puts it there). Taken from the model, never from sequence
+        lengths: at some sizes the text is exactly as long as the visual sequence (Wan: 512 text
+        tokens, 512 latent tokens)."""
         if name.startswith(self.text_only):
             return "text"
-        if getattr(module, "is_cross_attention", False) or name.rsplit(".", 1)[-1] == "attn2":
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf.startswith("audio_"):
+            return "audio"
+        if (self.cross_flag and getattr(module, "is_cross_attention", False)) or leaf == "attn2":
             return "cross"  # diffusers names cross-attention `attn2` in every block that has one (LTX, PixArt, Wan)
         return "self"
 
@@ -78,6 +85,15 @@ def _cogvideox_grid(model, args: dict) -> Grid | None:
     return math.ceil(x.shape[1] / pt), x.shape[-2] // ph, x.shape[-1] // pw
 
 
+def _kandinsky5_grid(model, args: dict) -> Grid | None:
+    """(B, F, H, W, C) latents in row-major order; None in NABLA's block-local (fractal) order."""
+    x, sparse = args.get("hidden_states"), args.get("sparse_params") or {}
+    if not isinstance(x, torch.Tensor) or x.dim() != 5 or sparse.get("to_fractal"):
+        return None
+    pt, ph, pw = patch_sizes(model.config)
+    return x.shape[1] // pt, x.shape[2] // ph, x.shape[3] // pw
+
+
 def _ltx_grid(model, args: dict) -> Grid | None:
     if args.get("num_frames") is None:
         return None
@@ -85,13 +101,37 @@ def _ltx_grid(model, args: dict) -> Grid | None:
     return int(args["num_frames"]) // pt, int(args["height"]) // ph, int(args["width"]) // pw
 
 
+def _grid_of_ids(ids: torch.Tensor) -> Grid | None:
+    """(1, H, W) of (N, 3) position rows (index, h, w) that cover an H x W grid once, row-major;
+    None for anything else (extra reference images, another order)."""
+    h, w = int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1
+    if h * w != ids.shape[0]:
+        return None
+    order = torch.arange(h * w, device=ids.device)
+    return (1, h, w) if torch.equal(ids[:, 1].long() * w + ids[:, 2].long(), order) else None
+
+
 def _flux_grid(model, args: dict) -> Grid | None:
     ids = args.get("img_ids")  # (N, 3) rows of (index, h, w)
     if not isinstance(ids, torch.Tensor):
         return None
-    ids = ids[0] if ids.dim() == 3 else ids
-    h, w = int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1
-    return (1, h, w) if h * w == ids.shape[0] else None  # extra reference images: unknown layout
+    return _grid_of_ids(ids[0] if ids.dim() == 3 else ids)
+
+
+def _krea2_grid(model, args: dict) -> Grid | None:
+    """Krea2's `position_ids` hold the text rows, then the image rows (t, h, w)."""
+    ids, x = args.get("position_ids"), args.get("hidden_states")
+    if not isinstance(ids, torch.Tensor) or not isinstance(x, torch.Tensor) or x.dim() != 3:
+        return None
+    return _grid_of_ids(ids[-x.shape[1] :])
+
+
+def _joyimage_grid(model, args: dict) -> Grid | None:
+    """(B, C, F, H, W), or (B, items, C, F, H, W) whose items JoyImage lays out as frames."""
+    x = args.get("hidden_states")
+    if isinstance(x, torch.Tensor) and x.dim() == 6:
+        args = {"hidden_states": x.transpose(1, 2).flatten(2, 3)}
+    return _channels_first_grid(model, args)
 
 
 def _qwen_grid(model, args: dict) -> Grid | None:
@@ -117,6 +157,14 @@ FAMILIES: dict[str, Family] = {
         Family("HunyuanImageTransformer2DModel", "suffix", _channels_first_grid, ("context_embedder.",)),
         Family("MotifVideoTransformer3DModel", "suffix", _channels_first_grid, ("context_embedder.",)),
         Family("LTXVideoTransformer3DModel", "none", _ltx_grid),
+        Family("LTX2VideoTransformer3DModel", "none", _ltx_grid),  # its audio stream: role "audio", dense
+        Family("AnyFlowTransformer3DModel", "none", _cogvideox_grid),
+        Family("Kandinsky5Transformer3DModel", "none", _kandinsky5_grid, ("text_transformer_blocks.",)),
+        Family("HiDreamImageTransformer2DModel", "suffix", _channels_first_grid),  # non-square: padding + text last
+        # dense: an (N, N) mask, causal over text (the module flags its self-attention as cross-attention)
+        Family("OmniGenTransformer2DModel", "prefix", _channels_first_grid, cross_flag=False),
+        # dense: packed history latents of other patch sizes before the grid
+        Family("HunyuanVideoFramepackTransformer3DModel", "unknown", _channels_first_grid, ("context_embedder.",)),
         # Mochi attends per sample over [visual; that sample's valid text]: a suffix of its own length
         Family("MochiTransformer3DModel", "suffix", _channels_first_grid),
         Family("FluxTransformer2DModel", "prefix", _flux_grid),
@@ -131,9 +179,16 @@ FAMILIES: dict[str, Family] = {
           "CogView3PlusTransformer2DModel", "CogView4Transformer2DModel", "EasyAnimateTransformer3DModel")),
         Family("Lumina2Transformer2DModel", "prefix", _channels_first_grid, ("context_refiner.",)),
         Family("ConsisIDTransformer3DModel", "prefix", _cogvideox_grid),
+        Family("BriaFiboTransformer2DModel", "prefix", _flux_grid),
+        Family("GlmImageTransformer2DModel", "prefix", _channels_first_grid),
+        Family("Krea2Transformer2DModel", "prefix", _krea2_grid, ("text_fusion.",)),
+        # text last in joint attention
+        Family("ErnieImageTransformer2DModel", "suffix", _channels_first_grid),
+        Family("JoyImageEditTransformer3DModel", "suffix", _joyimage_grid),
         # text only in separate cross-attention
-        Family("SkyReelsV2Transformer3DModel", "none", _channels_first_grid),
-        Family("ChronoEditTransformer3DModel", "none", _channels_first_grid),
+        *(Family(name, "none", _channels_first_grid) for name in ("SkyReelsV2Transformer3DModel",
+          "ChronoEditTransformer3DModel", "HunyuanDiT2DModel", "LuminaNextDiT2DModel",
+          "WanAnimateTransformer3DModel")),
     )
 }  # fmt: skip
 GENERIC = Family("generic", "unknown", _channels_first_grid)
@@ -158,11 +213,14 @@ _LINEAR = "self-attention is linear attention (already O(N), no softmax to spars
 SUPPORT: dict[str, tuple[str, str]] = {
     "AceStepTransformer1DModel": ("refused", f"1-D audio latents: {_NO_GRID}"),
     "AllegroTransformer3DModel": ("sparse", f"no text in self-attention; {_CHANNELS}"),
-    "AnyFlowFARTransformer3DModel": ("untested", "frame-autoregressive video DiT"),
-    "AnyFlowTransformer3DModel": ("untested", "video DiT"),
+    "AnyFlowFARTransformer3DModel": ("dense", "frame-causal self-attention runs through flex_attention with a "
+                                              "BlockMask, not SDPA: it runs as the model wrote it (uncounted); "
+                                              "cross-attention dense"),
+    "AnyFlowTransformer3DModel": ("sparse", "no text in self-attention (Wan-style); grid from the (B, F, C, H, W) "
+                                            "latents"),
     "AuraFlowTransformer2DModel": ("sparse", f"text prefix in joint and single-stream attention; {_CHANNELS}"),
     "BriaFibo2Transformer2DModel": ("untested", "Flux-style image DiT"),
-    "BriaFiboTransformer2DModel": ("untested", "Flux-style image DiT"),
+    "BriaFiboTransformer2DModel": ("sparse", f"text prefix (Flux-style); {_PACKED}"),
     "BriaTransformer2DModel": ("sparse", f"text prefix (Flux-style); {_PACKED}"),
     "ChromaTransformer2DModel": ("sparse", f"text prefix (Flux-style); {_PACKED}"),
     "ChronoEditTransformer3DModel": ("sparse", f"no text in self-attention (Wan-style); {_CHANNELS}"),
@@ -176,43 +234,54 @@ SUPPORT: dict[str, tuple[str, str]] = {
     "DreamLiteTransformer2DModel": ("sparse", f"no text in self-attention (generic adapter); {_CHANNELS}"),
     "DualTransformer2DModel": ("refused", "a pair of Transformer2DModels mixing two conditions (VersatileDiffusion)"),
     "EasyAnimateTransformer3DModel": ("sparse", f"text prefix; {_CHANNELS}"),
-    "ErnieImageTransformer2DModel": ("untested", "image DiT"),
+    "ErnieImageTransformer2DModel": ("sparse", f"text suffix (padded text: per-sample key groups); {_CHANNELS}"),
     "Flux2Transformer2DModel": ("sparse", f"text prefix; {_PACKED} (reference images: dense)"),
     "Flux3Transformer2DModel": ("sparse", f"text prefix; {_PACKED} (image conditions: dense)"),
     "FluxTransformer2DModel": ("sparse", f"text prefix; {_PACKED} (reference images: dense)"),
-    "GlmImageTransformer2DModel": ("untested", "image DiT"),
+    "GlmImageTransformer2DModel": ("sparse", f"text prefix; {_CHANNELS} (image-edit KV cache: dense)"),
     "HeliosTransformer3DModel": ("sparse", f"no text in self-attention (generic adapter); {_CHANNELS}"),
-    "HiDreamImageTransformer2DModel": ("untested", "image DiT with text appended per block (suffix of varying length)"),
-    "HunyuanDiT2DModel": ("untested", "image DiT, cross-attention text"),
+    "HiDreamImageTransformer2DModel": ("sparse", "text suffix (a different length per block; non-square images: "
+                                                 f"padding kept with the text); {_CHANNELS}"),
+    "HunyuanDiT2DModel": ("sparse", f"no text in self-attention; {_CHANNELS}"),
     "HunyuanImageTransformer2DModel": ("sparse", f"text suffix; token refiner dense (text only); {_CHANNELS}"),
     "HunyuanVideo15Transformer3DModel": ("dense", "its joint attention takes a query-and-key padding mask "
                                                   "(B, 1, N, N) over per-sample reordered text: counted as "
                                                   "`dense: attention mask`"),
-    "HunyuanVideoFramepackTransformer3DModel": ("untested", "video DiT with packed history frames of other sizes"),
+    "HunyuanVideoFramepackTransformer3DModel": ("dense", "history latents of three patch sizes are packed before "
+                                                         "the grid: no one layout (`dense: no layout`); token "
+                                                         "refiner dense (text only)"),
     "HunyuanVideoTransformer3DModel": ("sparse", f"text suffix; token refiner dense (text only); {_CHANNELS}"),
-    "Ideogram4Transformer2DModel": ("untested", "image DiT"),
-    "JoyImageEditPlusTransformer3DModel": ("untested", "image editing DiT"),
-    "JoyImageEditTransformer3DModel": ("untested", "image editing DiT"),
-    "Kandinsky5Transformer3DModel": ("untested", "video DiT with its own sparse attention option"),
+    "Ideogram4Transformer2DModel": ("dense", "text and image tokens packed in any order, placed by a per-token "
+                                             "indicator under a segment mask: no one layout (`dense: no layout`)"),
+    "JoyImageEditPlusTransformer3DModel": ("dense", "target and reference images of different sizes packed into one "
+                                                    "padded sequence: no one layout (`dense: no layout`)"),
+    "JoyImageEditTransformer3DModel": ("sparse", "text suffix; grid from the (B, C, F, H, W) latents, or (B, items, "
+                                                 "C, F, H, W) with items as frames"),
+    "Kandinsky5Transformer3DModel": ("sparse", "no text in visual self-attention (text blocks dense, text only); "
+                                               "grid from the (B, F, H, W, C) latents (its own NABLA order: dense)"),
     "Kandinsky6SRTransformer3DModel": ("untested", "video super-resolution DiT"),
     "Kandinsky6Transformer3DModel": ("untested", "video DiT"),
-    "Krea2Transformer2DModel": ("untested", "image DiT"),
-    "LTX2VideoTransformer3DModel": ("untested", "joint audio-video DiT"),
+    "Krea2Transformer2DModel": ("sparse", "text prefix (padded text: per-sample key groups); text fusion dense "
+                                          "(text only); grid from the image rows of position_ids"),
+    "LTX2VideoTransformer3DModel": ("sparse", "no text in video self-attention; grid from num_frames, height, "
+                                              "width; audio self-attention and audio-video attention dense"),
     "LTXVideoTransformer3DModel": ("sparse", "no text in self-attention; grid from num_frames, height, width"),
     "LatteTransformer3DModel": ("dense", "spatial attention per frame and temporal attention per position: no layout "
                                          "of the whole grid (dense: no layout)"),
     "LongCatAudioDiTTransformer": ("refused", f"1-D audio latents: {_NO_GRID}"),
     "LongCatImageTransformer2DModel": ("sparse", f"text prefix (Flux-style); {_PACKED}"),
     "Lumina2Transformer2DModel": ("sparse", f"text prefix; caption refiner dense (text only); {_CHANNELS}"),
-    "LuminaNextDiT2DModel": ("untested", "image DiT, cross-attention text"),
-    "MiniMaxH3Transformer3DModel": ("untested", "video DiT"),
+    "LuminaNextDiT2DModel": ("sparse", f"no text in self-attention; {_CHANNELS}"),
+    "MiniMaxH3Transformer3DModel": ("dense", "text, audio and video rows scattered into one sequence by index "
+                                             "tensors: no one layout (`dense: no layout`)"),
     "MiniMaxMusic3RVQDepthDecoder": ("refused", f"a depth decoder over audio codebooks: {_NO_GRID}"),
     "MiniMaxMusic3Transformer1DModel": ("refused", f"1-D music latents: {_NO_GRID}"),
     "MochiTransformer3DModel": ("sparse", f"per-sample text suffix (its valid tokens); {_CHANNELS}"),
     "MotifVideoTransformer3DModel": ("sparse", f"text suffix; {_CHANNELS}"),
     "NucleusMoEImageTransformer2DModel": ("dense", "image queries attend over [image; text] keys: no one layout "
                                                    "for both (counted as `dense: not self-attention`)"),
-    "OmniGenTransformer2DModel": ("untested", "interleaved text and image tokens with a causal/bidirectional mask"),
+    "OmniGenTransformer2DModel": ("dense", "its attention takes an (N, N) mask, causal over the interleaved text: "
+                                           "counted as `dense: attention mask`"),
     "OvisImageTransformer2DModel": ("sparse", f"text prefix (Flux-style); {_PACKED}"),
     "PRXTransformer2DModel": ("dense", "image queries attend over [text; image] keys: no one layout for both "
                                        "(counted as `dense: not self-attention`)"),
@@ -233,8 +302,9 @@ SUPPORT: dict[str, tuple[str, str]] = {
     "Transformer2DModel": ("sparse", f"no text in self-attention (generic adapter); {_CHANNELS}"),
     "TransformerTemporalModel": ("refused", "temporal attention over frames only (short sequences: nothing to skip)"),
     "WanAnimate2Transformer3DModel": ("untested", "Wan-style character animation DiT"),
-    "WanAnimateTransformer3DModel": ("untested", "Wan-style character animation DiT"),
+    "WanAnimateTransformer3DModel": ("sparse", f"no text in self-attention (Wan-style); {_CHANNELS}"),
     "WanTransformer3DModel": ("sparse", f"no text in self-attention; {_CHANNELS}"),
     "WanVACETransformer3DModel": ("sparse", f"no text in self-attention; {_CHANNELS}"),
-    "ZImageTransformer2DModel": ("untested", "unified caption and image sequence, list inputs"),
+    "ZImageTransformer2DModel": ("dense", "per-sample lists of images and captions, each padded to a multiple of 32 "
+                                          "tokens: no one layout (`dense: no layout`)"),
 }  # fmt: skip
