@@ -58,6 +58,17 @@ def _minimax_packing(text: int, audio: int, video: int) -> dict:
 
 
 CASES = {
+    # causal text queries, then image queries over [text; image] keys
+    "Cosmos3OmniTransformer": (
+        dict(head_dim=8, hidden_act="relu2", hidden_size=16, intermediate_size=32, latent_channel=2,
+             latent_patch_size=1, num_attention_heads=2, num_hidden_layers=1, num_key_value_heads=1,
+             patch_latent_dim=2, qk_norm_for_text=False, rope_axes_dim=[2, 1, 1], rope_theta=1e8, vocab_size=32),
+        lambda gen: {"input_ids": torch.tensor([1, 2]), "text_indexes": torch.tensor([0, 1]),
+                     "position_ids": torch.zeros(3, 18, dtype=torch.long), "und_len": 2, "sequence_length": 18,
+                     "vision_tokens": [torch.randn(1, 2, 1, 4, 4, generator=gen)], "vision_token_shapes": [(1, 4, 4)],
+                     "vision_sequence_indexes": torch.arange(2, 18), "vision_mse_loss_indexes": torch.arange(2, 18),
+                     "vision_timesteps": torch.ones(16), "vision_noisy_frame_indexes": [torch.tensor([0])]},
+    ),
     "Kandinsky5Transformer3DModel": (
         dict(in_visual_dim=4, in_text_dim=16, in_text_dim2=8, time_dim=16, out_visual_dim=4, patch_size=(1, 2, 2),
              model_dim=16, ff_dim=32, num_text_blocks=1, num_visual_blocks=1, axes_dims=(2, 2, 4)),

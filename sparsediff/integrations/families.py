@@ -228,7 +228,8 @@ SUPPORT: dict[str, tuple[str, str]] = {
     "CogView3PlusTransformer2DModel": ("sparse", f"text prefix; {_CHANNELS}"),
     "CogView4Transformer2DModel": ("sparse", f"text prefix; {_CHANNELS}"),
     "ConsisIDTransformer3DModel": ("sparse", "text prefix (CogVideoX-style); grid from the (B, F, C, H, W) latents"),
-    "Cosmos3OmniTransformer": ("untested", "omni-modal world model"),
+    "Cosmos3OmniTransformer": ("dense", "text queries attend causally, image queries over [text; image] keys: "
+                                        "not one self-attention (`dense: not self-attention`)"),
     "CosmosTransformer3DModel": ("sparse", f"no text in self-attention (generic adapter); {_CHANNELS}"),
     "DiTTransformer2DModel": ("sparse", f"class-conditioned, no text; {_CHANNELS}"),
     "DreamLiteTransformer2DModel": ("sparse", f"no text in self-attention (generic adapter); {_CHANNELS}"),
