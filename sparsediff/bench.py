@@ -11,9 +11,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -446,56 +444,6 @@ def bench_memory(shape: ModelShape | str, config: SparseConfig | str) -> MemoryB
         weights_mb=round(shape.params * shape.itemsize / mb, 1),
         attention_activations_mb=round(activations / mb, 1),
     )
-
-
-def pareto_front(points: list[tuple[str, float, float]]) -> list[tuple[str, float, float]]:
-    """The points no other point beats on both speedup and PSNR (label, speedup, psnr), by speedup."""
-    front = [
-        p for p in points if not any(q[1] >= p[1] and q[2] >= p[2] and (q[1], q[2]) != (p[1], p[2]) for q in points)
-    ]
-    return sorted(front, key=lambda p: p[1])
-
-
-def pareto_figure(rows, path, title: str = "") -> Path:
-    """Speedup (x) against PSNR (y), one labelled point per method, the Pareto front drawn through
-    the points no other beats on both; dense is the reference and identical outputs have no PSNR."""
-    from PIL import Image, ImageDraw
-
-    points = [(r.method, r.speedup, r.psnr) for r in rows if r.error is None and r.psnr is not None]
-    width, height, margin = 900, 600, 70
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    if points:
-        xs, ys = [p[1] for p in points] + [1.0], [p[2] for p in points]
-        x0, x1 = min(xs) * 0.95, max(xs) * 1.05
-        y0, y1 = min(ys) - 1, max(ys) + 1
-
-        def at(x: float, y: float) -> tuple[float, float]:
-            return (margin + (x - x0) / (x1 - x0) * (width - 2 * margin),
-                    height - margin - (y - y0) / (y1 - y0) * (height - 2 * margin))  # fmt: skip
-
-        draw.line([at(1.0, y0), at(1.0, y1)], fill=(200, 200, 200))  # dense speed
-        front = pareto_front(points)
-        if len(front) > 1:
-            draw.line([at(p[1], p[2]) for p in front], fill=(220, 80, 40), width=2)
-        for label, x, y in points:
-            cx, cy = at(x, y)
-            colour = (220, 80, 40) if (label, x, y) in front else (60, 90, 160)
-            draw.ellipse([cx - 5, cy - 5, cx + 5, cy + 5], fill=colour)
-            short = "+".join(Path(part).name for part in label.split("+"))  # config files by their name
-            text = f"{short} ({x:.2f}x, {y:.1f} dB)"
-            left = cx + 8 if cx + 8 + draw.textlength(text) < width - 4 else cx - 8 - draw.textlength(text)
-            draw.text((left, cy - 6), text, fill=(30, 30, 30))
-        for value in np.linspace(x0, x1, 5):
-            draw.text((at(value, y0)[0] - 10, height - margin + 8), f"{value:.2f}x", fill=(90, 90, 90))
-        for value in np.linspace(y0, y1, 5):
-            draw.text((8, at(x0, value)[1] - 6), f"{value:.1f} dB", fill=(90, 90, 90))
-    draw.rectangle([margin, margin, width - margin, height - margin], outline=(120, 120, 120))
-    draw.text((margin, 20), f"speedup vs PSNR (vs dense), Pareto front in red  {title}", fill=(0, 0, 0))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
-    return path
 
 
 @dataclass(frozen=True)

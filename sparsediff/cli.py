@@ -315,7 +315,7 @@ def bench_methods_cmd(
 ) -> None:
     """Methods side by side on the same seeds: ours (presets, configs), diffusers' caches (pab,
     fastercache, fbcache, taylorseer, magcache, seacache; `name:key=value`) and stacks (`ours+peer`)."""
-    from sparsediff.bench import pareto_figure
+    from sparsediff.figures import pareto_figure
     from sparsediff.generate import Request, compare_methods, given_or
     from sparsediff.pipelines.registry import default_model, load_model
 
@@ -800,15 +800,17 @@ def eval_cmd(
     dense_fraction: Annotated[
         list[float], typer.Option(help="share of steps decoded dense before the switch; repeat for a curve")
     ] = [0.2],  # noqa: B006
-    context: Annotated[int | None, typer.Option(help="prompt tokens (default: the level the model was trained at)")] = (
-        None
-    ),
+    context: Annotated[
+        list[int] | None,
+        typer.Option(help="prompt tokens (default: the level the model was trained at); repeat for a curve"),
+    ] = None,
     mass: Annotated[
         list[str], typer.Option(help="pattern step's block mass: exact, rows or pooled; repeat for a curve")
     ] = ["exact"],  # noqa: B006
     batch: Annotated[int, typer.Option(help="examples decoded together")] = 32,
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per setting, one per line")] = False,
+    plot: Annotated[Path | None, typer.Option(help="write a speedup vs context plot (.png)")] = None,
 ) -> None:
     """Exact accuracy of dense and SparseD decoding on held-out needle-retrieval examples, and the speedup."""
     from dataclasses import replace
@@ -822,30 +824,41 @@ def eval_cmd(
         loaded = load_model(model)
         if not loaded.entry.text:
             raise ValueError(f"--model {model} is not a diffusion language model; try --model tiny-dlm")
-        level = level_of(loaded.entry.folder)
-        if context is not None:
-            level = replace(level, context=context)
+        trained = level_of(loaded.entry.folder)
+        levels = [replace(trained, context=c) for c in context] if context else [trained]
         for m in mass:
             _choice(m, ("exact", "rows", "pooled"), "mass")
+        if plot is not None and plot.suffix.lower() != ".png":
+            raise ValueError(f"--plot {plot}: use a .png file name")
         settings = [(d, f, m) for m in mass for f in dense_fraction for d in density]
-        results = evaluate_sparsed(loaded.pipe, loaded.tokenizer, level, samples, settings, batch=batch,
-                                   progress=not json_out)  # fmt: skip
+        results = []
+        for level in levels:  # shortest first: its figures arrive before the long runs
+            found = evaluate_sparsed(loaded.pipe, loaded.tokenizer, level, samples, settings, batch=batch,
+                                     progress=not json_out)  # fmt: skip
+            results += found
+            if json_out:
+                for r in found:
+                    print(json.dumps(asdict(r)), flush=True)
     except (ValueError, FileNotFoundError) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from err
+    if plot is not None:
+        from sparsediff.figures import context_figure
+
+        context_figure(results, plot, title=f"{model}, {samples} examples")
     if json_out:
-        for r in results:
-            print(json.dumps(asdict(r)), flush=True)
         return
-    table = Table(title=f"{model}: needle retrieval, {level}, {samples} held-out examples")
-    for col in ("mass", "dense fraction", "keep ratio", "density", "dense acc", "sparse acc", "tokens as dense",
-                "speedup"):  # fmt: skip
+    table = Table(title=f"{model}: needle retrieval, {trained.needles} needle(s), {samples} held-out examples")
+    for col in ("tokens", "mass", "dense fraction", "keep ratio", "density", "dense acc", "sparse acc",
+                "tokens as dense", "speedup"):  # fmt: skip
         table.add_column(col, justify="right")
     for r in results:
-        table.add_row(r.mass, f"{r.dense_fraction:.2f}", f"{r.keep_ratio:.2f}", f"{r.density}",
-                      f"{r.accuracy_dense:.3f}", f"{r.accuracy_sparse:.3f}", f"{r.token_agreement:.3f}",
-                      f"{r.speedup:.2f}x")  # fmt: skip
+        table.add_row(f"{r.context_tokens:,}", r.mass, f"{r.dense_fraction:.2f}", f"{r.keep_ratio:.2f}",
+                      f"{r.density}", f"{r.accuracy_dense:.3f}", f"{r.accuracy_sparse:.3f}",
+                      f"{r.token_agreement:.3f}", f"{r.speedup:.2f}x")  # fmt: skip
     console.print(table)
+    if plot is not None:
+        console.print(f"speedup vs context plot: {plot}")
 
 
 @app.command("ui")

@@ -414,6 +414,14 @@ def test_train_export_and_eval_round_trip(tmp_path):
     assert result.exit_code == 0, result.output
     for r in (json.loads(line) for line in result.stdout.splitlines() if line):
         assert r["mass"] in ("pooled", "rows") and r["token_agreement"] == 1.0  # every block kept: as dense
+    plot = tmp_path / "curve.png"
+    result = CliRunner().invoke(app, ["eval", "--model", str(folder), "--samples", "2", "--context", "24",
+                                      "--context", "48", "--json", "--plot", str(plot)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [r["context_tokens"] for r in rows] == [24 + 16, 48 + 16] and plot.stat().st_size > 1000
+    result = CliRunner().invoke(app, ["eval", "--model", str(folder), "--samples", "2", "--plot", "curve.jpg"])
+    assert result.exit_code == 2 and "use a .png" in result.output
     result = CliRunner().invoke(app, ["eval", "--model", "tiny-llada", "--samples", "2"])
     assert result.exit_code == 2 and "task.json is missing" in " ".join(result.output.split())
 
