@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -113,14 +114,16 @@ def save_level(folder: Path, level: Level) -> None:
     (Path(folder) / "task.json").write_text(json.dumps({"task": "needles", "level": asdict(level)}, indent=1))
 
 
-def decode_answers(model, tokenizer, prompts: torch.Tensor, length: int, steps: int | None = None) -> torch.Tensor:
+def decode_answers(
+    model, tokenizer, prompts: torch.Tensor, length: int, steps: int | None = None, prefix_cache: bool = False
+) -> torch.Tensor:
     """[count, length] answers the masked-diffusion sampler decodes (one token per step by default)."""
     from sparsediff.pipelines.dllm import masked_diffusion_generate
 
     model.eval()
     out = masked_diffusion_generate(
         model, prompts.tolist(), mask_id=tokenizer.mask_token_id, gen_length=length, steps=steps or length,
-        progress=False,
+        progress=False, prefix_cache=prefix_cache,
     )  # fmt: skip
     return out[:, -length:]
 
@@ -141,22 +144,25 @@ class SparsedEval:
     density: float | None  # SparseD's mean density after the switch
     samples: int
     dense_fraction: float  # share of steps decoded dense before the switch
-    keep_ratio: float  # SparseD's share of KV blocks kept per query block
+    keep_ratio: float | None  # SparseD's share of KV blocks kept per query block; None: dense attention
     mass: str  # how the pattern step measured block mass: exact, rows or pooled
     dense_s: float
     sparse_s: float
     steps: int
+    prefix_cache: bool = False  # Fast-dLLM's prompt KV cache (the dense reference never has it)
 
 
 def evaluate_sparsed(
     model, tokenizer, level: Level, samples: int,
-    settings: Sequence[tuple[float, float, str]] = ((0.3, 0.2, "exact"),),
+    settings: Sequence[tuple[float | None, float, str, bool]] = ((0.3, 0.2, "exact", False),),
     steps: int | None = None, batch: int = 32, progress: bool = True,
 ) -> list[SparsedEval]:  # fmt: skip
     """Dense and SparseD decoding of the same held-out examples: exact accuracy of each, and time.
 
-    `settings` are (keep ratio, dense fraction, mass estimate) triples, one result each; dense
-    decodes each batch once for all of them, so a curve costs one dense pass.
+    `settings` are (keep ratio, dense fraction, mass estimate, prefix cache), one result each; a
+    keep ratio of None decodes with dense attention (with the prefix cache: the cache alone). The
+    dense reference decodes each batch once for all of them (no cache), so a curve costs one
+    dense pass.
     """
     import sparsediff
 
@@ -175,15 +181,15 @@ def evaluate_sparsed(
             dense = decode_answers(model, tokenizer, p, level.answer_tokens, steps)
             dense_s += time.perf_counter() - start
             dense_right += int((dense == a).all(1).sum())
-            for i, (density, dense_fraction, mass) in enumerate(settings):
+            for i, (density, dense_fraction, mass, cached) in enumerate(settings):
                 config = {"density": density, "schedule": {"dense_fraction": dense_fraction}, "mass": mass}
-                with sparsediff.sparse(model, "sparsed", **config) as state:
+                with sparsediff.sparse(model, "sparsed", **config) if density else nullcontext() as state:
                     start = time.perf_counter()
-                    got = decode_answers(model, tokenizer, p, level.answer_tokens, steps)
+                    got = decode_answers(model, tokenizer, p, level.answer_tokens, steps, prefix_cache=cached)
                     seconds[i] += time.perf_counter() - start
                 right[i] += int((got == a).all(1).sum())
                 agree[i] += int((got == dense).sum())
-                if state.sparse_density() is not None:  # of SparseD's plans, after the switch
+                if state is not None and state.sparse_density() is not None:  # of SparseD's plans, after the switch
                     densities[i].append(state.sparse_density())
     return [
         SparsedEval(
@@ -200,6 +206,7 @@ def evaluate_sparsed(
             dense_s=round(dense_s, 3),
             sparse_s=round(seconds[i], 3),
             steps=steps,
+            prefix_cache=cached,
         )
-        for i, (density, dense_fraction, mass) in enumerate(settings)
+        for i, (density, dense_fraction, mass, cached) in enumerate(settings)
     ]

@@ -808,6 +808,9 @@ def eval_cmd(
         list[str], typer.Option(help="pattern step's block mass: exact, rows or pooled; repeat for a curve")
     ] = ["exact"],  # noqa: B006
     batch: Annotated[int, typer.Option(help="examples decoded together")] = 32,
+    prefix_cache: Annotated[
+        bool, typer.Option(help="also decode with Fast-dLLM's prompt KV cache: alone, and under each SparseD setting")
+    ] = False,
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per setting, one per line")] = False,
     plot: Annotated[Path | None, typer.Option(help="write a speedup vs context plot (.png)")] = None,
@@ -830,7 +833,9 @@ def eval_cmd(
             _choice(m, ("exact", "rows", "pooled"), "mass")
         if plot is not None and plot.suffix.lower() != ".png":
             raise ValueError(f"--plot {plot}: use a .png file name")
-        settings = [(d, f, m) for m in mass for f in dense_fraction for d in density]
+        settings = [(d, f, m, False) for m in mass for f in dense_fraction for d in density]
+        if prefix_cache:
+            settings += [(None, 0.0, "exact", True)] + [(d, f, m, True) for d, f, m, _ in settings]
         results = []
         for level in levels:  # shortest first: its figures arrive before the long runs
             found = evaluate_sparsed(loaded.pipe, loaded.tokenizer, level, samples, settings, batch=batch,
@@ -849,13 +854,15 @@ def eval_cmd(
     if json_out:
         return
     table = Table(title=f"{model}: needle retrieval, {trained.needles} needle(s), {samples} held-out examples")
-    for col in ("tokens", "mass", "dense fraction", "keep ratio", "density", "dense acc", "sparse acc",
+    for col in ("tokens", "method", "mass", "dense fraction", "keep ratio", "density", "dense acc", "acc",
                 "tokens as dense", "speedup"):  # fmt: skip
         table.add_column(col, justify="right")
     for r in results:
-        table.add_row(f"{r.context_tokens:,}", r.mass, f"{r.dense_fraction:.2f}", f"{r.keep_ratio:.2f}",
-                      f"{r.density}", f"{r.accuracy_dense:.3f}", f"{r.accuracy_sparse:.3f}",
-                      f"{r.token_agreement:.3f}", f"{r.speedup:.2f}x")  # fmt: skip
+        method = ("SparseD" if r.keep_ratio else "dense") + (" + prefix cache" if r.prefix_cache else "")
+        keep = "-" if r.keep_ratio is None else f"{r.keep_ratio:.2f}"
+        table.add_row(f"{r.context_tokens:,}", method, r.mass, f"{r.dense_fraction:.2f}", keep, f"{r.density}",
+                      f"{r.accuracy_dense:.3f}", f"{r.accuracy_sparse:.3f}", f"{r.token_agreement:.3f}",
+                      f"{r.speedup:.2f}x")  # fmt: skip
     console.print(table)
     if plot is not None:
         console.print(f"speedup vs context plot: {plot}")

@@ -94,7 +94,8 @@ def context_figure(results, path, title: str = "") -> Path:
     labelled with SparseD's and dense's exact accuracy."""
     series: dict[str, list] = {}
     for r in results:
-        series.setdefault(f"{r.mass} mass, keep {r.keep_ratio}, dense {r.dense_fraction}", []).append(r)
+        name = f"SparseD {r.mass} mass, keep {r.keep_ratio}, dense {r.dense_fraction}" if r.keep_ratio else "dense"
+        series.setdefault(name + (" + prefix cache" if r.prefix_cache else ""), []).append(r)
     contexts = sorted({r.context_tokens for r in results})
     speeds = [r.speedup for r in results] + [1.0]
     chart = Chart((contexts[0] / 1.3, contexts[-1] * 1.3), (0, max(speeds) * 1.15), log_x=True)

@@ -5,7 +5,14 @@ import torch
 
 import sparsediff
 from sparsediff.methods.sparsed import block_mass, block_mass_reference, forced_blocks, sparsed_plan
-from sparsediff.pipelines.dllm import dlm_tokenizer, generate_text, masked_diffusion_generate, tiny_dlm
+from sparsediff.pipelines.dllm import (
+    dlm_tokenizer,
+    generate_text,
+    logits_after_prefix,
+    logits_keeping_prefix,
+    masked_diffusion_generate,
+    tiny_dlm,
+)
 
 MASK = 1
 
@@ -134,6 +141,44 @@ def test_sparsed_switches_once_and_reuses_its_patterns(model):
         assert state.pattern_computations == 4  # a new generation takes new patterns
     assert torch.equal(out, again)
     assert out.shape == dense.shape and not (out == MASK).any()
+
+
+def test_prefix_cache_step_reads_what_a_full_step_reads(model):
+    """Right after the full step, the cached step sees the same tokens: the same logits, padded
+    batch included; the cache is cut back to the prefix after each step."""
+    prompts = torch.tensor([[0] * 20 + _prompt(80, 1), _prompt(100, 2)])  # the first left-padded
+    x = torch.cat([prompts, torch.full((2, 24), MASK)], 1)
+    attention = (x != 0).long()
+    with torch.no_grad():
+        full, prefix = logits_keeping_prefix(model, x, attention, start=108)
+        assert prefix.get_seq_length() == 108
+        cached = logits_after_prefix(model, x, attention, prefix)
+    assert prefix.get_seq_length() == 108
+    assert (cached - full[:, 108:]).abs().max() < 1e-5
+
+
+def test_prefix_cache_decodes_like_the_full_sampler_when_it_has_nothing_to_reuse(model):
+    prompts = [_prompt(90, 3), _prompt(70, 4)]
+    args = dict(mask_id=MASK, gen_length=32, block_length=8, progress=False)
+    one_step_per_block = [masked_diffusion_generate(model, prompts, steps=4, prefix_cache=c, **args) for c in (0, 1)]
+    assert torch.equal(*one_step_per_block)  # every step is a block's first, full step
+    cached = masked_diffusion_generate(model, prompts, steps=32, prefix_cache=True, **args)
+    assert not (cached == MASK).any() and torch.equal(cached[:, :90], one_step_per_block[0][:, :90])
+    with pytest.raises(ValueError, match="prefix_cache and cfg_scale"):
+        masked_diffusion_generate(model, prompts, steps=32, prefix_cache=True, cfg_scale=1.0, **args)
+
+
+def test_sparsed_under_a_prefix_cache_counts_steps_and_keeping_all_equals_dense(model):
+    prompt = [_prompt(200, 5)]
+    args = dict(mask_id=MASK, gen_length=32, steps=16, block_length=16, progress=False, prefix_cache=True)
+    dense = masked_diffusion_generate(model, prompt, **args)
+    with sparsediff.sparse(model, "sparsed", density=1.0, block_size=16, schedule={"dense_fraction": 0.25}) as state:
+        kept_all = masked_diffusion_generate(model, prompt, **args)
+        # 16 steps in 2 blocks, one sequence: 4 dense steps, then one pattern step per layer and
+        # query count (the block's full step and its cached steps differ), the rest sparse
+        assert state.calls["dense: schedule"] == 2 * 4 and state.step == 15
+        assert state.pattern_computations == 2 * 3 and state.calls["sparse"] > 0
+    assert torch.equal(kept_all, dense)
 
 
 def test_sparsed_takes_patterns_per_sequence_of_a_batch():

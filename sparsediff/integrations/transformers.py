@@ -9,8 +9,9 @@ module without one runs sdpa unchanged.
 Steps are counted at the first attention layer: one forward is one denoising step (a sampler
 that runs classifier-free guidance batched makes one call per step). Counting there, not in a
 forward hook, also sees samplers that call `model.forward` directly (DiffusionGemma). A new
-sequence starts step 0 again, detected without the sampler's help: the attention shape (batch,
-queries, valid keys) changes, or the number of mask tokens in `input_ids` goes up (a forward pre-hook
+sequence starts step 0 again, detected without the sampler's help: the batch or the number of
+valid keys changes (not the number of queries: with a prefix cache, later steps query only the
+block being decoded), or the number of mask tokens in `input_ids` goes up (a forward pre-hook
 watches them). The total step count, which
 a `dense_fraction` needs, comes from our sampler (`state.total_steps`) or the model's
 `generation_config.max_denoising_steps` (DiffusionGemma); otherwise only `dense_steps` count.
@@ -97,7 +98,7 @@ class SparseDState:
             self._new_request |= self._masks is not None and masks > self._masks
             self._masks = masks
 
-    def _count_step(self, shape: tuple[int, int, int]) -> None:
+    def _count_step(self, shape: tuple[int, int]) -> None:
         self.forwards += 1
         if self._new_request or (self._shape is not None and shape != self._shape):
             self.phase_start = self.forwards - 1
@@ -132,7 +133,7 @@ class SparseDState:
         if self.first_layer is None:  # a causal encoder's layers (DiffusionGemma) never get here
             self.first_layer = layer
         if layer == self.first_layer:  # plans are per sequence: a new batch is a new request
-            self._count_step((query.shape[0], query.shape[2], key.shape[2]))
+            self._count_step((query.shape[0], key.shape[2]))  # queries may shrink: a prefix cache
         at = Step(step=self.step, run=self.run, total=self.total())
         # a sequence is a 1 x N grid to the layout methods (window, pyramid, ...): local = nearby tokens
         layout = TokenLayout(height=1, width=key.shape[2]) if query.shape[2] == key.shape[2] else None
