@@ -26,7 +26,6 @@ import csv
 import hashlib
 import json
 import math
-import os
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -39,6 +38,7 @@ from tqdm import tqdm
 from sparsediff.config import SparseConfig
 from sparsediff.generate import Request, compare, generate_one, given_or, request_problems, resolve_config
 from sparsediff.pipelines.registry import LoadedModel
+from sparsediff.records import append_line, write_atomic
 
 FORMATS = ("mp4", "gif", "png")
 MANIFEST = "manifest.jsonl"
@@ -267,24 +267,7 @@ def check_settings(out_dir: Path, settings: dict, force: bool) -> None:
                 f"{out_dir} holds a batch made with other settings ({', '.join(changed)}): "
                 "use another --out folder, or --force to add to it"
             )
-    _write_atomic(path, json.dumps(settings, indent=2, sort_keys=True))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # processes never share a temporary file
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _append_line(path: Path, record: dict) -> None:
-    """One whole line per record, flushed to disk before the next item starts."""
-    data = (json.dumps(record, default=str) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_atomic(path, json.dumps(settings, indent=2, sort_keys=True))
 
 
 def run_item(loaded: LoadedModel, item: BatchItem, with_dense: bool, warm: bool) -> dict:
@@ -323,7 +306,7 @@ def run_batch(
     shard = out_dir / f"manifest.rank{state.process_index}.jsonl"
     if state.is_main_process:
         for line, problem in invalid:
-            _append_line(shard, {"index": -1, "key": _hash(f"{line}:{problem}"), "line": line, "seed": None,
+            append_line(shard, {"index": -1, "key": _hash(f"{line}:{problem}"), "line": line, "seed": None,
                                  "status": "failed", "error": problem})  # fmt: skip
     with state.split_between_processes(pending) as mine:
         bar = tqdm(mine, desc=f"batch (process {state.process_index})", unit="item", disable=not progress,
@@ -339,7 +322,7 @@ def run_batch(
                 record |= ran | {"status": "done", "sha256": sha256_of(item.output)}
             except Exception as err:  # an item's failure is recorded and the batch goes on
                 record |= {"status": "failed", "error": f"{type(err).__name__}: {err}"}
-            _append_line(shard, record)
+            append_line(shard, record)
     state.wait_for_everyone()
     summary = None
     if state.is_main_process:
@@ -363,7 +346,7 @@ def merge_manifests(out_dir: Path) -> None:
         if kept is None or record["status"] == "done" or kept["status"] != "done":
             by_key[record["key"]] = record
     lines = [json.dumps(r, default=str) for r in sorted(by_key.values(), key=lambda r: r["index"])]
-    _write_atomic(out_dir / MANIFEST, "".join(line + "\n" for line in lines))
+    write_atomic(out_dir / MANIFEST, "".join(line + "\n" for line in lines))
     for shard in out_dir.glob("manifest.rank*.jsonl"):
         shard.unlink()
 

@@ -312,6 +312,10 @@ def bench_methods_cmd(
         bool, typer.Option("--json", help="one JSON object per method, one per line, then a summary object")
     ] = False,
     plot: Annotated[Path | None, typer.Option(help="write a speedup vs PSNR Pareto plot (.png)")] = None,
+    record: Annotated[
+        Path | None,
+        typer.Option(help="append each prompt's figures to this .jsonl as it finishes; rerun to resume"),
+    ] = None,
 ) -> None:
     """Methods side by side on the same seeds: ours (presets, configs), diffusers' caches (pab,
     fastercache, fbcache, taylorseer, magcache, seacache; `name:key=value`) and stacks (`ours+peer`)."""
@@ -338,7 +342,8 @@ def bench_methods_cmd(
         loaded.pipe.set_progress_bar_config(disable=True)
         methods = method or ["window", "topk", "pyramid", "raster-window", "hilbert"]
         overrides = {} if dense_steps is None else {"schedule": {"dense_steps": dense_steps}}
-        dense_s, rows = compare_methods(loaded, requests, methods, density, progress=not json_out, **overrides)
+        dense_s, rows = compare_methods(loaded, requests, methods, density, progress=not json_out, record=record,
+                                        **overrides)  # fmt: skip
     except (ValueError, FileNotFoundError, FloatingPointError) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from err

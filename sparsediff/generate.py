@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -31,6 +32,7 @@ from sparsediff.memory import PeakMemory
 from sparsediff.metrics import psnr, ssim
 from sparsediff.peers import PEERS, Peer, parse_peer
 from sparsediff.pipelines.registry import LoadedModel, ModelEntry, Size, check_size
+from sparsediff.records import append_line, read_lines
 
 
 @dataclass(frozen=True)
@@ -460,7 +462,7 @@ class MethodResult:
 
 def compare_methods(
     loaded: LoadedModel, requests: list[Request], methods: list[str], density: float | None, progress: bool = False,
-    **overrides,
+    record: Path | None = None, **overrides,
 ) -> tuple[float, list[MethodResult]]:  # fmt: skip
     """Dense and every method on the same seeds: (dense seconds, one row per method).
 
@@ -470,10 +472,16 @@ def compare_methods(
     stands beside the methods'. PSNR/SSIM and seconds are averaged over the requests; the judge's
     score is the share of requests whose colour and direction it reads right (where the model has
     a judge).
+
+    `record`: a JSON-lines file that gets each request's figures as soon as they are measured; a
+    rerun with the same file and settings measures only the requests it does not hold yet.
     """
     for request in requests:
         check_request(loaded, request)
     parsed = {method: parse_method(method, density, **overrides) for method in methods}
+    settings = {"model": loaded.entry.name, "requests": [asdict(r) for r in requests], "methods": methods,
+                "density": density, "overrides": overrides}  # fmt: skip
+    measured = _recorded(record, settings) if record is not None else []
     warm_up(loaded, requests[0])
     failed: dict[str, str] = {}  # a peer that cannot run on this model: its reason; the bench goes on
     ratios: dict[str, list[float] | None] = {}  # MagCache's calibration, once per method
@@ -483,59 +491,83 @@ def compare_methods(
             warm_up(loaded, requests[0], method, ratios[label])
         except peers.PeerError as err:
             failed[label] = str(err)
-    dense: list[Run] = []
-    sparse_runs: dict[str, list[Run]] = {method: [] for method in methods if method not in failed}
-    with tqdm(total=len(requests) * (1 + len(sparse_runs)), unit="video", disable=not progress) as bar:
-        for request in requests:
+    pending = requests[len(measured) :]
+    with tqdm(total=len(pending) * (1 + len(methods) - len(failed)), unit="video", disable=not progress) as bar:
+        for request in pending:
             bar.set_description("dense")
-            dense.append(run(loaded, request, label="dense"))
+            dense = run(loaded, request, label="dense")
+            figures = {"dense": _figures(loaded, request, dense), "methods": {}}
             bar.update()
-            for label in [m for m in sparse_runs if m not in failed]:
+            for label in [m for m in methods if m not in failed]:
                 bar.set_description(label)
                 try:
-                    sparse_runs[label].append(run_method(loaded, request, parsed[label], ratios.get(label)))
+                    got = run_method(loaded, request, parsed[label], ratios.get(label))
+                    figures["methods"][label] = _figures(loaded, request, got, dense)
                 except peers.PeerError as err:
                     failed[label] = str(err)
                 bar.update()
-    dense_s = sum(d.seconds for d in dense) / len(dense)
+            if record is not None:
+                append_line(record, figures)
+            measured.append(figures)
+    return _method_rows(measured, methods, failed)
 
-    def judged(runs: list[Run]) -> dict | None:
-        if loaded.entry.judge is None:
-            return None
-        verdicts = [loaded.entry.judge(s.frames, r.prompt) for s, r in zip(runs, requests, strict=True)]
-        scored = [v for v in verdicts if v is not None]
-        return (
-            {"colour_and_direction": sum(v["colour_and_direction"] for v in scored) / len(scored)} if scored else None
-        )
 
+def _figures(loaded: LoadedModel, request: Request, got: Run, dense: Run | None = None) -> dict:
+    """One run's figures for the comparison (beside `dense`'s frames when given)."""
+    verdict = loaded.entry.judge(got.frames, request.prompt) if loaded.entry.judge is not None else None
+    figures = {"seconds": got.seconds, "judge": None if verdict is None else verdict["colour_and_direction"],
+               "density": got.density, "sparse_density": got.sparse_density,
+               "peak_mem_mb": got.peak_mem_mb}  # fmt: skip
+    if dense is not None:
+        value = psnr(dense.frames, got.frames)
+        figures |= {"psnr": value if math.isfinite(value) else None, "ssim": ssim(dense.frames, got.frames)}
+    return figures
+
+
+def _recorded(record: Path, settings: dict) -> list[dict]:
+    """The requests' figures `record` already holds; a new record starts with the settings."""
+    if not record.exists() or not record.read_text().strip():
+        record.parent.mkdir(parents=True, exist_ok=True)
+        append_line(record, {"settings": settings})
+        return []
+    lines = read_lines(record)
+    if lines[0].get("settings") != json.loads(json.dumps(settings, default=str)):
+        raise ValueError(f"--record {record} holds a comparison with other settings; use another file")
+    return lines[1:]
+
+
+def _method_rows(measured: list[dict], methods: list[str], failed: dict[str, str]) -> tuple[float, list]:
     def mean(values: list) -> float | None:
         known = [v for v in values if v is not None]
         return sum(known) / len(known) if known else None
 
-    def peak(runs: list[Run]) -> float | None:
-        known = [r.peak_mem_mb for r in runs if r.peak_mem_mb is not None]
-        return max(known) if known else None
+    def judged(runs: list[dict]) -> dict | None:
+        share = mean([r["judge"] for r in runs])
+        return None if share is None else {"colour_and_direction": share}
 
-    rows = [MethodResult("dense", 1.0, 1.0, [1.0] * len(dense), dense_s, 1.0, None, 1.0, judged(dense), peak(dense))]
+    dense = [m["dense"] for m in measured]
+    dense_s = mean([d["seconds"] for d in dense])
+    peak = max((d["peak_mem_mb"] for d in dense if d["peak_mem_mb"] is not None), default=None)
+    rows = [MethodResult("dense", 1.0, 1.0, [1.0] * len(dense), dense_s, 1.0, None, 1.0, judged(dense), peak)]
     for method in methods:
-        if method in failed:
-            rows.append(MethodResult(method, None, None, [], None, None, None, None, None, error=failed[method]))
+        runs = [m["methods"].get(method) for m in measured]
+        if method in failed or None in runs:
+            reason = failed.get(method, "no figures for every request (it failed in an earlier, recorded run)")
+            rows.append(MethodResult(method, None, None, [], None, None, None, None, None, error=reason))
             continue
-        runs = sparse_runs[method]
-        finite = [p for p in (psnr(d.frames, s.frames) for d, s in zip(dense, runs, strict=True)) if math.isfinite(p)]
-        seconds = sum(s.seconds for s in runs) / len(runs)
+        seconds = mean([r["seconds"] for r in runs])
         rows.append(
             MethodResult(
                 method=method,
-                density=mean([s.density for s in runs]),
-                sparse_density=mean([s.sparse_density for s in runs]),
-                densities=[s.density for s in runs],
+                density=mean([r["density"] for r in runs]),
+                sparse_density=mean([r["sparse_density"] for r in runs]),
+                densities=[r["density"] for r in runs],
                 seconds=seconds,
                 speedup=dense_s / seconds,
-                psnr=sum(finite) / len(finite) if finite else None,
-                ssim=sum(ssim(d.frames, s.frames) for d, s in zip(dense, runs, strict=True)) / len(runs),
+                psnr=mean([r["psnr"] for r in runs]),
+                ssim=mean([r["ssim"] for r in runs]),
                 judge=judged(runs),
-                peak_mem_mb=peak(runs),
+                peak_mem_mb=max((r["peak_mem_mb"] for r in runs if r["peak_mem_mb"] is not None), default=None),
             )
         )
     return dense_s, rows

@@ -104,14 +104,18 @@ def test_local_folder_loads_as_a_generic_pipeline(tmp_path):
 
 
 def test_a_model_without_an_adapter_runs_through_the_generic_one():
-    """A transformer class sparsediff has no family entry for: the generic adapter reads its
-    (B, C, H, W) latent and patch size, and its self-attention (no text inside) runs sparse."""
+    """A transformer class sparsediff has no family entry for (here a user's own subclass): the
+    generic adapter reads its (B, C, H, W) latent and patch size, and its self-attention (no text
+    inside) runs sparse."""
     import diffusers
 
     import sparsediff
     from sparsediff.integrations.families import GENERIC, family_of
 
-    model = diffusers.HunyuanDiT2DModel(
+    class MyDiT(diffusers.HunyuanDiT2DModel):
+        pass
+
+    model = MyDiT(
         num_attention_heads=2, attention_head_dim=8, in_channels=4, patch_size=2, sample_size=16, num_layers=2,
         cross_attention_dim=16, cross_attention_dim_t5=16, pooled_projection_dim=8, text_len=4, text_len_t5=4,
         hidden_size=16, use_style_cond_and_image_meta_size=False,

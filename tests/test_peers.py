@@ -129,6 +129,24 @@ def test_bench_methods_summary_and_pareto_plot(tmp_path):
     assert plot.stat().st_size > 1000
 
 
+def test_bench_methods_record_resumes_after_the_last_finished_prompt(tmp_path):
+    record = tmp_path / "figures.jsonl"
+    args = ["bench", "methods", "--model", "tiny-wan", "--num-frames", "5", "--height", "32", "--width", "32",
+            "--steps", "2", "--prompt", "a cat", "--prompt", "a dog", "--method", "window", "--json",
+            "--record", str(record)]  # fmt: skip
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    header, cat, _ = record.read_text().splitlines()
+    record.write_text(f"{header}\n{cat}\n")  # as if stopped while the second prompt ran
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert record.read_text().splitlines()[:2] == [header, cat] and len(record.read_text().splitlines()) == 3
+    summary = json.loads(again.stdout.splitlines()[-1])
+    assert [m["method"] for m in summary["methods"]] == ["dense", "window"] and summary["methods"][1]["speedup"] > 0
+    other = runner.invoke(app, [*args[:-5], "--method", "topk", "--record", str(record)])
+    assert other.exit_code == 2 and "other settings" in other.output
+
+
 def test_generate_compares_a_peer_and_a_stack(tmp_path):
     for method, ours in (("fbcache:threshold=0.5", False), ("window+fbcache:threshold=0.5", True)):
         result = runner.invoke(app, ["generate", "--model", "tiny-wan", "--num-frames", "5", "--height", "64",
