@@ -57,7 +57,24 @@ def _minimax_packing(text: int, audio: int, video: int) -> dict:
             "text_indices": torch.arange(text)}  # fmt: skip
 
 
+def _wan_animate2_cache(layers: int):
+    from diffusers.models.transformers.transformer_wan_animate_2 import WanAnimate2KVCache
+
+    return WanAnimate2KVCache(layers)
+
+
 CASES = {
+    # the generation pass attends over [cached reference keys; its own]; the reference pass takes lists
+    "WanAnimate2Transformer3DModel": (
+        dict(patch_size=(1, 2, 2), text_len=8, in_dim=36, dim=32, ffn_dim=64, freq_dim=16, text_dim=16, out_dim=16,
+             num_heads=2, num_layers=1),
+        lambda gen: {"hidden_states": [torch.randn(16, 2, 8, 8, generator=gen)], "timestep": torch.tensor([1.0]),
+                     "encoder_hidden_states": [torch.randn(8, 16, generator=gen)],
+                     "condition_latents": [torch.randn(20, 2, 8, 8, generator=gen)],
+                     "encoder_hidden_states_image": torch.randn(1, 4, 1280, generator=gen),
+                     "kv_cache": _wan_animate2_cache(1), "kv_cache_mode": "extract", "seq_len": 32,
+                     "offset_grid_sizes": torch.tensor([[2, 4, 4]])},
+    ),
     # causal text queries, then image queries over [text; image] keys
     "Cosmos3OmniTransformer": (
         dict(head_dim=8, hidden_act="relu2", hidden_size=16, intermediate_size=32, latent_channel=2,

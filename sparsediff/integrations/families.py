@@ -302,7 +302,9 @@ SUPPORT: dict[str, tuple[str, str]] = {
     "T5FilmDecoder": ("refused", f"a spectrogram decoder (music): {_NO_GRID}"),
     "Transformer2DModel": ("sparse", f"no text in self-attention (generic adapter); {_CHANNELS}"),
     "TransformerTemporalModel": ("refused", "temporal attention over frames only (short sequences: nothing to skip)"),
-    "WanAnimate2Transformer3DModel": ("untested", "Wan-style character animation DiT"),
+    "WanAnimate2Transformer3DModel": ("dense", "the reference pass takes per-sample lists (`dense: no layout`), the "
+                                               "generation pass attends over [cached reference keys; its own] "
+                                               "(`dense: not self-attention`)"),
     "WanAnimateTransformer3DModel": ("sparse", f"no text in self-attention (Wan-style); {_CHANNELS}"),
     "WanTransformer3DModel": ("sparse", f"no text in self-attention; {_CHANNELS}"),
     "WanVACETransformer3DModel": ("sparse", f"no text in self-attention; {_CHANNELS}"),
