@@ -64,6 +64,14 @@ def _wan_animate2_cache(layers: int):
 
 
 CASES = {
+    "Kandinsky6Transformer3DModel": (
+        dict(in_visual_dim=4, out_visual_dim=4, in_text_dim=16, in_text_dim2=8, time_dim=16, patch_size=(1, 2, 2),
+             model_dim=16, ff_dim=32, num_text_blocks=1, num_visual_blocks=1, axes_dims=(2, 2, 4), visual_cond=False,
+             in_audio_dim=4, out_audio_dim=4, model_dim_a=16, time_dim_a=16, ff_dim_a=32, axes_dims_a=(8,)),
+        lambda gen: {"hidden_states": torch.randn(1, 2, 16, 16, 4, generator=gen), "encoder_hidden_states": _text(gen),
+                     "pooled_projections": torch.randn(1, 8, generator=gen), "timestep": torch.tensor([500.0]),
+                     "audio_hidden_states": torch.randn(1, 128, 4, generator=gen)},  # as long as the video
+    ),
     # the generation pass attends over [cached reference keys; its own]; the reference pass takes lists
     "WanAnimate2Transformer3DModel": (
         dict(patch_size=(1, 2, 2), text_len=8, in_dim=36, dim=32, ffn_dim=64, freq_dim=16, text_dim=16, out_dim=16,

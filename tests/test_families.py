@@ -91,3 +91,16 @@ def test_refused_classes_are_named_with_the_reason_and_what_is_supported(name):
     torch.nn.Module.__init__(model)
     with pytest.raises(TypeError, match=rf"does not support {name}: .*WanTransformer3DModel.*open an issue"):
         sparsediff.apply(model, "window")
+
+
+def test_modules_are_told_apart_by_the_model_not_by_equal_lengths():
+    """Kandinsky 6 with an audio track as long as the video: only the video self-attention runs
+    sparse; the audio stream and the audio-video cross-attention (equal lengths) stay dense."""
+    config, make_inputs = CASES["Kandinsky6Transformer3DModel"]
+    model = diffusers.Kandinsky6Transformer3DModel(**config).eval()
+    inputs = make_inputs(torch.Generator().manual_seed(0))
+    assert inputs["audio_hidden_states"].shape[1] == 2 * 8 * 8  # as many tokens as the video grid
+    with torch.no_grad(), sparsediff.sparse(model, "window", density=0.3, block_size=8) as state:
+        model(**inputs)
+    assert state.calls["sparse"] == 1 and state.calls["dense: audio attention"] == 2
+    assert state.calls["dense: cross attention"] == 3 and state.calls["dense: text attention"] == 2

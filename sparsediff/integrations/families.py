@@ -42,17 +42,19 @@ class Family:
 
     def role(self, name: str, module) -> str:
         """What an attention module computes: "cross" (queries attend to text keys), "text" (attention
-        among text tokens alone), "audio" (LTX-2's audio stream) or "self" (over the visual tokens,
+        among text tokens alone), "audio" (the audio stream of LTX-2 and Kandinsky 6) or "self" (over the visual tokens,
         with text inside when the family puts it there). Taken from the model, never from sequence
         lengths: at some sizes the text is exactly as long as the visual sequence (Wan: 512 text
         tokens, 512 latent tokens)."""
         if name.startswith(self.text_only):
             return "text"
         leaf = name.rsplit(".", 1)[-1]
-        if leaf.startswith("audio_"):
+        if any(
+            part.startswith("audio_") for part in name.split(".")
+        ):  # LTX-2's audio_attn1, Kandinsky 6's audio_dec_block
             return "audio"
-        if (self.cross_flag and getattr(module, "is_cross_attention", False)) or leaf == "attn2":
-            return "cross"  # diffusers names cross-attention `attn2` in every block that has one (LTX, PixArt, Wan)
+        if (self.cross_flag and getattr(module, "is_cross_attention", False)) or leaf == "attn2" or "cross" in leaf:
+            return "cross"  # `attn2` in every block that has one (LTX, PixArt, Wan); Kandinsky's `*cross_attention`
         return "self"
 
 
@@ -160,6 +162,8 @@ FAMILIES: dict[str, Family] = {
         Family("LTX2VideoTransformer3DModel", "none", _ltx_grid),  # its audio stream: role "audio", dense
         Family("AnyFlowTransformer3DModel", "none", _cogvideox_grid),
         Family("Kandinsky5Transformer3DModel", "none", _kandinsky5_grid, ("text_transformer_blocks.",)),
+        Family("Kandinsky6Transformer3DModel", "none", _kandinsky5_grid,
+               ("video_text_transformer_blocks.", "audio_text_transformer_blocks.")),
         Family("HiDreamImageTransformer2DModel", "suffix", _channels_first_grid),  # non-square: padding + text last
         # dense: an (N, N) mask, causal over text (the module flags its self-attention as cross-attention)
         Family("OmniGenTransformer2DModel", "prefix", _channels_first_grid, cross_flag=False),
@@ -261,7 +265,8 @@ SUPPORT: dict[str, tuple[str, str]] = {
     "Kandinsky5Transformer3DModel": ("sparse", "no text in visual self-attention (text blocks dense, text only); "
                                                "grid from the (B, F, H, W, C) latents (its own NABLA order: dense)"),
     "Kandinsky6SRTransformer3DModel": ("untested", "video super-resolution DiT"),
-    "Kandinsky6Transformer3DModel": ("untested", "video DiT"),
+    "Kandinsky6Transformer3DModel": ("sparse", "no text in video self-attention (text branches dense, text only); "
+                                              "grid from the (B, F, H, W, C) latents; its audio stream dense"),
     "Krea2Transformer2DModel": ("sparse", "text prefix (padded text: per-sample key groups); text fusion dense "
                                           "(text only); grid from the image rows of position_ids"),
     "LTX2VideoTransformer3DModel": ("sparse", "no text in video self-attention; grid from num_frames, height, "
