@@ -64,6 +64,12 @@ def _wan_animate2_cache(layers: int):
 
 
 CASES = {
+    # already sparse: its own NABLA attention over 8 x 8 local tiles
+    "Kandinsky6SRTransformer3DModel": (
+        dict(in_visual_dim=4, out_visual_dim=4, time_dim=16, patch_size=(1, 1, 1), model_dim=16, ff_dim=32,
+             num_visual_blocks=1, axes_dims=(4, 2, 2), nabla_window=(3, 3, 3)),
+        lambda gen: {"hidden_states": torch.randn(1, 2, 16, 16, 9, generator=gen), "timestep": torch.tensor([500.0])},
+    ),
     "Kandinsky6Transformer3DModel": (
         dict(in_visual_dim=4, out_visual_dim=4, in_text_dim=16, in_text_dim2=8, time_dim=16, patch_size=(1, 2, 2),
              model_dim=16, ff_dim=32, num_text_blocks=1, num_visual_blocks=1, axes_dims=(2, 2, 4), visual_cond=False,

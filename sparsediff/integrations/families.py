@@ -264,7 +264,8 @@ SUPPORT: dict[str, tuple[str, str]] = {
                                                  "C, F, H, W) with items as frames"),
     "Kandinsky5Transformer3DModel": ("sparse", "no text in visual self-attention (text blocks dense, text only); "
                                                "grid from the (B, F, H, W, C) latents (its own NABLA order: dense)"),
-    "Kandinsky6SRTransformer3DModel": ("untested", "video super-resolution DiT"),
+    "Kandinsky6SRTransformer3DModel": ("dense", "already sparse: its own NABLA attention over 8 x 8 local tiles "
+                                                "through flex_attention, left as the model wrote it (uncounted)"),
     "Kandinsky6Transformer3DModel": ("sparse", "no text in video self-attention (text branches dense, text only); "
                                               "grid from the (B, F, H, W, C) latents; its audio stream dense"),
     "Krea2Transformer2DModel": ("sparse", "text prefix (padded text: per-sample key groups); text fusion dense "
