@@ -19,6 +19,7 @@ run sees what an uninterrupted one would.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from pathlib import Path
@@ -123,6 +124,20 @@ def train(args) -> None:
         bar.close()
 
 
+def whole_log(run: Path) -> str:
+    """The run's log, after the log of the model it started from (`--init`): the training of
+    every level the exported weights went through."""
+    path = run / "log.jsonl"
+    text = path.read_text() if path.exists() else ""
+    first = json.loads(text.splitlines()[0]) if text else {}
+    init = first.get("start", {}).get("init")
+    earlier = Path(init) / "training_log.jsonl" if init else None
+    if earlier is None or not earlier.exists():
+        return text
+    before = earlier.read_text()
+    return before if before.endswith(text) else before + text  # exported over its own start: already whole
+
+
 def export(args) -> None:
     """The model (safetensors) and tokenizer, loadable with from_pretrained, plus the training log."""
     tokenizer = task_tokenizer()
@@ -132,9 +147,7 @@ def export(args) -> None:
     model.load_state_dict(ckpt["model"])
     model.save_pretrained(args.export)
     tokenizer.save_pretrained(args.export)
-    log_src = Path(args.run) / "log.jsonl"
-    if log_src.exists():
-        (Path(args.export) / "training_log.jsonl").write_text(log_src.read_text())
+    (Path(args.export) / "training_log.jsonl").write_text(whole_log(Path(args.run)))
     save_level(Path(args.export), CURRICULUM[ckpt["level"]])
     print(f"exported step {ckpt['step']} (level {ckpt['level']}) to {args.export}")
 

@@ -198,7 +198,15 @@ PRESETS: dict[str, dict] = {
     "window": {"method": "window", "density": 0.25},
     # 32-token blocks: with 64, a query block's mass is averaged over twice the rows and a
     # needle's block fell out of the kept ones (tiny-dlm: 6 of 16 right vs 15 of 16 at 32).
-    "sparsed": {"method": "sparsed", "density": 0.3, "schedule": {"dense_fraction": 0.2}, "block_size": 32},
+    # Block mass from 4 query rows per block: the same answers as the exact mass on tiny-dlm from
+    # 528 to 4,112 tokens, and 1.1-1.3x faster (docs/diffusion-lms.md).
+    "sparsed": {
+        "method": "sparsed",
+        "density": 0.3,
+        "schedule": {"dense_fraction": 0.2},
+        "block_size": 32,
+        "mass": "rows",
+    },
     **{name: {"method": name, "density": 0.25} for name in ("pyramid", "topk", "hilbert", "raster-window")},
     "hilbert-3d": {"method": "hilbert", "order": "hilbert", "density": 0.25},
 }

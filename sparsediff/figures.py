@@ -19,15 +19,16 @@ class Chart:
     """A plot area with linear or log-2 axes; points are given in data coordinates."""
 
     def __init__(self, x_range: tuple[float, float], y_range: tuple[float, float], *, log_x: bool = False,
-                 width: int = 900, height: int = 600, margin: int = 70) -> None:  # fmt: skip
-        self.width, self.height, self.margin, self.log_x = width, height, margin, log_x
+                 log_y: bool = False, width: int = 900, height: int = 600, margin: int = 70) -> None:  # fmt: skip
+        self.width, self.height, self.margin, self.log_x, self.log_y = width, height, margin, log_x, log_y
         self.x0, self.x1 = (math.log2(v) for v in x_range) if log_x else x_range
-        self.y0, self.y1 = y_range
+        self.y0, self.y1 = (math.log2(v) for v in y_range) if log_y else y_range
         self.image = Image.new("RGB", (width, height), "white")
         self.draw = ImageDraw.Draw(self.image)
 
     def at(self, x: float, y: float) -> tuple[float, float]:
         x = math.log2(x) if self.log_x else x
+        y = math.log2(y) if self.log_y else y
         inner_w, inner_h = self.width - 2 * self.margin, self.height - 2 * self.margin
         return (self.margin + (x - self.x0) / (self.x1 - self.x0) * inner_w,
                 self.height - self.margin - (y - self.y0) / (self.y1 - self.y0) * inner_h)  # fmt: skip
@@ -36,19 +37,20 @@ class Chart:
         if len(points) > 1:
             self.draw.line([self.at(x, y) for x, y in points], fill=colour, width=width)
 
-    def point(self, x: float, y: float, colour, label: str = "", label_dy: int = 0) -> None:
+    def point(self, x: float, y: float, colour, label: str = "") -> None:
         cx, cy = self.at(x, y)
         self.draw.ellipse([cx - 5, cy - 5, cx + 5, cy + 5], fill=colour)
         if label:
             right = cx + 8 + self.draw.textlength(label) < self.width - 4
             left = cx + 8 if right else cx - 8 - self.draw.textlength(label)
-            self.draw.text((left, cy - 6 + label_dy), label, fill=DARK)
+            self.draw.text((left, cy - 6), label, fill=DARK)
 
     def axes(self, x_ticks: Sequence[float], x_format: Callable[[float], str], y_format: Callable[[float], str],
              title: str) -> None:  # fmt: skip
+        bottom = self.height - self.margin + 8
         for value in x_ticks:
-            self.draw.text((self.at(value, self.y0)[0] - 10, self.height - self.margin + 8), x_format(value), fill=GREY)
-        for value in np.linspace(self.y0, self.y1, 5):
+            self.draw.text((self.at(value, self.y_value(self.y0))[0] - 10, bottom), x_format(value), fill=GREY)
+        for value in map(self.y_value, np.linspace(self.y0, self.y1, 5)):
             self.draw.text((8, self.at(self.x_value(self.x0), value)[1] - 6), y_format(value), fill=GREY)
         self.draw.rectangle([self.margin, self.margin, self.width - self.margin, self.height - self.margin],
                             outline=GREY)  # fmt: skip
@@ -56,6 +58,9 @@ class Chart:
 
     def x_value(self, axis_x: float) -> float:
         return 2**axis_x if self.log_x else axis_x
+
+    def y_value(self, axis_y: float) -> float:
+        return 2**axis_y if self.log_y else axis_y
 
     def save(self, path) -> Path:
         path = Path(path)
@@ -98,16 +103,17 @@ def context_figure(results, path, title: str = "") -> Path:
         series.setdefault(name + (" + prefix cache" if r.prefix_cache else ""), []).append(r)
     contexts = sorted({r.context_tokens for r in results})
     speeds = [r.speedup for r in results] + [1.0]
-    chart = Chart((contexts[0] / 1.3, contexts[-1] * 1.3), (0, max(speeds) * 1.15), log_x=True)
-    chart.line([(chart.x_value(chart.x0), 1.0), (chart.x_value(chart.x1), 1.0)], (200, 200, 200), width=1)
+    chart = Chart((contexts[0] / 1.3, contexts[-1] * 1.3), (min(speeds) / 1.3, max(speeds) * 1.3), log_x=True,
+                  log_y=True)  # fmt: skip
+    chart.line([(chart.x_value(chart.x0), 1.0), (chart.x_value(chart.x1), 1.0)], (200, 200, 200), width=1)  # dense
     for i, (name, rows) in enumerate(series.items()):
         colour = PALETTE[i % len(PALETTE)]
         rows = sorted(rows, key=lambda r: r.context_tokens)
         chart.line([(r.context_tokens, r.speedup) for r in rows], colour)
         for r in rows:
             label = f"{r.speedup:.2f}x {r.accuracy_sparse:.0%}/{r.accuracy_dense:.0%}"
-            chart.point(r.context_tokens, r.speedup, colour, label, label_dy=14 * i)  # series apart
-        chart.draw.text((chart.width - 330, 80 + 16 * i), name, fill=colour)
+            chart.point(r.context_tokens, r.speedup, colour, label)
+        chart.draw.text((chart.margin + 10, chart.margin + 10 + 16 * i), name, fill=colour)  # legend, top left
     chart.axes(contexts, lambda v: f"{v:,.0f}", lambda v: f"{v:.2f}x",
                f"SparseD speedup vs tokens (labels: accuracy sparse/dense)  {title}")  # fmt: skip
     return chart.save(path)

@@ -443,6 +443,11 @@ def test_train_export_and_eval_round_trip(tmp_path):
     assert done.returncode == 0, done.stderr
     ckpt = torch.load(tmp_path / "long" / "ckpt.pt", weights_only=False)
     assert ckpt["level"] == 11 and CURRICULUM[11].context == 1024  # a new run from the export, at the long levels
+    done = subprocess.run([*longer, "--export", str(tmp_path / "export2")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    first_log = (folder / "training_log.jsonl").read_text()
+    whole = (tmp_path / "export2" / "training_log.jsonl").read_text()
+    assert whole.startswith(first_log) and whole != first_log  # the levels before --init, then the new run's
     result = CliRunner().invoke(app, ["eval", "--model", str(folder), "--samples", "5", "--batch", "3",
                                       "--density", "0.5", "--density", "1.0", "--json"])  # fmt: skip
     assert result.exit_code == 0, result.output
