@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sparsediff.attention import backend_choices
+from sparsediff.config import PRESETS
 
 app = typer.Typer(
     help="Sparse attention for diffusion transformers.", no_args_is_help=True, pretty_exceptions_show_locals=False
@@ -22,6 +23,7 @@ app.add_typer(bench_app, name="bench")
 console = Console()
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+SPARSED = PRESETS["sparsed"]  # eval's defaults: the preset's settings
 
 
 def _choice(value: str, choices, what: str) -> str:
@@ -801,17 +803,19 @@ def eval_cmd(
         "tiny-dlm"
     ),
     samples: Annotated[int, typer.Option(help="held-out examples")] = 100,
-    density: Annotated[list[float], typer.Option(help="SparseD keep ratio of KV blocks; repeat for a curve")] = [0.3],  # noqa: B006
+    density: Annotated[list[float], typer.Option(help="SparseD keep ratio of KV blocks; repeat for a curve")] = [
+        SPARSED["density"]
+    ],  # noqa: B006
     dense_fraction: Annotated[
         list[float], typer.Option(help="share of steps decoded dense before the switch; repeat for a curve")
-    ] = [0.2],  # noqa: B006
+    ] = [SPARSED["schedule"]["dense_fraction"]],  # noqa: B006
     context: Annotated[
         list[int] | None,
         typer.Option(help="prompt tokens (default: the level the model was trained at); repeat for a curve"),
     ] = None,
     mass: Annotated[
         list[str], typer.Option(help="pattern step's block mass: exact, rows or pooled; repeat for a curve")
-    ] = ["exact"],  # noqa: B006
+    ] = [SPARSED["mass"]],  # noqa: B006
     batch: Annotated[int, typer.Option(help="examples decoded together")] = 32,
     prefix_cache: Annotated[
         bool, typer.Option(help="also decode with Fast-dLLM's prompt KV cache: alone, and under each SparseD setting")
