@@ -23,7 +23,11 @@ app.add_typer(bench_app, name="bench")
 console = Console()
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-SPARSED = PRESETS["sparsed"]  # eval's defaults: the preset's settings
+SPARSED_DEFAULTS = {  # eval's defaults: the sparsed preset's settings
+    "density": [PRESETS["sparsed"]["density"]],
+    "dense_fraction": [PRESETS["sparsed"]["schedule"]["dense_fraction"]],
+    "mass": [PRESETS["sparsed"]["mass"]],
+}
 
 
 def _choice(value: str, choices, what: str) -> str:
@@ -449,6 +453,9 @@ def generate_cmd(
     out: Annotated[Path | None, typer.Option(help="output file: .mp4, .gif or .png")] = None,
     gen_length: Annotated[int | None, typer.Option(help="answer tokens (text models)")] = None,
     block_length: Annotated[int | None, typer.Option(help="semi-autoregressive block (text models)")] = None,
+    prefix_cache: Annotated[
+        bool, typer.Option(help="keep the prompt's keys and values between a block's steps (text models)")
+    ] = False,
     compare: Annotated[bool, typer.Option("--compare", help="also run dense; report speedup and quality")] = False,
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16")] = "float32",
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice)")] = None,
@@ -468,8 +475,10 @@ def generate_cmd(
         entry = loaded.entry
         if entry.text:
             _generate_text(loaded, prompt, steps, gen_length, block_length, seed, method, config, density, compare,
-                           json_out)  # fmt: skip
+                           json_out, prefix_cache)  # fmt: skip
             return
+        if prefix_cache:
+            raise ValueError(f"--prefix-cache is for diffusion language models; {entry.name} makes images or video")
         size = entry.size(num_frames, height, width)
         request = Request(
             prompt, size, given_or(steps, entry.steps), given_or(guidance, entry.guidance), seed, negative_prompt
@@ -738,14 +747,14 @@ def _cost_model_json(path: Path) -> dict:
 
 
 def _generate_text(loaded, prompt, steps, gen_length, block_length, seed, method, config, density, compare,
-                   json_out) -> None:  # fmt: skip
+                   json_out, prefix_cache) -> None:  # fmt: skip
     """`generate` for a diffusion language model: print the answer, timings and (with --compare) agreement."""
     from sparsediff.generate import TextRequest, compare_text, generate_text_one, given_or, resolve_config
 
     entry = loaded.entry
     gen = gen_length or entry.call_kwargs.get("gen_length", 64)
     request = TextRequest(prompt, gen, given_or(steps, entry.steps), block_length or min(gen, entry.call_kwargs.get(
-        "block_length", gen)), seed)  # fmt: skip
+        "block_length", gen)), seed, prefix_cache)  # fmt: skip
     sparse_config = resolve_config(entry, method, config, density)
     summary = compare_text(loaded, request, sparse_config) if compare else generate_text_one(
         loaded, request, sparse_config)[0]  # fmt: skip
@@ -803,19 +812,19 @@ def eval_cmd(
         "tiny-dlm"
     ),
     samples: Annotated[int, typer.Option(help="held-out examples")] = 100,
-    density: Annotated[list[float], typer.Option(help="SparseD keep ratio of KV blocks; repeat for a curve")] = [
-        SPARSED["density"]
-    ],  # noqa: B006
+    density: Annotated[
+        list[float], typer.Option(help="SparseD keep ratio of KV blocks; repeat for a curve")
+    ] = SPARSED_DEFAULTS["density"],
     dense_fraction: Annotated[
         list[float], typer.Option(help="share of steps decoded dense before the switch; repeat for a curve")
-    ] = [SPARSED["schedule"]["dense_fraction"]],  # noqa: B006
+    ] = SPARSED_DEFAULTS["dense_fraction"],
     context: Annotated[
         list[int] | None,
         typer.Option(help="prompt tokens (default: the level the model was trained at); repeat for a curve"),
     ] = None,
     mass: Annotated[
         list[str], typer.Option(help="pattern step's block mass: exact, rows or pooled; repeat for a curve")
-    ] = [SPARSED["mass"]],  # noqa: B006
+    ] = SPARSED_DEFAULTS["mass"],
     batch: Annotated[int, typer.Option(help="examples decoded together")] = 32,
     prefix_cache: Annotated[
         bool, typer.Option(help="also decode with Fast-dLLM's prompt KV cache: alone, and under each SparseD setting")

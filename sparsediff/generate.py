@@ -388,6 +388,7 @@ class TextRequest:
     steps: int
     block_length: int
     seed: int = 0
+    prefix_cache: bool = False  # Fast-dLLM's prompt KV cache, for dense and sparse alike
 
 
 def _decode_text(loaded: LoadedModel, request: TextRequest) -> tuple[str, torch.Tensor, float]:
@@ -401,6 +402,7 @@ def _decode_text(loaded: LoadedModel, request: TextRequest) -> tuple[str, torch.
     out = masked_diffusion_generate(
         loaded.pipe, [ids], mask_id=tokenizer.mask_token_id, pad_id=tokenizer.pad_token_id or 0,
         gen_length=request.gen_length, steps=request.steps, block_length=request.block_length, seed=request.seed,
+        prefix_cache=request.prefix_cache,
     )  # fmt: skip
     seconds = time.perf_counter() - start
     answer = out[0, -request.gen_length :]

@@ -346,6 +346,11 @@ def test_generate_cli_for_text_models(tmp_path, monkeypatch):
     assert record["context_tokens"] == 6 + 16 and record["method"] == "sparsed" and record["random_weights"]
     result = runner.invoke(app, [*args, "--method", "dense", "--json"])
     assert result.exit_code == 0 and json.loads(result.stdout.strip().splitlines()[-1])["method"] == "dense"
+    cached = runner.invoke(app, [*args, "--prefix-cache", "--block-length", "8", "--compare", "--json"])
+    assert cached.exit_code == 0, cached.output
+    assert json.loads(cached.stdout.strip().splitlines()[-1])["speedup"] > 0
+    video = runner.invoke(app, ["generate", "--model", "tiny-wan", "--prefix-cache"])
+    assert video.exit_code == 2 and "for diffusion language models" in " ".join(video.output.split())
     # A local folder (model + tokenizer saved with save_pretrained) loads as a text model.
     from sparsediff.pipelines.registry import load_model
 
