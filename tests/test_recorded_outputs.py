@@ -71,7 +71,8 @@ def _sparsed_logits() -> dict[str, torch.Tensor]:
     logits = []
     handle = model.register_forward_hook(lambda m, a, kw, o: logits.append(o.logits[:, -16:].clone()), with_kwargs=True)
     prompt = [torch.randint(4, 40, (150,), generator=torch.Generator().manual_seed(0)).tolist()]
-    with sparsediff.sparse(model, "sparsed", density=0.3, block_size=16, schedule={"dense_fraction": 0.25}):
+    config = {"density": 0.3, "block_size": 16, "schedule": {"dense_fraction": 0.25}, "mass": "exact"}  # as recorded
+    with sparsediff.sparse(model, "sparsed", **config):
         masked_diffusion_generate(model, prompt, mask_id=1, gen_length=16, steps=8, progress=False)
     handle.remove()
     return {f"sparsed/{i}": t.contiguous() for i, t in enumerate(logits)}
