@@ -35,6 +35,7 @@ def main(out: str, config_json: str) -> None:
                 results[f"{name}_calls"] = torch.tensor(state.calls["sparse"])
     if dist.get_rank() == 0:
         save_file({k: v.contiguous() for k, v in results.items()}, out)
+    dist.barrier()  # both ranks done before gloo tears down (a rank leaving early aborted the other once)
     dist.destroy_process_group()
 
 
