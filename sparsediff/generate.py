@@ -528,11 +528,11 @@ def _figures(loaded: LoadedModel, request: Request, got: Run, dense: Run | None 
 
 def _recorded(record: Path, settings: dict) -> list[dict]:
     """The requests' figures `record` already holds; a new record starts with the settings."""
-    if not record.exists() or not record.read_text().strip():
+    lines = read_lines(record) if record.exists() else []
+    if not lines:
         record.parent.mkdir(parents=True, exist_ok=True)
         append_line(record, {"settings": settings})
         return []
-    lines = read_lines(record)
     if lines[0].get("settings") != json.loads(json.dumps(settings, default=str)):
         raise ValueError(f"--record {record} holds a comparison with other settings; use another file")
     return lines[1:]

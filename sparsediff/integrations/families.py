@@ -42,17 +42,17 @@ class Family:
 
     def role(self, name: str, module) -> str:
         """What an attention module computes: "cross" (queries attend to text keys), "text" (attention
-        among text tokens alone), "audio" (the audio stream of LTX-2 and Kandinsky 6) or "self" (over the visual tokens,
-        with text inside when the family puts it there). Taken from the model, never from sequence
-        lengths: at some sizes the text is exactly as long as the visual sequence (Wan: 512 text
-        tokens, 512 latent tokens)."""
+        among text tokens alone), "audio" (the audio stream of LTX-2 and Kandinsky 6) or "self" (over
+        the visual tokens, with text inside when the family puts it there). Taken from the model,
+        never from sequence lengths: at some sizes the text is exactly as long as the visual
+        sequence (Wan: 512 text tokens, 512 latent tokens)."""
         if name.startswith(self.text_only):
             return "text"
-        leaf = name.rsplit(".", 1)[-1]
-        if any(
-            part.startswith("audio_") for part in name.split(".")
-        ):  # LTX-2's audio_attn1, Kandinsky 6's audio_dec_block
+        parts = name.split(".")
+        # LTX-2's `audio_attn1`, Kandinsky 6's `audio_dec_block.self_attention`
+        if any(part.startswith("audio_") for part in parts):
             return "audio"
+        leaf = parts[-1]
         if (self.cross_flag and getattr(module, "is_cross_attention", False)) or leaf == "attn2" or "cross" in leaf:
             return "cross"  # `attn2` in every block that has one (LTX, PixArt, Wan); Kandinsky's `*cross_attention`
         return "self"
