@@ -57,6 +57,20 @@ def _minimax_packing(text: int, audio: int, video: int) -> dict:
             "text_indices": torch.arange(text)}  # fmt: skip
 
 
+def _sana_wm_refiner(config: dict):
+    """SANA-WM's refiner takes patchified tokens and the rotary table its pipeline builds for the window's
+    frames (2 x 8 x 8 here); the table has no weights, so a model of the same config builds it."""
+    import diffusers
+
+    rope = diffusers.SanaWMLTX2RefinerTransformer3DModel(**config).build_rotary_emb_for_absolute_positions(
+        1, [0, 1], 8, 8, torch.device("cpu"), 25.0
+    )
+    return config, lambda gen: {
+        "hidden_states": torch.randn(1, 128, 4, generator=gen), "encoder_hidden_states": _text(gen),
+        "timestep": torch.full((1, 128), 500.0), "video_rotary_emb": rope,
+    }  # fmt: skip
+
+
 def _wan_animate2_cache(layers: int):
     from diffusers.models.transformers.transformer_wan_animate_2 import WanAnimate2KVCache
 
@@ -261,6 +275,13 @@ CASES = {
              num_attention_heads=2, joint_attention_dim=16, text_encoder_dim=16, axes_dims_rope=[0, 4, 4]),
         _flux_like(lambda gen: {"text_encoder_layers": [_text(gen), _text(gen)]}),
     ),
+    "BriaFibo2Transformer2DModel": (
+        dict(in_channels=4, patch_size=2, dim=32, n_layers=2, n_refiner_layers=1, n_heads=2, cap_feat_dim=16,
+             injection_layer_ids=(1,), perceiver_num_layers=1, min_num_gist_tokens=8, max_num_gist_tokens=16,
+             gist_step=8, gist_min_text_len=4, gist_max_text_len=16, axes_dims=(4, 6, 6), axes_lens=(32, 16, 16)),
+        lambda gen: {"hidden_states": torch.randn(1, 4, 16, 16, generator=gen), "timestep": torch.tensor([0.5]),
+                     "encoder_hidden_states": torch.randn(1, 2, 8, 16, generator=gen)},
+    ),
     # the items of a (B, items, C, F, H, W) input are laid out as frames
     "JoyImageEditTransformer3DModel": (
         dict(patch_size=[1, 2, 2], in_channels=4, hidden_size=32, num_attention_heads=2, text_dim=16, num_layers=1,
@@ -433,6 +454,14 @@ CASES = {
         lambda gen: {"hidden_states": torch.randn(1, 16, 16, generator=gen), "img_shapes": [(1, 4, 4)],
                      "encoder_hidden_states": _text(gen), "timestep": torch.tensor([0.5])},
     ),
+    # text, then the target image's 16 tokens (4 vision-language slots of 2 x 2 latent tokens)
+    "QwenImage21Transformer2DModel": (
+        dict(in_channels=4, out_channels=4, num_layers=1, attention_head_dim=16, num_attention_heads=2,
+             context_in_dim=16, mlp_ratio=2, axes_dims_rope=(4, 6, 6)),
+        lambda gen: {"hidden_states": torch.randn(1, 16, 4, generator=gen), "encoder_hidden_states": _text(gen),
+                     "timestep": torch.tensor([0.5]), "img_shapes": [[(1, 4, 4)]],
+                     "img_mask": torch.tensor([[False] * 8 + [True] * 4])},
+    ),
     "PRXTransformer2DModel": (
         dict(in_channels=4, patch_size=2, context_in_dim=16, hidden_size=16, mlp_ratio=2.0, num_heads=2, depth=1,
              axes_dim=[4, 4]),
@@ -452,6 +481,19 @@ CASES = {
              sample_size=16, patch_size=(1, 2, 2), rope_max_seq_len=32),
         lambda gen: {"hidden_states": torch.randn(1, 4, 3, 16, 16, generator=gen), "encoder_hidden_states": _text(gen),
                      "timestep": torch.tensor([5])},
+    ),
+    "SanaWMTransformer3DModel": (
+        dict(in_channels=4, num_layers=2, hidden_size=32, num_attention_heads=2, patch_size=(1, 2, 2),
+             softmax_every_n=2, linear_head_dim=16, caption_channels=16, use_chunk_plucker_post_attn=False,
+             mlp_ratio=2.0),
+        lambda gen: {"hidden_states": torch.randn(1, 4, 2, 16, 16, generator=gen), "timestep": torch.tensor([[[5, 5]]]),
+                     "encoder_hidden_states": torch.randn(1, 1, 8, 16, generator=gen),
+                     "encoder_attention_mask": torch.ones(1, 8)},
+    ),
+    "SanaWMLTX2RefinerTransformer3DModel": _sana_wm_refiner(
+        dict(in_channels=4, out_channels=4, patch_size=1, patch_size_t=1, num_attention_heads=2, attention_head_dim=8,
+             cross_attention_dim=16, audio_in_channels=4, audio_out_channels=4, audio_num_attention_heads=2,
+             audio_attention_head_dim=4, audio_cross_attention_dim=8, num_layers=1, caption_channels=16)
     ),
     "SkyReelsV2Transformer3DModel": (
         dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4,

@@ -417,7 +417,7 @@ def transformers_of(target) -> list[torch.nn.Module]:
                 f"got {type(target).__name__}"
             )
     for model in found:
-        status, reason = SUPPORT.get(type(model).__name__, ("untested", ""))
+        status, reason = SUPPORT.get(type(model).__name__, ("generic", ""))
         if status == "refused":
             supported = ", ".join(name for name, (s, _) in SUPPORT.items() if s == "sparse")
             raise TypeError(

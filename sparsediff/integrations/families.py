@@ -9,7 +9,7 @@ sit inside self/joint attention is a property of the family, read from each mode
 | CogVideoX, Flux, QwenImage | prefix |
 | HunyuanVideo (and 1.5), HunyuanImage, Motif-Video, SD3, Mochi (per sample, its valid text) | suffix |
 | HiDream (a different length per block), ERNIE-Image, JoyImage-Edit | suffix |
-| AuraFlow, Bria, Bria-FIBO, Chroma, CogView3Plus/4, ConsisID, EasyAnimate, Flux2/3, GLM-Image, Krea2, | prefix |
+| AuraFlow, Bria, Bria-FIBO (and 2: gist tokens), Chroma, CogView3Plus/4, ConsisID, EasyAnimate, Flux2/3, GLM-Image, Krea2, | prefix |
 | LongCat-Image, Lumina2, Ovis-Image, OmniGen | |
 | SkyReels-V2, ChronoEdit, HunyuanDiT, Lumina-Next, Wan-Animate, AnyFlow, Kandinsky 5, LTX-2 (video) | none |
 
@@ -136,6 +136,11 @@ def _joyimage_grid(model, args: dict) -> Grid | None:
     return _channels_first_grid(model, args)
 
 
+def _bria_fibo2_grid(model, args: dict) -> Grid | None:
+    """(B, C, H, W) latents; None with images to edit, whose tokens follow the grid's in one stream."""
+    return None if args.get("context_latents") else _channels_first_grid(model, args)
+
+
 def _qwen_grid(model, args: dict) -> Grid | None:
     shapes = args.get("img_shapes")
     if not shapes:
@@ -184,6 +189,8 @@ FAMILIES: dict[str, Family] = {
         Family("Lumina2Transformer2DModel", "prefix", _channels_first_grid, ("context_refiner.",)),
         Family("ConsisIDTransformer3DModel", "prefix", _cogvideox_grid),
         Family("BriaFiboTransformer2DModel", "prefix", _flux_grid),
+        # gist tokens (the Perceiver's summary of the text) first; the Perceiver's attention is among them alone
+        Family("BriaFibo2Transformer2DModel", "prefix", _bria_fibo2_grid, ("perceiver.",)),
         Family("GlmImageTransformer2DModel", "prefix", _channels_first_grid),
         Family("Krea2Transformer2DModel", "prefix", _krea2_grid, ("text_fusion.",)),
         # text last in joint attention
@@ -207,9 +214,9 @@ def family_of(model) -> Family:
 #   "sparse": its self/joint attention runs sparse (what is inferred: text place, grid source);
 #             each is built from a tiny config in the tests (dense equals native, window runs);
 #   "dense":  `apply` works, but its attention calls run dense, counted under the reason given;
-#   "refused": `apply` refuses it with the reason given (no image or video grid to be sparse on);
-#   "untested": not yet built from a tiny config in our tests; `apply` runs the generic adapter
-#             (channels-first latents, text place unknown: calls holding text run dense, counted).
+#   "refused": `apply` refuses it with the reason given (no image or video grid to be sparse on).
+# A class not listed (a user's own) runs through the generic adapter (channels-first latents, text
+# place unknown: calls holding text run dense, counted).
 _CHANNELS = "grid from the (B, C, [F,] H, W) latents and the patch sizes"
 _PACKED = "grid from img_ids (packed latents)"
 _NO_GRID = "its tokens are not an image or video grid"
@@ -223,7 +230,8 @@ SUPPORT: dict[str, tuple[str, str]] = {
     "AnyFlowTransformer3DModel": ("sparse", "no text in self-attention (Wan-style); grid from the (B, F, C, H, W) "
                                             "latents"),
     "AuraFlowTransformer2DModel": ("sparse", f"text prefix in joint and single-stream attention; {_CHANNELS}"),
-    "BriaFibo2Transformer2DModel": ("untested", "Flux-style image DiT"),
+    "BriaFibo2Transformer2DModel": ("sparse", "gist tokens (the text, resampled) as a prefix; its Perceiver dense (text "
+                                              f"only); {_CHANNELS} (images to edit, padded gist tokens: dense)"),
     "BriaFiboTransformer2DModel": ("sparse", f"text prefix (Flux-style); {_PACKED}"),
     "BriaTransformer2DModel": ("sparse", f"text prefix (Flux-style); {_PACKED}"),
     "ChromaTransformer2DModel": ("sparse", f"text prefix (Flux-style); {_PACKED}"),
@@ -294,14 +302,22 @@ SUPPORT: dict[str, tuple[str, str]] = {
                                        "(counted as `dense: not self-attention`)"),
     "PixArtTransformer2DModel": ("sparse", f"no text in self-attention; {_CHANNELS}"),
     "PriorTransformer": ("refused", f"a prior over CLIP embeddings (a few tokens): {_NO_GRID}"),
-    "QwenImage21Transformer2DModel": ("untested", "QwenImage-style image DiT"),
+    "QwenImage21Transformer2DModel": ("dense", "block-causal: text segments attend causally, the target image's "
+                                               "queries over [text and condition images; target] keys (`dense: not "
+                                               "self-attention`); packed (B, N, C) latents give no grid"),
     "QwenImageTransformer2DModel": ("sparse", "text prefix; grid from img_shapes (several images: dense)"),
     "RFD4ProteinaTransformer": ("refused", f"protein structure tokens: {_NO_GRID}"),
     "SD3Transformer2DModel": ("sparse", f"text suffix; {_CHANNELS}"),
     "SanaTransformer2DModel": ("dense", _LINEAR),
     "SanaVideoTransformer3DModel": ("dense", _LINEAR),
-    "SanaWMLTX2RefinerTransformer3DModel": ("untested", "video refiner"),
-    "SanaWMTransformer3DModel": ("untested", "video world model"),
+    "SanaWMLTX2RefinerTransformer3DModel": ("dense", "patchified (B, N, C) tokens with a rotary table built by its "
+                                                     "pipeline: no grid in its arguments (`dense: no layout`); with "
+                                                     "its sliding-window KV cache the active block's queries attend "
+                                                     "over [sink; history; current] keys"),
+    "SanaWMTransformer3DModel": ("dense", "gated delta-rule linear attention (already O(N)) in most blocks; every "
+                                          "`softmax_every_n`-th block calls torch's SDPA inside the module, not through "
+                                          "an attention processor: it runs as the model wrote it (uncounted); "
+                                          "cross-attention dense"),
     "SkyReelsV2Transformer3DModel": ("sparse", f"no text in self-attention (Wan-style); {_CHANNELS}"),
     "StableAudio3DiTModel": ("refused", f"1-D audio latents: {_NO_GRID}"),
     "StableAudioDiTModel": ("refused", f"1-D audio latents: {_NO_GRID}"),
