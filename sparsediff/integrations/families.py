@@ -9,8 +9,8 @@ sit inside self/joint attention is a property of the family, read from each mode
 | CogVideoX, Flux, QwenImage | prefix |
 | HunyuanVideo (and 1.5), HunyuanImage, Motif-Video, SD3, Mochi (per sample, its valid text) | suffix |
 | HiDream (a different length per block), ERNIE-Image, JoyImage-Edit | suffix |
-| AuraFlow, Bria, Bria-FIBO (and 2: gist tokens), Chroma, CogView3Plus/4, ConsisID, EasyAnimate, Flux2/3, GLM-Image, Krea2, | prefix |
-| LongCat-Image, Lumina2, Ovis-Image, OmniGen | |
+| AuraFlow, Bria, Bria-FIBO, Chroma, CogView3Plus/4, ConsisID, EasyAnimate, Flux2/3, GLM-Image, Krea2, | prefix |
+| LongCat-Image, Lumina2, Ovis-Image, OmniGen, Bria-FIBO 2 (its gist tokens) | |
 | SkyReels-V2, ChronoEdit, HunyuanDiT, Lumina-Next, Wan-Animate, AnyFlow, Kandinsky 5, LTX-2 (video) | none |
 
 `SUPPORT` below lists every transformer class diffusers exports and what `apply` does with it.
@@ -230,8 +230,8 @@ SUPPORT: dict[str, tuple[str, str]] = {
     "AnyFlowTransformer3DModel": ("sparse", "no text in self-attention (Wan-style); grid from the (B, F, C, H, W) "
                                             "latents"),
     "AuraFlowTransformer2DModel": ("sparse", f"text prefix in joint and single-stream attention; {_CHANNELS}"),
-    "BriaFibo2Transformer2DModel": ("sparse", "gist tokens (the text, resampled) as a prefix; its Perceiver dense (text "
-                                              f"only); {_CHANNELS} (images to edit, padded gist tokens: dense)"),
+    "BriaFibo2Transformer2DModel": ("sparse", "gist tokens (the text, resampled) as a prefix; its Perceiver dense "
+                                              f"(text only); {_CHANNELS} (images to edit, padded gist tokens: dense)"),
     "BriaFiboTransformer2DModel": ("sparse", f"text prefix (Flux-style); {_PACKED}"),
     "BriaTransformer2DModel": ("sparse", f"text prefix (Flux-style); {_PACKED}"),
     "ChromaTransformer2DModel": ("sparse", f"text prefix (Flux-style); {_PACKED}"),
@@ -315,8 +315,8 @@ SUPPORT: dict[str, tuple[str, str]] = {
                                                      "its sliding-window KV cache the active block's queries attend "
                                                      "over [sink; history; current] keys"),
     "SanaWMTransformer3DModel": ("dense", "gated delta-rule linear attention (already O(N)) in most blocks; every "
-                                          "`softmax_every_n`-th block calls torch's SDPA inside the module, not through "
-                                          "an attention processor: it runs as the model wrote it (uncounted); "
+                                          "`softmax_every_n`-th block calls torch's SDPA inside the module, not "
+                                          "through an attention processor: it runs as the model wrote it (uncounted); "
                                           "cross-attention dense"),
     "SkyReelsV2Transformer3DModel": ("sparse", f"no text in self-attention (Wan-style); {_CHANNELS}"),
     "StableAudio3DiTModel": ("refused", f"1-D audio latents: {_NO_GRID}"),
