@@ -23,10 +23,11 @@ app.add_typer(bench_app, name="bench")
 console = Console()
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-SPARSED_DEFAULTS = {  # eval's defaults: the sparsed preset's settings
-    "density": [PRESETS["sparsed"]["density"]],
-    "dense_fraction": [PRESETS["sparsed"]["schedule"]["dense_fraction"]],
-    "mass": [PRESETS["sparsed"]["mass"]],
+SPARSED = PRESETS["sparsed"]  # eval's and bench dllm's defaults
+SPARSED_DEFAULTS = {  # eval repeats each option for a curve
+    "density": [SPARSED["density"]],
+    "dense_fraction": [SPARSED["schedule"]["dense_fraction"]],
+    "mass": [SPARSED["mass"]],
 }
 
 
@@ -196,9 +197,11 @@ def bench_dllm_cmd(
     context: Annotated[list[int], typer.Option(help="sequence length (prompt + answer); repeat for a curve")] = [8192],  # noqa: B006
     steps: Annotated[int, typer.Option(help="denoising steps")] = 64,
     gen_length: Annotated[int, typer.Option(help="answer tokens")] = 64,
-    density: Annotated[float, typer.Option(help="SparseD keep ratio of KV blocks")] = 0.3,
-    dense_fraction: Annotated[float, typer.Option(help="first fraction of steps kept dense")] = 0.2,
-    mass: Annotated[str, typer.Option(help="pattern step's block mass: exact, rows or pooled")] = "exact",
+    density: Annotated[float, typer.Option(help="SparseD keep ratio of KV blocks")] = SPARSED["density"],
+    dense_fraction: Annotated[float, typer.Option(help="first fraction of steps kept dense")] = SPARSED["schedule"][
+        "dense_fraction"
+    ],
+    mass: Annotated[str, typer.Option(help="pattern step's block mass: exact, rows or pooled")] = SPARSED["mass"],
     hidden: Annotated[int, typer.Option(help="model width")] = 512,
     heads: Annotated[int, typer.Option(help="attention heads")] = 8,
     layers: Annotated[int, typer.Option(help="transformer layers")] = 1,
