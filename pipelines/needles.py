@@ -51,14 +51,15 @@ CURRICULUM = (
     Level(64, 1, 1, 1.0),  # then the same needle in ever longer haystacks of digits
     Level(128, 1, 1, 1.0),
     Level(256, 1, 1, 1.0),
-    Level(512, 1, 1, 1.0),  # the shipped task: one needle anywhere in 512 tokens
+    Level(512, 1, 1, 1.0),  # one needle anywhere in 512 tokens: where the long-context levels start from
     Level(24, 2, 1, 0.0),  # the only digits are the needles' values: the model learns which marker owns which
     Level(24, 4, 1, 0.0),
     Level(24, 4, 4, 0.0),
     Level(64, 4, 4, 1.0),
     Level(512, 8, 4, 1.0),
-    # the long-context task (from the shipped 512-token model, --start-level 11): one needle
-    # among digits in 1,024, 2,048 and 4,096 tokens, where SparseD's long-context regime starts
+    # the long-context levels (from the level-5 model, --start-level 11): one needle among digits in
+    # 1,024, 2,048 and 4,096 tokens, where SparseD's long-context regime starts; the shipped model
+    # is at level 13
     Level(1024, 1, 1, 1.0),
     Level(2048, 1, 1, 1.0),
     Level(4096, 1, 1, 1.0),

@@ -2,7 +2,7 @@
 
     python -m sparsediff.pipelines.train_dlm --run runs/tiny-dlm --minutes 60
     python -m sparsediff.pipelines.train_dlm --run runs/tiny-dlm --export assets/tiny-dlm
-    # the long-context levels, from the shipped 512-token model
+    # the long-context levels, from the 512-token model just exported (the shipped model is their export)
     python -m sparsediff.pipelines.train_dlm --run runs/tiny-dlm-long --init assets/tiny-dlm --start-level 11 \
         --batch-tokens 16384 --threads 2 --minutes 60
 

@@ -1,5 +1,7 @@
 """Diffusion LMs: the masked-diffusion sampler and SparseD through transformers' attention interface."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -481,23 +483,27 @@ def test_train_export_and_eval_round_trip(tmp_path):
     assert result.exit_code == 2 and "task.json is missing" in " ".join(result.output.split())
 
 
-def test_shipped_tiny_dlm_finds_held_out_needles_in_512_tokens():
+@pytest.mark.parametrize(("context", "samples"), [(512, 16), (4096, 4)])
+def test_shipped_tiny_dlm_finds_held_out_needles(context, samples):
     """The weights in assets/ load through the registry (plain from_pretrained) and answer needles
-    they never saw, dense and with SparseD at its default settings."""
+    they never saw, dense and with the SparseD preset, at the length they were trained up to and at
+    512 tokens; at most one miss in 16 (none in 4 at 4,096 tokens, where decoding is slow)."""
     from sparsediff.pipelines.needles import HELD_OUT_SEED, decode_answers, level_of, sample
     from sparsediff.pipelines.registry import load_model
 
     loaded = load_model("tiny-dlm")
     model, tok = loaded.pipe, loaded.tokenizer
-    level = level_of(loaded.entry.folder)
-    assert level.context >= 512 and not model.config.is_causal
-    prompts, answers = sample(tok, level, 16, HELD_OUT_SEED + 7)
+    trained = level_of(loaded.entry.folder)
+    assert trained.context == 4096 and not model.config.is_causal
+    level = dataclasses.replace(trained, context=context)
+    prompts, answers = sample(tok, level, samples, HELD_OUT_SEED + 7)
     with torch.no_grad():
         dense = decode_answers(model, tok, prompts, level.answer_tokens)
         with sparsediff.sparse(model, "sparsed") as state:  # the preset: keep 0.3, dense 20% of steps
             sparse = decode_answers(model, tok, prompts, level.answer_tokens)
-    assert (dense == answers).all(1).sum() >= 15
-    assert (sparse == answers).all(1).sum() >= 15 and state.calls["sparse"] > 0
+    allowed = samples // 16
+    assert (dense == answers).all(1).sum() >= samples - allowed
+    assert (sparse == answers).all(1).sum() >= samples - allowed and state.calls["sparse"] > 0
 
 
 def _encoder(name: str, tmp_path):
