@@ -60,15 +60,17 @@ def _minimax_packing(text: int, audio: int, video: int) -> dict:
 def _sana_wm_refiner(config: dict):
     """SANA-WM's refiner takes patchified tokens and the rotary table its pipeline builds for the window's
     frames (2 x 8 x 8 here); the table has no weights, so a model of the same config builds it."""
-    import diffusers
 
-    rope = diffusers.SanaWMLTX2RefinerTransformer3DModel(**config).build_rotary_emb_for_absolute_positions(
-        1, [0, 1], 8, 8, torch.device("cpu"), 25.0
-    )
-    return config, lambda gen: {
-        "hidden_states": torch.randn(1, 128, 4, generator=gen), "encoder_hidden_states": _text(gen),
-        "timestep": torch.full((1, 128), 500.0), "video_rotary_emb": rope,
-    }  # fmt: skip
+    def inputs(gen):
+        import diffusers
+
+        rope = diffusers.SanaWMLTX2RefinerTransformer3DModel(**config).build_rotary_emb_for_absolute_positions(
+            1, [0, 1], 8, 8, torch.device("cpu"), 25.0
+        )
+        return {"hidden_states": torch.randn(1, 128, 4, generator=gen), "encoder_hidden_states": _text(gen),
+                "timestep": torch.full((1, 128), 500.0), "video_rotary_emb": rope}  # fmt: skip
+
+    return config, inputs
 
 
 def _wan_animate2_cache(layers: int):
