@@ -179,12 +179,23 @@ def block_sparse_attention_gather(
                 return
             _attend_chunk(chunk, q_blocks, k_blocks, v_blocks, bias_blocks, out, ws, scale)
 
+    def single_threaded_work() -> None:
+        # Each worker's ops run on its own core: intra-op threads inside two workers put four
+        # threads on two cores (the whole kernel ran 10-25% slower). torch's thread count is
+        # per thread under OpenMP but also sets a process default, which is put back after.
+        torch.set_num_threads(1)
+        try:
+            work()
+        finally:
+            torch.set_num_threads(threads)
+
     # On the CPU, one Python worker per core pulling chunks from a shared queue: each chunk's
     # ops are too small for intra-op threading, whose per-op barriers made 2-thread timings
     # swing 2x on this machine (GIL released inside every op). On GPUs one stream does it.
-    workers = min(torch.get_num_threads(), len(schedule.chunks)) if q.device.type == "cpu" else 1
+    threads = torch.get_num_threads()
+    workers = min(threads, len(schedule.chunks)) if q.device.type == "cpu" else 1
     if workers > 1:
-        for future in [_worker_pool(workers).submit(work) for _ in range(workers)]:
+        for future in [_worker_pool(workers).submit(single_threaded_work) for _ in range(workers)]:
             future.result()
     else:
         work()

@@ -1,6 +1,7 @@
 """Every backend equals the reference (which itself equals masked SDPA) within tolerance."""
 
 import math
+import threading
 
 import pytest
 import torch
@@ -190,3 +191,23 @@ def test_a_partial_last_query_block_alone_in_its_chunk_computes_only_its_rows():
     (schedule,) = cache.values()
     assert [c.q_len for c in schedule.chunks[:2]] == [4, 4]  # the two heads' last blocks, one chunk each
     assert (out - ref).abs().max() <= TOLERANCE[torch.float32]
+
+
+def test_two_gather_workers_match_the_reference_and_leave_the_thread_count_as_it_was():
+    """Each CPU worker runs its chunks on one intra-op thread; torch's process-wide count (which
+    threads started later inherit) is put back afterwards."""
+    gen = torch.Generator().manual_seed(5)
+    plan = _random_plan(gen, 4, 300, 16, 16, 0.4)
+    q, k, v = _qkv(gen, 2, 4, 2, 300, 16, torch.float32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = block_sparse_attention_gather(q, k, v, plan.kv_indices, plan.kv_counts, 16, 16, 0.25, {}, budget=8)
+        seen_by_a_new_thread = []
+        worker = threading.Thread(target=lambda: seen_by_a_new_thread.append(torch.get_num_threads()))
+        worker.start()
+        worker.join()
+        assert torch.get_num_threads() == 2 and seen_by_a_new_thread == [2]
+    finally:
+        torch.set_num_threads(threads)
+    assert (out - sparse_attention(q, k, v, plan, backend="reference")).abs().max() <= TOLERANCE[torch.float32]
