@@ -252,6 +252,8 @@ class DllmBench:
     token_agreement: float  # share of answer tokens sparse decoded as dense did
     attention_flop_share: float  # of a dense step's FLOPs
     model: str
+    dense_peak_mb: float | None = None  # of the timed decode (`PeakMemory`: on the CPU, resident set)
+    sparse_peak_mb: float | None = None
     random_weights: bool = True
 
 
@@ -284,16 +286,18 @@ def bench_dllm(
     # once per process, not per decode.
     warm_up_steps = min(steps, 8)
     decode(warm_up_steps, progress=False)
-    start = time.perf_counter()
-    dense = decode(steps)
-    dense_s = time.perf_counter() - start
+    with PeakMemory() as dense_peak:
+        start = time.perf_counter()
+        dense = decode(steps)
+        dense_s = time.perf_counter() - start
     schedule = {"dense_fraction": dense_fraction}
     with sparsediff.sparse(model, "sparsed", density=density, schedule=schedule, mass=mass) as state:
         decode(warm_up_steps, progress=False)
         warm_up_patterns = state.pattern_computations
-        start = time.perf_counter()
-        sparse = decode(steps)
-        sparse_s = time.perf_counter() - start
+        with PeakMemory() as sparse_peak:
+            start = time.perf_counter()
+            sparse = decode(steps)
+            sparse_s = time.perf_counter() - start
     attention = 4 * context * hidden
     linear = 2 * (4 * hidden * hidden + 3 * hidden * 2 * hidden)
     return DllmBench(
@@ -308,6 +312,8 @@ def bench_dllm(
         token_agreement=float((dense[:, -gen_length:] == sparse[:, -gen_length:]).float().mean()),
         attention_flop_share=round(attention / (attention + linear), 3),
         model=f"bidirectional Llama, {layers} layer(s), {heads} heads x {hidden // heads}, random weights",
+        dense_peak_mb=None if dense_peak.mb is None else round(dense_peak.mb),
+        sparse_peak_mb=None if sparse_peak.mb is None else round(sparse_peak.mb),
     )
 
 

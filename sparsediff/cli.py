@@ -215,7 +215,8 @@ def bench_dllm_cmd(
     if threads:
         torch.set_num_threads(threads)
     table = Table(title=f"dLLM decoding, {steps} steps, {gen_length} answer tokens (random weights: time only)")
-    for col in ("context", "dense s", "sparse s", "speedup", "density", "attention FLOP share", "agreement"):
+    columns = ("context", "dense s", "sparse s", "speedup", "density", "attention FLOP share", "agreement", "peak MB")
+    for col in columns:
         table.add_column(col, justify="right")
     for n in context:
         try:
@@ -228,7 +229,8 @@ def bench_dllm_cmd(
             print(json.dumps(asdict(r)), flush=True)
             continue
         table.add_row(str(n), f"{r.dense_s:.1f}", f"{r.sparse_s:.1f}", f"{r.speedup:.2f}x", f"{r.density:.3f}",
-                      f"{r.attention_flop_share:.2f}", f"{r.token_agreement:.2f}")  # fmt: skip
+                      f"{r.attention_flop_share:.2f}", f"{r.token_agreement:.2f}",
+                      f"{r.dense_peak_mb} / {r.sparse_peak_mb}")  # fmt: skip
     if not json_out:
         console.print(table)
         console.print(f"model: {r.model}; random weights, so the timings are real and the answers are not")

@@ -109,6 +109,7 @@ def test_bench_dllm_through_the_cli():
     r = json.loads(result.stdout.strip().splitlines()[-1])
     assert r["context_tokens"] == 256 and r["pattern_computations"] == 1  # one layer, one switch
     assert 0 < r["density"] < 1 and 0 <= r["token_agreement"] <= 1 and r["speedup"] > 0
+    assert r["dense_peak_mb"] > 0 and r["sparse_peak_mb"] > 0
     result = runner.invoke(app, ["bench", "dllm", "--context", "16", "--gen-length", "16"])
     assert result.exit_code != 0 and "must exceed the answer length" in result.output
 

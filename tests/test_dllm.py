@@ -540,11 +540,15 @@ def test_encoders_without_sparse_specific_code(name, tmp_path):
 
 
 @pytest.mark.parametrize("n", [96, 100])
-def test_cheaper_mass_estimates_against_the_exact_mass(n):
-    """Every row sampled is the exact mass; the mean query with blocks of one token is too; on a
-    needle the estimates rank its block first, as the exact mass does."""
+@pytest.mark.parametrize("score_buffer", [1 << 24, 3000])
+def test_cheaper_mass_estimates_against_the_exact_mass(n, score_buffer, monkeypatch):
+    """Every row sampled is the exact mass (in one chunk of query blocks or in several); the mean
+    query with blocks of one token is too; on a needle the estimates rank its block first, as the
+    exact mass does."""
+    from sparsediff.methods import sparsed
     from sparsediff.methods.sparsed import block_mass_pooled, block_mass_reference, block_mass_rows
 
+    monkeypatch.setattr(sparsed, "_SCORE_BUFFER", score_buffer)  # 3000: one query block per chunk
     gen = torch.Generator().manual_seed(0)
     q, k = (torch.randn(2, 3, n, 16, generator=gen) for _ in range(2))
     exact = block_mass_reference(q, k, 0.25, 32)

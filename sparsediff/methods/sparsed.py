@@ -74,24 +74,35 @@ def block_mass(q: Tensor, k: Tensor, scale: float, block: int, value: Tensor | N
 
 
 def _block_sums(probs: Tensor, block: int, n_kv: int) -> Tensor:
-    """[..., N_kv] probabilities -> [..., Kb] per KV block."""
-    kb = math.ceil(n_kv / block)
-    return torch.nn.functional.pad(probs, (0, kb * block - n_kv)).unflatten(-1, (kb, block)).sum(-1)
+    """[..., N_kv] probabilities -> [..., Kb] per KV block (no padded copy of `probs`)."""
+    whole = n_kv // block * block
+    sums = probs[..., :whole].unflatten(-1, (whole // block, block)).sum(-1)
+    return sums if whole == n_kv else torch.cat([sums, probs[..., whole:].sum(-1, keepdim=True)], -1)
 
 
 def block_mass_rows(q: Tensor, k: Tensor, scale: float, block: int, rows: int) -> Tensor:
     """`block_mass_reference` estimated from `rows` evenly spaced query rows of each query block
-    (all rows when `rows` >= block: then it is exact): rows / block of the exact cost."""
-    n_q, n_kv = q.shape[2], k.shape[2]
-    qb = math.ceil(n_q / block)
-    offsets = torch.arange(min(rows, block)) * block // min(rows, block)
-    picked = (torch.arange(qb)[:, None] * block + offsets[None]).clamp(max=n_q - 1)  # [Qb, r]
-    sub = q[:, :, picked.flatten().to(q.device)].float()
-    probs = (sub @ expand_kv(k, q.shape[1]).float().transpose(-1, -2) * scale).softmax(-1)
-    sums = _block_sums(probs, block, n_kv).unflatten(2, picked.shape)  # [B, H, Qb, r, Kb]
-    real = (torch.arange(qb)[:, None] * block + offsets[None]) < n_q  # rows past a short last block repeat
-    weights = real.float() / real.sum(1, keepdim=True)
-    return (sums * weights[None, None, :, :, None].to(sums.device)).sum(3).mean(0).cpu()
+    (all rows when `rows` >= block: then it is exact): rows / block of the exact cost, computed in
+    chunks of query blocks so that its scores stay within `_SCORE_BUFFER` elements."""
+    batch, heads, n_q, _ = q.shape
+    n_kv = k.shape[2]
+    qb, r = math.ceil(n_q / block), min(rows, block)
+    offsets = torch.arange(r) * block // r
+    starts = torch.arange(qb)[:, None] * block
+    picked = (starts + offsets[None]).clamp(max=n_q - 1).to(q.device)  # [Qb, r]
+    real = (starts + offsets[None]) < n_q  # rows past a short last block repeat: weighed out
+    weights = (real.float() / real.sum(1, keepdim=True)).to(q.device)
+    key_t = expand_kv(k, heads).float().transpose(-1, -2)
+    mass = torch.empty(heads, qb, math.ceil(n_kv / block))
+    chunk = max(1, _SCORE_BUFFER // (batch * heads * r * n_kv))
+    for b0 in range(0, qb, chunk):
+        b1 = min(qb, b0 + chunk)
+        probs = torch.matmul(q[:, :, picked[b0:b1].flatten()].float(), key_t).mul_(scale)
+        probs.sub_(probs.amax(-1, keepdim=True)).exp_()
+        probs.div_(probs.sum(-1, keepdim=True))
+        sums = _block_sums(probs, block, n_kv).unflatten(2, (b1 - b0, r))  # [B, H, c, r, Kb]
+        mass[:, b0:b1] = (sums * weights[b0:b1, :, None]).sum(3).mean(0).cpu()
+    return mass
 
 
 def block_mass_pooled(q: Tensor, k: Tensor, scale: float, block: int) -> Tensor:
