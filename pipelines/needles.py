@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from sparsediff.memory import PeakMemory
+
 MARKERS = tuple("ABCDEFGH")
 VALUES = tuple("0123456789")
 FILLER = tuple(f"f{i}" for i in range(16))
@@ -151,6 +153,14 @@ class SparsedEval:
     sparse_s: float
     steps: int
     prefix_cache: bool = False  # Fast-dLLM's prompt KV cache (the dense reference never has it)
+    dense_peak_mb: float | None = None  # largest of the batches' decodes (`PeakMemory`)
+    sparse_peak_mb: float | None = None
+
+
+def _largest(peaks: list[float | None]) -> float | None:
+    """The largest peak in MB, or None where memory cannot be measured."""
+    known = [p for p in peaks if p is not None]
+    return round(max(known)) if known else None
 
 
 def evaluate_sparsed(
@@ -175,19 +185,24 @@ def evaluate_sparsed(
     dense_right, dense_s = 0, 0.0
     right, seconds, agree = [0] * len(settings), [0.0] * len(settings), [0] * len(settings)
     densities: list[list[float]] = [[] for _ in settings]
+    dense_peaks, peaks = [], [[] for _ in settings]
     with torch.no_grad():
         decode_answers(model, tokenizer, prompts[:1], level.answer_tokens, steps)  # warm-up, untimed
         for p, a in tqdm(batches, desc="dense vs sparsed", disable=not progress):
-            start = time.perf_counter()
-            dense = decode_answers(model, tokenizer, p, level.answer_tokens, steps)
-            dense_s += time.perf_counter() - start
+            with PeakMemory() as peak:
+                start = time.perf_counter()
+                dense = decode_answers(model, tokenizer, p, level.answer_tokens, steps)
+                dense_s += time.perf_counter() - start
+            dense_peaks.append(peak.mb)
             dense_right += int((dense == a).all(1).sum())
             for i, (density, dense_fraction, mass, cached) in enumerate(settings):
                 config = {"density": density, "schedule": {"dense_fraction": dense_fraction}, "mass": mass}
-                with sparsediff.sparse(model, "sparsed", **config) if density else nullcontext() as state:
+                ours = sparsediff.sparse(model, "sparsed", **config) if density else nullcontext()
+                with ours as state, PeakMemory() as peak:
                     start = time.perf_counter()
                     got = decode_answers(model, tokenizer, p, level.answer_tokens, steps, prefix_cache=cached)
                     seconds[i] += time.perf_counter() - start
+                peaks[i].append(peak.mb)
                 right[i] += int((got == a).all(1).sum())
                 agree[i] += int((got == dense).sum())
                 if state is not None and state.sparse_density() is not None:  # of SparseD's plans, after the switch
@@ -208,6 +223,8 @@ def evaluate_sparsed(
             sparse_s=round(seconds[i], 3),
             steps=steps,
             prefix_cache=cached,
+            dense_peak_mb=_largest(dense_peaks),
+            sparse_peak_mb=_largest(peaks[i]),
         )
         for i, (density, dense_fraction, mass, cached) in enumerate(settings)
     ]

@@ -878,14 +878,14 @@ def eval_cmd(
         return
     table = Table(title=f"{model}: needle retrieval, {trained.needles} needle(s), {samples} held-out examples")
     for col in ("tokens", "method", "mass", "dense fraction", "keep ratio", "density", "dense acc", "acc",
-                "tokens as dense", "speedup"):  # fmt: skip
+                "tokens as dense", "speedup", "peak MB"):  # fmt: skip
         table.add_column(col, justify="right")
     for r in results:
         method = ("SparseD" if r.keep_ratio else "dense") + (" + prefix cache" if r.prefix_cache else "")
         keep = "-" if r.keep_ratio is None else f"{r.keep_ratio:.2f}"
         table.add_row(f"{r.context_tokens:,}", method, r.mass, f"{r.dense_fraction:.2f}", keep, f"{r.density}",
                       f"{r.accuracy_dense:.3f}", f"{r.accuracy_sparse:.3f}", f"{r.token_agreement:.3f}",
-                      f"{r.speedup:.2f}x")  # fmt: skip
+                      f"{r.speedup:.2f}x", f"{r.dense_peak_mb} / {r.sparse_peak_mb}")  # fmt: skip
     console.print(table)
     if plot is not None:
         console.print(f"speedup vs context plot: {plot}")

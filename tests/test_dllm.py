@@ -463,6 +463,7 @@ def test_train_export_and_eval_round_trip(tmp_path):
     for r in rows:
         assert r["context_tokens"] == CURRICULUM[0].context + CURRICULUM[0].answer_tokens and r["samples"] == 5
         assert 0 <= r["accuracy_dense"] <= 1 and 0 <= r["accuracy_sparse"] <= 1 and r["speedup"] > 0
+        assert r["dense_peak_mb"] > 0 and r["sparse_peak_mb"] > 0
     assert rows[1]["token_agreement"] == 1.0  # keeping every block decodes exactly the dense tokens
     assert rows[1]["accuracy_sparse"] == rows[1]["accuracy_dense"]
     assert rows[0]["dense_s"] == rows[1]["dense_s"]  # one dense pass serves the whole curve

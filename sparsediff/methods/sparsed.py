@@ -70,6 +70,7 @@ def block_mass(q: Tensor, k: Tensor, scale: float, block: int, value: Tensor | N
         counts = torch.full((b1 - b0,), float(block))
         counts[-1] = r - (b1 - b0 - 1) * block
         mass[:, b0:b1] = (sums / counts[:, None]).mean(0)
+        del probs, per_row_block  # freed before the next chunk's scores are allocated
     return mass if value is None else (mass, out)
 
 
@@ -102,6 +103,7 @@ def block_mass_rows(q: Tensor, k: Tensor, scale: float, block: int, rows: int) -
         probs.div_(probs.sum(-1, keepdim=True))
         sums = _block_sums(probs, block, n_kv).unflatten(2, (b1 - b0, r))  # [B, H, c, r, Kb]
         mass[:, b0:b1] = (sums * weights[b0:b1, :, None]).sum(3).mean(0).cpu()
+        del probs  # freed before the next chunk's scores are allocated: one buffer at a time
     return mass
 
 
