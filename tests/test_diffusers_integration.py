@@ -65,6 +65,26 @@ def test_window_changes_output_and_every_sparse_call_matches_reference(models, f
     assert (outputs["torch"] - outputs["reference"]).abs().max() <= 1e-4
 
 
+def test_a_user_wrapper_around_sdpa_still_routes_through_sparsediff(models, monkeypatch):
+    """Code that rebinds `F.scaled_dot_product_attention` to a wrapper of torch's (timing, logging)
+    keeps both: the wrapper runs, and its inner call is the one sparsediff serves."""
+    import torch.nn.functional as F
+
+    model, inputs = models["wan"], _inputs("wan")
+    native = _run(model, inputs)
+    torch_sdpa, wrapped = F.scaled_dot_product_attention, []
+
+    def timing_wrapper(*args, **kwargs):
+        wrapped.append(1)
+        return torch_sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", timing_wrapper)
+    with sparsediff.sparse(model, "window", density=0.3, block_size=16) as state:
+        out = _run(model, inputs)
+    assert state.calls["sparse"] > 0 and wrapped
+    assert (out - native).abs().max() > 1e-3
+
+
 def test_layouts_inferred_per_family(models):
     expected = {  # (frames, height, width) after patchify of a 5 x 16 x 20 latent, text side
         "wan": ((5, 8, 10), None),

@@ -260,8 +260,13 @@ def _text_padding_groups(mask: Tensor, layout: TokenLayout) -> list[tuple[Tensor
     return [(p, (inverse == i).nonzero().squeeze(1)) for i, p in enumerate(patterns)]
 
 
+# torch's own SDPA, even where a user has rebound `F.scaled_dot_product_attention` to a wrapper
+# of it (timing, logging): the wrapper's inner call is the one intercepted, not silently missed.
+TORCH_SDPA = torch._C._nn.scaled_dot_product_attention
+
+
 class _SDPAInterceptor(TorchFunctionMode):
-    """Routes `F.scaled_dot_product_attention` to `handler`; every other op runs unchanged."""
+    """Routes torch's `scaled_dot_product_attention` to `handler`; every other op runs unchanged."""
 
     def __init__(self, handler: Callable[..., Tensor]) -> None:
         super().__init__()
@@ -269,7 +274,7 @@ class _SDPAInterceptor(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is F.scaled_dot_product_attention:
+        if func is TORCH_SDPA:
             return self.handler(*args, **kwargs)
         return func(*args, **kwargs)
 
