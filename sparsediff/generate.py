@@ -216,13 +216,24 @@ def parse_method(text: str, density: float | None = None, **overrides) -> Method
     return Method(text, config, peer)
 
 
+@contextlib.contextmanager
+def ours_under(loaded: LoadedModel, method: Method):
+    """Our half of `method` applied (None when it has none), with no reused outputs where its peer
+    probes; removed on exit."""
+    if method.config is None:
+        yield None
+        return
+    with sparse(loaded.pipe, method.config) as state:
+        if method.peer is not None:
+            layers = [n.removesuffix(".processor") for n in attention_processors(loaded.pipe.transformer)]
+            state.runner.fresh_layers = set(peers.probe_layers(loaded.pipe.transformer, method.peer, layers))
+        yield state
+
+
 def run_method(loaded: LoadedModel, request: Request, method: Method, mag_ratios: list[float] | None = None) -> Run:
     """One pipeline call under `method`; ours and the peer are removed after it."""
     with contextlib.ExitStack() as stack:
-        state = stack.enter_context(sparse(loaded.pipe, method.config)) if method.config is not None else None
-        if state is not None and method.peer is not None:  # no reused outputs where the cache probes
-            layers = [n.removesuffix(".processor") for n in attention_processors(loaded.pipe.transformer)]
-            state.runner.fresh_layers = set(peers.probe_layers(loaded.pipe.transformer, method.peer, layers))
+        state = stack.enter_context(ours_under(loaded, method))
         if method.peer is not None:
             stack.enter_context(peers.enabled(loaded.pipe, method.peer, request.steps, mag_ratios))
         result = run(loaded, request, label=method.label)
@@ -289,11 +300,13 @@ def as_method(config: SparseConfig | Method) -> Method:
 
 
 def calibrate(loaded: LoadedModel, request: Request, method: Method) -> list[float] | None:
-    """What a peer must measure on the model before it runs (MagCache's ratios), else None."""
+    """What a peer must measure on the model before it runs (MagCache's ratios), else None. In a
+    stack it measures the model as it will run, under our half of the method."""
     if method.peer is None or method.peer.name != "magcache":
         return None
-    calibration_run = functools.partial(run, loaded, request, label="calibration")
-    return peers.magcache_ratios(loaded.pipe, request.steps, calibration_run)
+    with ours_under(loaded, method):
+        calibration_run = functools.partial(run, loaded, request, label="calibration")
+        return peers.magcache_ratios(loaded.pipe, request.steps, calibration_run)
 
 
 def compare(

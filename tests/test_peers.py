@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from sparsediff import Full, Skip, SparseConfig
 from sparsediff.cli import app
-from sparsediff.generate import Method, Request, parse_method, run, run_method
+from sparsediff.generate import Method, Request, calibrate, parse_method, run, run_method
 from sparsediff.peers import Peer, PeerError, parse_peer
 from sparsediff.pipelines.registry import Size, load_model
 
@@ -68,6 +68,18 @@ def test_stacks_equal_each_alone_where_the_other_does_nothing(wan):
     assert np.abs(with_dense - alone).max() <= 1e-4  # our dense preset leaves the cache's output
     stacked = run_method(wan, REQUEST, parse_method("window+fbcache:threshold=0.5"))
     assert stacked.calls["sparse"] > 0 and 0 < stacked.density < 1  # both ran: ours counted its calls
+
+
+def test_magcache_in_a_stack_calibrates_the_model_as_it_will_run(wan):
+    """MagCache's ratios in a stack come from a run under our half; ours is removed after it."""
+    native = run(wan, REQUEST).frames
+    alone = calibrate(wan, REQUEST, parse_method("magcache"))
+    under_dense = calibrate(wan, REQUEST, Method("dense+magcache", parse_method("dense").config, Peer("magcache")))
+    under_window = calibrate(wan, REQUEST, parse_method("window+magcache"))
+    assert len(alone) == len(under_window) == REQUEST.steps
+    assert np.allclose(under_dense, alone, atol=1e-4)  # our dense preset computes what the model does
+    assert not np.allclose(under_window, alone, atol=1e-4)  # sparse attention changes the magnitudes
+    assert np.array_equal(run(wan, REQUEST).frames, native)
 
 
 def test_cache_dit_runs_as_a_peer_alone_and_under_ours(wan):
