@@ -56,22 +56,26 @@ def block_mass(q: Tensor, k: Tensor, scale: float, block: int, value: Tensor | N
     for b0 in range(0, qb, chunk_blocks):
         b1 = min(qb, b0 + chunk_blocks)
         rows = slice(b0 * block, min(n_q, b1 * block))
-        probs = torch.matmul(q[:, :, rows], key_t).float().mul_(scale)
-        probs.sub_(probs.amax(-1, keepdim=True)).exp_()
-        probs.div_(probs.sum(-1, keepdim=True))
+        probs = _probabilities(q[:, :, rows], key_t, scale)
         if out is not None:
             out[:, :, rows] = (probs @ v.float()).to(out.dtype)
         r = probs.shape[2]
         if r < (b1 - b0) * block:  # short last query block
             probs = torch.nn.functional.pad(probs, (0, 0, 0, (b1 - b0) * block - r))
         per_row_block = probs.view(batch, heads, b1 - b0, block, n_kv).sum(3)  # [B, H, c, N_kv]
-        per_row_block = torch.nn.functional.pad(per_row_block, (0, kb * block - n_kv))
-        sums = per_row_block.view(batch, heads, b1 - b0, kb, block).sum(-1)
+        sums = _block_sums(per_row_block, block, n_kv)
         counts = torch.full((b1 - b0,), float(block))
         counts[-1] = r - (b1 - b0 - 1) * block
         mass[:, b0:b1] = (sums / counts[:, None]).mean(0)
         del probs, per_row_block  # freed before the next chunk's scores are allocated
     return mass if value is None else (mass, out)
+
+
+def _probabilities(q_rows: Tensor, key_t: Tensor, scale: float) -> Tensor:
+    """Softmax of `q_rows @ key_t * scale` in float32, computed in place in one score buffer."""
+    probs = torch.matmul(q_rows, key_t).float().mul_(scale)
+    probs.sub_(probs.amax(-1, keepdim=True)).exp_()
+    return probs.div_(probs.sum(-1, keepdim=True))
 
 
 def _block_sums(probs: Tensor, block: int, n_kv: int) -> Tensor:
@@ -98,9 +102,7 @@ def block_mass_rows(q: Tensor, k: Tensor, scale: float, block: int, rows: int) -
     chunk = max(1, _SCORE_BUFFER // (batch * heads * r * n_kv))
     for b0 in range(0, qb, chunk):
         b1 = min(qb, b0 + chunk)
-        probs = torch.matmul(q[:, :, picked[b0:b1].flatten()].float(), key_t).mul_(scale)
-        probs.sub_(probs.amax(-1, keepdim=True)).exp_()
-        probs.div_(probs.sum(-1, keepdim=True))
+        probs = _probabilities(q[:, :, picked[b0:b1].flatten()].float(), key_t, scale)
         sums = _block_sums(probs, block, n_kv).unflatten(2, (b1 - b0, r))  # [B, H, c, r, Kb]
         mass[:, b0:b1] = (sums * weights[b0:b1, :, None]).sum(3).mean(0).cpu()
         del probs  # freed before the next chunk's scores are allocated: one buffer at a time
