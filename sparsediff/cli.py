@@ -645,6 +645,10 @@ def search_cmd(
         float | None, typer.Option(help="MB that skipped heads may keep between steps, at the calibration size")
     ] = None,
     seed: Annotated[int, typer.Option(help="seed of the calibration runs and row sampling")] = 0,
+    refine: Annotated[
+        int,
+        typer.Option(help="with --budget: tune the choice end to end, at most this many generations of the prompts"),
+    ] = 0,
     report: Annotated[Path | None, typer.Option(help="folder for the heatmap PNG and text table")] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice)")] = None,
 ) -> None:
@@ -677,8 +681,7 @@ def search_cmd(
         settings = dict(
             max_error=max_error, num_inference_steps=request.steps, calibration_steps=calibration_steps, rows=rows,
             block_size=block_size, kv_block_size=kv_block_size, dense_fraction=dense_fraction, dense_steps=dense_steps,
-            seed=seed,
-            max_extra_memory_mb=max_extra_memory,
+            seed=seed, max_extra_memory_mb=max_extra_memory, refine=refine,
         )  # fmt: skip
         if size:
             own = ("num_frames", "height", "width")
@@ -700,6 +703,12 @@ def search_cmd(
             f"{result.config.search['settings']['budget']}; search took {result.seconds:.1f} s, "
             f"peak memory {_mb(result.peak_mem_mb)} MB"
         )
+        refined = result.config.search.get("refinement")
+        if refined:
+            console.print(
+                f"refined end to end: PSNR on the calibration prompts {refined['psnr_before']} -> "
+                f"{refined['psnr_after']} dB in {refined['evaluations']} generations, weights {refined['weights']}"
+            )
         if report:
             for name, path in result.write_report(report / grid if size else report).items():
                 console.print(f"{name}: {path}")

@@ -27,7 +27,7 @@ from sparsediff import peers
 from sparsediff.config import SparseConfig
 from sparsediff.integrations import sparse
 from sparsediff.integrations.diffusers import attention_processors
-from sparsediff.media import VIDEO_SUFFIXES, check_writable, side_by_side, write_frames
+from sparsediff.media import VIDEO_SUFFIXES, check_writable, frames_of, side_by_side, write_frames
 from sparsediff.memory import PeakMemory
 from sparsediff.metrics import psnr, ssim
 from sparsediff.peers import PEERS, Peer, parse_peer
@@ -146,25 +146,12 @@ def shared_call_kwargs(loaded: LoadedModel, request: Request) -> dict:
     return kwargs
 
 
-def _frames(output) -> np.ndarray:
-    """(F, H, W, 3) in [0, 1] from a pipeline output (video `.frames` or image `.images`)."""
-    data = getattr(output, "frames", None)
-    if data is None:
-        data = output.images
-    data = np.asarray(data[0] if isinstance(data, list) else data, dtype=np.float32)
-    if data.ndim == 5:
-        data = data[0]
-    if data.ndim == 3:  # one image
-        data = data[None]
-    return data
-
-
 def run(loaded: LoadedModel, request: Request, steps: int | None = None, label: str = "run") -> Run:
     """One pipeline call; a NaN or infinite output is an error, not a picture."""
     kwargs = call_kwargs(loaded.pipe, loaded.entry, request, steps or request.steps)
     with PeakMemory(loaded.pipe.device) as peak:
         start = time.perf_counter()
-        frames = _frames(loaded.pipe(**kwargs))
+        frames = frames_of(loaded.pipe(**kwargs))
         seconds = time.perf_counter() - start
     if not np.isfinite(frames).all():
         raise FloatingPointError(

@@ -18,6 +18,19 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
     return (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)
 
 
+def frames_of(output) -> np.ndarray:
+    """(F, H, W, 3) in [0, 1] from a pipeline output (video `.frames` or image `.images`)."""
+    data = getattr(output, "frames", None)
+    if data is None:
+        data = output.images
+    data = np.asarray(data[0] if isinstance(data, list) else data, dtype=np.float32)
+    if data.ndim == 5:
+        data = data[0]
+    if data.ndim == 3:  # one image
+        data = data[None]
+    return data
+
+
 def check_writable(path: Path) -> None:
     """Fail before generating, not after: the folder must exist (or be creatable) and accept files."""
     if path.suffix.lower() not in VIDEO_SUFFIXES + IMAGE_SUFFIXES:

@@ -20,6 +20,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -28,6 +29,7 @@ from sparsediff.config import SparseConfig
 from sparsediff.integrations.diffusers import SparseState, install, remove
 from sparsediff.kernels import expand_kv
 from sparsediff.layout import TokenLayout
+from sparsediff.media import frames_of
 from sparsediff.methods import per_call_heads
 from sparsediff.patterns import PER_CALL, Full, Pattern, Skip, Stripe, build_plan
 from sparsediff.search.candidates import BandAndHeavyColumns, Candidate, default_candidates
@@ -219,17 +221,23 @@ def _heaviest_columns(q_rows, key, layout: TokenLayout, scale: float, count: int
 
 def watched_dense_runs(pipe, state_class: type[SparseState], prompts, block_size: int, seed: int,
                        num_inference_steps: int, progress: bool = False, kv_block_size: int | None = None,
-                       backend: str = "auto", **call_kwargs) -> None:  # fmt: skip
+                       backend: str = "auto", keep_frames: bool = False,
+                       **call_kwargs) -> list[np.ndarray]:  # fmt: skip
     """Run the pipeline once per prompt (seed + i) with `state_class` watching every attention call;
-    `backend` runs what the watcher computes beside dense attention (per-call candidates)."""
+    `backend` runs what the watcher computes beside dense attention (per-call candidates). With
+    `keep_frames`, returns each run's frames (dense: the watcher changes nothing), else nothing."""
     config = SparseConfig(method="dense", block_size=block_size, kv_block_size=kv_block_size, backend=backend)
     install(pipe, config, state_class)
+    kept = []
     try:
         for i, prompt in enumerate(tqdm(prompts, desc="dense runs", disable=not progress)):
-            pipe(prompt=prompt, num_inference_steps=num_inference_steps,
-                 generator=torch.Generator().manual_seed(seed + i), **call_kwargs)  # fmt: skip
+            output = pipe(prompt=prompt, num_inference_steps=num_inference_steps,
+                          generator=torch.Generator().manual_seed(seed + i), **call_kwargs)  # fmt: skip
+            if keep_frames:
+                kept.append(frames_of(output))
     finally:
         remove(pipe)
+    return kept
 
 
 @lru_cache(maxsize=64)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import time
@@ -22,6 +23,7 @@ from sparsediff.patterns import PER_CALL, Full, HilbertWindow, Pattern, Pyramid,
 from sparsediff.search.calibrate import Calibration, CalibrationState, watched_dense_runs
 from sparsediff.search.candidates import BandAndHeavyColumns, Candidate
 from sparsediff.search.cost import CostModel, measure
+from sparsediff.search.refine import Refinement, generated_psnr, refine_weights, weight_keys, weighted_errors
 from sparsediff.search.report import heatmap, short_name
 from sparsediff.search.solver import (
     Choices,
@@ -104,6 +106,7 @@ def search(
     seed: int = 0,
     progress: bool = True,
     max_extra_memory_mb: float | None = None,
+    refine: int = 0,
     **call_kwargs,
 ) -> SearchResult:
     """Find the cheapest pattern per layer and head for `pipe` (a diffusers pipeline).
@@ -114,6 +117,8 @@ def search(
     query blocks of `block_size` and KV blocks of `kv_block_size` (default: the same).
     `max_extra_memory_mb` bounds what skipped heads keep between steps at the calibration's
     size (the config's `search.predicted.extra_memory_mb`); skips over it are replaced.
+    `refine` > 0 (budget only) tunes the solver's error weights end to end on the prompts, with
+    at most that many generations of them (`search.refine`).
     """
     if (max_error is None) == (budget is None):
         raise ValueError("give exactly one of max_error (per-head error bound) or budget (fraction of dense time)")
@@ -121,6 +126,12 @@ def search(
         raise ValueError(f"budget is a fraction of dense attention time in (0, 1], got {budget}")
     if not prompts:
         raise ValueError("search needs at least one calibration prompt")
+    if max_extra_memory_mb is not None and max_extra_memory_mb < 0:
+        raise ValueError(f"max_extra_memory_mb must be >= 0, got {max_extra_memory_mb}")
+    if refine < 0:
+        raise ValueError(f"refine is a number of end-to-end evaluations (0: none), got {refine}")
+    if refine and max_error is not None:
+        raise ValueError("refine trades error between heads within a budget; give budget, not max_error")
     blocks = (block_size, kv_block_size or block_size)
     if cost_model is not None and cost_model.plan_blocks != blocks:
         raise ValueError(
@@ -140,8 +151,9 @@ def search(
     )
     device = getattr(pipe, "device", "cpu")
     with PeakMemory(device) as peak:  # the calibration runs: where the search's memory peaks
-        watched_dense_runs(pipe, _state_class(cal), prompts, block_size, seed, num_inference_steps, progress,
-                           kv_block_size=kv_block_size, backend=backend, **call_kwargs)  # fmt: skip
+        references = watched_dense_runs(pipe, _state_class(cal), prompts, block_size, seed, num_inference_steps,
+                                        progress, kv_block_size=kv_block_size, backend=backend,
+                                        keep_frames=refine > 0, **call_kwargs)  # fmt: skip
     if not cal.errors:
         raise ValueError("no self/joint attention call had a known layout: nothing to search (see the log's warnings)")
     layout = next(iter(cal.layouts.values()))
@@ -158,8 +170,12 @@ def search(
     transformer = transformers_of(pipe)[0]
     savings = _whole_layer_savings(cal, transformer, cost_model)
     reuse = LayerReuse({c: p.every for c, p in enumerate(cal.candidates) if isinstance(p, Skip)}, savings)
+    skips = {c for c, p in enumerate(cal.candidates) if isinstance(p, Skip)}
+    branches = max(1, len(cal.branches))
+    kept_per_head = {layer: kept_bytes_of(1, cal.batch, cal.layouts[layer].num_tokens, cal.head_dims[layer],
+                                          cal.itemsize, branches) for layer in errors}  # fmt: skip
     if max_error is not None:
-        choices = solve_max_error(errors, costs, max_error, reuse)
+        solver = functools.partial(solve_max_error, costs=costs, max_error=max_error, reuse=reuse)
     else:
         # Budget: predicted sparse time <= budget x dense SDPA time; per-call fixed costs come off the top.
         dense_total = sum(cost_model.dense_ms * t.shape[0] / cost_model.heads for t in errors.values())
@@ -170,43 +186,62 @@ def search(
                 f"cost ({overhead:.3g} ms over {len(errors)} layers) at {layout.num_tokens} tokens; raise the budget "
                 "or search at a longer layout, where sparse attention pays"
             )
-        choices = solve_budget(errors, costs, budget * dense_total - overhead, reuse)
-    choices = _dense_where_faster(choices, cal, blocks, cost_model, savings)
-    skips = {c for c, p in enumerate(cal.candidates) if isinstance(p, Skip)}
-    per_head = {layer: kept_bytes_of(1, cal.batch, cal.layouts[layer].num_tokens, cal.head_dims[layer], cal.itemsize,
-                                     max(1, len(cal.branches))) for layer in choices}  # fmt: skip
-    if max_extra_memory_mb is not None:
-        if max_extra_memory_mb < 0:
-            raise ValueError(f"max_extra_memory_mb must be >= 0, got {max_extra_memory_mb}")
-        choices = limit_kept_memory(choices, errors, costs, skips, per_head, int(max_extra_memory_mb * 2**20))
-    extra_mb = sum(per_head[layer] * sum(c in skips for c in picks) for layer, picks in choices.items()) / 2**20
-    per_head = {layer: [cal.resolve(layer, h, c) for h, c in enumerate(picks)] for layer, picks in choices.items()}
+        solver = functools.partial(solve_budget, costs=costs, budget_ms=budget * dense_total - overhead, reuse=reuse)
+
+    def solve(weights: dict[str, float]) -> Choices:
+        choices = solver(weighted_errors(errors, cal.candidates, weights) if weights else errors)
+        choices = _dense_where_faster(choices, cal, blocks, cost_model, savings)
+        if max_extra_memory_mb is not None:
+            choices = limit_kept_memory(choices, errors, costs, skips, kept_per_head, int(max_extra_memory_mb * 2**20))
+        return choices
+
+    def patterns_of(choices: Choices) -> dict[str, list[Pattern]]:
+        return {layer: [cal.resolve(layer, h, c) for h, c in enumerate(picks)] for layer, picks in choices.items()}
+
+    def config_of(choices: Choices, refinement: Refinement | None = None) -> SparseConfig:
+        kept = sum(kept_per_head[layer] * sum(c in skips for c in picks) for layer, picks in choices.items())
+        patterns = patterns_of(choices)
+        predicted = _predict(patterns, cal.layouts, blocks, cost_model, savings)
+        return SparseConfig(
+            method="pattern",
+            pattern=Full(),  # layers the calibration never saw stay dense
+            heads=patterns,
+            block_size=block_size,
+            kv_block_size=kv_block_size,
+            backend=backend,
+            schedule=schedule,
+            model=model_signature(transformer),
+            search={
+                "settings": {
+                    "prompts": list(prompts), "num_inference_steps": num_inference_steps,
+                    "calibration_steps": sorted(cal.sample_steps), "rows": rows, "seed": seed,
+                    "max_error": max_error, "budget": budget, "layout": repr(layout), "grid": list(layout.grid),
+                    "max_extra_memory_mb": max_extra_memory_mb, "refine": refine,
+                    "call_kwargs": {k: v for k, v in call_kwargs.items() if isinstance(v, (int, float, str, bool))},
+                },
+                "predicted": predicted | {"extra_memory_mb": round(kept / 2**20, 6)},
+                "cost_model": cost_model.model_dump(),
+                "whole_layer_saving_ms": {n: round(ms, 3) for n, ms in savings.items()},
+                "head_error": {n: [float(errors[n][h, c]) for h, c in enumerate(p)] for n, p in choices.items()},
+            }
+            | ({"refinement": refinement.as_json()} if refinement else {}),
+        )  # fmt: skip
+
+    refinement = None
+    if refine:
+
+        def generated(choices: Choices) -> float:
+            return generated_psnr(pipe, config_of(choices), prompts, references, seed,
+                                  num_inference_steps=num_inference_steps, **call_kwargs)  # fmt: skip
+
+        keys = weight_keys(cal.candidates, list(errors))
+        choices, refinement = refine_weights(solve, generated, keys, refine, progress)
+    else:
+        choices = solve({})
+    config = config_of(choices, refinement)
+    per_head = patterns_of(choices)
     densities = {layer: [_amortized_density(cal.layouts[layer], p, blocks) for p in pats]
                  for layer, pats in per_head.items()}  # fmt: skip
-    predicted = _predict(per_head, cal.layouts, blocks, cost_model, savings)
-    config = SparseConfig(
-        method="pattern",
-        pattern=Full(),  # layers the calibration never saw stay dense
-        heads=per_head,
-        block_size=block_size,
-        kv_block_size=kv_block_size,
-        backend=backend,
-        schedule=schedule,
-        model=model_signature(transformer),
-        search={
-            "settings": {
-                "prompts": list(prompts), "num_inference_steps": num_inference_steps,
-                "calibration_steps": sorted(cal.sample_steps), "rows": rows, "seed": seed,
-                "max_error": max_error, "budget": budget, "layout": repr(layout), "grid": list(layout.grid),
-                "max_extra_memory_mb": max_extra_memory_mb,
-                "call_kwargs": {k: v for k, v in call_kwargs.items() if isinstance(v, (int, float, str, bool))},
-            },
-            "predicted": predicted | {"extra_memory_mb": round(extra_mb, 6)},
-            "cost_model": cost_model.model_dump(),
-            "whole_layer_saving_ms": {n: round(ms, 3) for n, ms in savings.items()},
-            "head_error": {n: [float(errors[n][h, c]) for h, c in enumerate(p)] for n, p in choices.items()},
-        },
-    )  # fmt: skip
     seconds = time.perf_counter() - start
     return SearchResult(config, cal.candidates, errors, costs, reuse, choices, per_head, densities, cost_model, seconds,
                         peak.mb, layout)  # fmt: skip
