@@ -158,3 +158,32 @@ def test_text_tab_answers_dense_and_with_sparsed(browser, url):
     assert answers["dense"][1].strip() and answers["SparseD"][1].strip()
     assert "speedup" in page.inner_text("body")
     page.close()
+
+
+def test_search_tab_refines_end_to_end_and_hands_its_config_to_compare(browser, url):
+    page = _open(browser, url)
+    page.get_by_role("tab", name="Search").click()
+    page.get_by_label("Budget (fraction of dense time) or max error").fill("0.9")
+    page.get_by_label("Refine: end-to-end generations (budget only; 0: off)").fill("2")
+    page.get_by_role("button", name="Search", exact=True).click()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('textarea')].some(t => t.value.includes('refined end to end'))",
+        timeout=TIMEOUT,
+    )
+    page.get_by_role("button", name="Use this config in Compare").click()
+    page.get_by_role("tab", name="Compare").click()
+    page.get_by_role("button", name="Compare", exact=True).click()
+    assert _number(_figures(page)["speedup"]) > 0
+    page.close()
+
+
+def test_a_config_that_runs_every_call_dense_shows_its_figures(browser, url, tmp_path):
+    from sparsediff import SparseConfig
+
+    page = _open(browser, url)
+    every_step_dense = SparseConfig(method="window", schedule={"dense_fraction": 1.0}).save(tmp_path / "dense.json")
+    page.locator("input[type=file]").first.set_input_files(str(every_step_dense))
+    page.get_by_role("button", name="Compare", exact=True).click()
+    figures = _figures(page)
+    assert figures["density (sparse calls)"] == "no call ran sparse" and figures["PSNR dB"] == "identical"
+    page.close()

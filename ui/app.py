@@ -95,7 +95,8 @@ def _table(summary: dict) -> list[list[str]]:
     ):
         if key in summary:
             value = summary[key]
-            rows.append([label, "identical" if value is None and key == "psnr" else fmt.format(value)])
+            unset = {"psnr": "identical", "sparse_density": "no call ran sparse"}.get(key, "-")
+            rows.append([label, unset if value is None else fmt.format(value)])
     for key in ("judge_dense", "judge_sparse"):
         verdict = summary.get(key)
         if verdict is not None:
@@ -143,7 +144,7 @@ def build_app(default: str | None = None, models: Models | None = None) -> gr.Bl
                     progress=TRACK_TQDM):  # fmt: skip
         return run_compare(model, folder, prompt, method, density, upload, steps, seed, frames, height, width, False)
 
-    def run_search(model, folder, prompts, objective, value, kv_block, steps, frames, height, width,
+    def run_search(model, folder, prompts, objective, value, kv_block, refine, steps, frames, height, width,
                    progress=TRACK_TQDM):  # fmt: skip
         from sparsediff.generate import shared_call_kwargs
         from sparsediff.search import search
@@ -159,12 +160,18 @@ def build_app(default: str | None = None, models: Models | None = None) -> gr.Bl
             bound = {"budget": float(value)} if objective == "budget" else {"max_error": float(value)}
             with slot.lock:
                 result = search(loaded.pipe, texts, num_inference_steps=request.steps, calibration_steps=2,
-                                kv_block_size=int(kv_block) or None, progress=True, **bound,
+                                kv_block_size=int(kv_block) or None, refine=int(refine or 0), progress=True, **bound,
                                 **shared_call_kwargs(loaded, request))  # fmt: skip
             folder_out = Path(tempfile.mkdtemp(dir=out_dir))
             report = result.write_report(folder_out)
             config_path = result.config.save(folder_out / "searched.json")
-            return str(report["heatmap"]), report["table"].read_text(), str(config_path), str(config_path)
+            refined = result.config.search.get("refinement")
+            text = report["table"].read_text() + (
+                f"\nrefined end to end: PSNR on the prompts {refined['psnr_before']} -> {refined['psnr_after']} dB"
+                if refined
+                else ""
+            )
+            return str(report["heatmap"]), text, str(config_path), str(config_path)
         except ERRORS as err:
             raise gr.Error(str(err)) from err
 
@@ -274,6 +281,7 @@ def build_app(default: str | None = None, models: Models | None = None) -> gr.Bl
                 objective = gr.Radio(["budget", "max error"], value="budget", label="Objective")
                 bound = gr.Number(value=0.5, label="Budget (fraction of dense time) or max error")
                 kv_block = gr.Number(value=16, precision=0, label="KV block size (0: the query block)")
+                refine = gr.Number(value=0, precision=0, label="Refine: end-to-end generations (budget only; 0: off)")
             search_button = gr.Button("Search", variant="primary")
             with gr.Row():
                 heatmap = gr.Image(label="Chosen pattern per layer and head")
@@ -281,7 +289,8 @@ def build_app(default: str | None = None, models: Models | None = None) -> gr.Bl
             searched = gr.File(label="Searched config")
             use_button = gr.Button("Use this config in Compare")
             searched_path = gr.State()
-            search_inputs = [model, folder, calibration, objective, bound, kv_block, steps, frames, height, width]
+            search_inputs = [model, folder, calibration, objective, bound, kv_block, refine, steps,
+                             frames, height, width]  # fmt: skip
             search_button.click(run_search, search_inputs, [heatmap, table, searched, searched_path])
             use_button.click(lambda path: path, [searched_path], [upload])
         with gr.Tab("Inspect"):
