@@ -81,9 +81,9 @@ def refine_weights(
         raise ValueError(f"refinement needs at least 1 evaluation, got {evaluations}")
     weights: dict[str, float] = {}
     best = solve(weights)
-    scores = {_key(best): evaluate(best)}
-    found = Refinement(psnr_before=scores[_key(best)], trail=[{"change": "solver", "psnr": _r(scores[_key(best)])}])
-    best_score = found.psnr_before
+    best_score = evaluate(best)
+    scores = {_key(best): best_score}
+    found = Refinement(psnr_before=best_score, trail=[{"change": "solver", "psnr": _r(best_score)}])
     bar = tqdm(total=evaluations, initial=1, desc="refine (end to end)", disable=not progress)
     kept_one = True
     while kept_one and len(found.trail) < evaluations:
