@@ -138,6 +138,8 @@ def search(
             f"the cost model was fitted on {cost_model.plan_blocks} (query, KV) blocks, the search plans "
             f"{blocks}; measure a new one or search with its block sizes"
         )
+    if refine:
+        call_kwargs.setdefault("output_type", "np")  # frames in [0, 1], whatever the pipeline's default
     start = time.perf_counter()
     schedule = Schedule(dense_steps=dense_steps, dense_fraction=dense_fraction)
     cal = Calibration(
