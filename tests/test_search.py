@@ -578,3 +578,13 @@ def test_search_refuses_refinement_without_a_budget_before_calibrating():
         search(pipe, ["a cat"], max_error=0.1, refine=2, num_inference_steps=2)
     with pytest.raises(ValueError, match="number of end-to-end evaluations"):
         search(pipe, ["a cat"], budget=0.5, refine=-1, num_inference_steps=2)
+
+
+def test_refinement_compares_frames_in_0_1_on_a_pipeline_whose_default_output_is_pil():
+    pipe = tiny_pipeline("flux")
+    pipe.set_progress_bar_config(disable=True)
+    call = dict(num_inference_steps=3, height=128, width=128)
+    result = search(pipe, ["a cat"], budget=0.6, calibration_steps=1, refine=1, progress=False, **call)
+    dense = [frames_of(pipe(prompt="a cat", generator=torch.Generator().manual_seed(0), output_type="np", **call))]
+    again = generated_psnr(pipe, result.config, ["a cat"], dense, 0, output_type="np", **call)
+    assert again == pytest.approx(result.config.search["refinement"]["psnr_before"], abs=1e-3)
