@@ -13,6 +13,12 @@ from PIL import Image, ImageDraw
 
 GREY, DARK, RED = (120, 120, 120), (30, 30, 30), (220, 80, 40)
 PALETTE = [(60, 90, 160), RED, (40, 150, 90), (150, 60, 160), (200, 150, 30), (90, 90, 90)]
+LABEL_HEIGHT = 12  # px of Pillow's default font
+Box = tuple[float, float, float, float]  # left, top, right, bottom
+
+
+def boxes_overlap(a: Box, b: Box) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 class Chart:
@@ -25,6 +31,9 @@ class Chart:
         self.y0, self.y1 = (math.log2(v) for v in y_range) if log_y else y_range
         self.image = Image.new("RGB", (width, height), "white")
         self.draw = ImageDraw.Draw(self.image)
+        self.markers: list[Box] = []  # every point's dot
+        self.labels: list[tuple[str, Box]] = []  # placed when the chart is saved, clear of dots and each other
+        self._pending: list[tuple[float, float, str]] = []
 
     def at(self, x: float, y: float) -> tuple[float, float]:
         x = math.log2(x) if self.log_x else x
@@ -40,10 +49,28 @@ class Chart:
     def point(self, x: float, y: float, colour, label: str = "") -> None:
         cx, cy = self.at(x, y)
         self.draw.ellipse([cx - 5, cy - 5, cx + 5, cy + 5], fill=colour)
+        self.markers.append((cx - 5, cy - 5, cx + 5, cy + 5))
         if label:
-            right = cx + 8 + self.draw.textlength(label) < self.width - 4
-            left = cx + 8 if right else cx - 8 - self.draw.textlength(label)
-            self.draw.text((left, cy - 6), label, fill=DARK)
+            self._pending.append((cx, cy, label))
+
+    def _inside(self, box: Box) -> bool:
+        return box[0] >= 2 and box[1] >= 2 and box[2] <= self.width - 2 and box[3] <= self.height - 2
+
+    def _place_labels(self) -> None:
+        """Each label right of its dot, else left, above or below: the first spot inside the image
+        that covers no dot and no label placed before it (the first spot inside, when none is free)."""
+        for cx, cy, text in self._pending:
+            w, h = self.draw.textlength(text), LABEL_HEIGHT
+            spots = [(cx + 8, cy - h / 2), (cx - 8 - w, cy - h / 2), (cx + 8, cy - h - 6), (cx + 8, cy + 6),
+                     (cx - 8 - w, cy - h - 6), (cx - 8 - w, cy + 6)]  # fmt: skip
+            boxes = [(x, y, x + w, y + h) for x, y in spots]
+            inside = [b for b in boxes if self._inside(b)]
+            taken = self.markers + [box for _, box in self.labels]
+            free = [b for b in inside if not any(boxes_overlap(b, t) for t in taken)]
+            box = (free or inside or boxes)[0]
+            self.labels.append((text, box))
+            self.draw.text(box[:2], text, fill=DARK)
+        self._pending.clear()
 
     def axes(self, x_ticks: Sequence[float], x_format: Callable[[float], str], y_format: Callable[[float], str],
              title: str) -> None:  # fmt: skip
@@ -63,6 +90,7 @@ class Chart:
         return 2**axis_y if self.log_y else axis_y
 
     def save(self, path) -> Path:
+        self._place_labels()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.image.save(path)

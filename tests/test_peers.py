@@ -168,3 +168,20 @@ def test_generate_compares_a_peer_and_a_stack(tmp_path):
         record = json.loads(result.stdout.strip().splitlines()[-1])
         assert record["method"] == method and record["speedup"] > 0 and record["psnr"] is not None
         assert (record["density"] is not None) == ours  # a peer alone computes no sparse attention
+
+
+def test_pareto_labels_stay_clear_of_each_other_and_of_every_dot(tmp_path):
+    """Points a few pixels apart (two configs of one speed and PSNR) still get readable labels."""
+    from sparsediff.figures import Chart, boxes_overlap
+
+    chart = Chart((1.0, 2.4), (29.9, 32.8))
+    for label, x, y in [("refine-a.json", 2.10, 31.76), ("refine-b.json", 2.26, 31.73), ("taylorseer", 2.08, 30.86),
+                        ("near", 2.11, 31.74)]:  # fmt: skip
+        chart.point(x, y, (0, 0, 0), f"{label} ({x:.2f}x, {y:.1f} dB)")
+    chart.save(tmp_path / "labels.png")
+    boxes = [box for _, box in chart.labels]
+    assert len(boxes) == 4
+    for i, box in enumerate(boxes):
+        assert box[0] >= 0 and box[2] <= chart.width and box[1] >= 0 and box[3] <= chart.height
+        assert not any(boxes_overlap(box, dot) for dot in chart.markers)
+        assert not any(boxes_overlap(box, other) for other in boxes[i + 1 :])
