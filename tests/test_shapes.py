@@ -197,3 +197,19 @@ def test_flow_loss_scores_sample_prediction_on_the_clean_clip():
     assert flow_loss(target + only_clean, target, t, 0.0, "sample") < flow_loss(
         target + only_noise, target, t, 0.0, "sample"
     )
+
+
+def test_shipped_configs_fit_the_shipped_model():
+    """Both configs in assets/ name the shipped transformer; the refined one was searched at 16 x 64 x 64
+    (a 16 x 16 x 16 latent grid) and runs there sparse, one dense step first."""
+    from sparsediff import SparseConfig
+    from sparsediff.integrations.diffusers import model_signature
+    from sparsediff.pipelines.registry import ASSETS, load_model
+    from sparsediff.search import searched_grid
+
+    signature = model_signature(load_model("shapes-t2v").pipe.transformer)
+    shipped = SparseConfig.load(ASSETS / "shapes-t2v" / "sparse.json")
+    refined = SparseConfig.load(ASSETS / "shapes-t2v" / "refined-16x64x64.json")
+    assert shipped.model == refined.model == signature
+    assert searched_grid(refined) == (16, 16, 16) and refined.schedule.dense_steps == 1
+    assert refined.search["refinement"]["psnr_after"] > refined.search["refinement"]["psnr_before"]
