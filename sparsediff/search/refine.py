@@ -90,12 +90,12 @@ def refine_weights(
         kept_one = False
         for key in keys:
             for factor in (FACTOR, 1 / FACTOR):
+                if len(found.trail) >= evaluations:
+                    break
                 trial = weights | {key: weights.get(key, 1.0) * factor}
                 choices = solve(trial)
                 if _key(choices) in scores:
                     continue
-                if len(found.trail) >= evaluations:
-                    break
                 score = scores[_key(choices)] = evaluate(choices)
                 kept = score > best_score + MIN_GAIN_DB
                 found.trail.append({"change": f"{key} x{factor:.3g}", "psnr": _r(score), "kept": kept})
