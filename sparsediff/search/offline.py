@@ -172,7 +172,7 @@ def search(
     transformer = transformers_of(pipe)[0]
     savings = _whole_layer_savings(cal, transformer, cost_model)
     reuse = LayerReuse({c: p.every for c, p in enumerate(cal.candidates) if isinstance(p, Skip)}, savings)
-    skips = {c for c, p in enumerate(cal.candidates) if isinstance(p, Skip)}
+    skips = set(reuse.periods)
     branches = max(1, len(cal.branches))
     kept_per_head = {layer: kept_bytes_of(1, cal.batch, cal.layouts[layer].num_tokens, cal.head_dims[layer],
                                           cal.itemsize, branches) for layer in errors}  # fmt: skip
