@@ -29,7 +29,7 @@ from sparsediff.pipelines.shapes.data import HELD_OUT
 from sparsediff.pipelines.shapes.judge import judge_prompt
 from sparsediff.pipelines.tiny import TEXT_LEN, tiny_pipeline
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
 
 
 @dataclass(frozen=True)
