@@ -35,7 +35,15 @@ from torch.overrides import TorchFunctionMode
 
 from sparsediff.attention import is_trivial_mask
 from sparsediff.config import ModelSignature, SparseConfig
-from sparsediff.integrations.families import FAMILIES, SUPPORT, Family, family_of
+from sparsediff.integrations.families import (
+    FAMILIES,
+    SUPPORT,
+    Family,
+    can_reuse_whole,
+    check_supported,
+    family_of,
+    text_padding_groups,
+)
 from sparsediff.layout import TokenLayout
 from sparsediff.methods.runner import AttentionCall, Runner, RunStats, Step
 
@@ -179,19 +187,10 @@ class SparseState:
             return self.fixed_layout if self.fixed_layout.num_tokens == n else None
         if self.grid is None or self.family is None:
             return None
-        frames, height, width = self.grid
-        text = n - frames * height * width
-        if text < 0:
-            return None
-        if text and self.family.text not in ("prefix", "suffix"):
-            self._warn_once(
-                f"text:{self.family.name}",
-                f"{self.family.name}: attention over {n} tokens holds {text} non-visual tokens but sparsediff does "
-                "not know where this model puts text; those calls run dense",
-            )
-            return None
-        side = {"text_prefix": text} if self.family.text == "prefix" else {"text_suffix": text}
-        return TokenLayout(frames=frames, height=height, width=width, **side)
+        layout, problem = self.family.layout(self.grid, n)
+        if problem:
+            self._warn_once(f"text:{self.family.name}", problem)
+        return layout
 
     def describe(self, layer: str, query: Tensor, key: Tensor, attn_mask, is_causal: bool, dropout_p: float) -> dict:
         """The model-side facts of one call: its layout and padding groups, or why it runs dense
@@ -206,7 +205,7 @@ class SparseState:
             return {"dense_reason": "dense: no layout"}
         if attn_mask is None or is_trivial_mask(attn_mask):
             return {"layout": layout}
-        groups = _text_padding_groups(attn_mask, layout)
+        groups = text_padding_groups(attn_mask, layout)
         return {"layout": layout, "groups": groups} if groups else {"dense_reason": "dense: attention mask"}
 
     def attend(
@@ -242,22 +241,6 @@ class SparseState:
         if key not in self._warned:
             self._warned.add(key)
             logger.warning(message)
-
-
-def _text_padding_groups(mask: Tensor, layout: TokenLayout) -> list[tuple[Tensor, Tensor]] | None:
-    """(valid keys, sample indices) per distinct key mask, when masks only hide text tokens.
-
-    Handles the key-padding masks of HunyuanVideo and QwenImage, bool (B, 1, 1, N); any other
-    mask returns None (the call runs dense).
-    """
-    if mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[1:3] != (1, 1) or not layout.num_text:
-        return None
-    valid = mask[:, 0, 0]
-    start = layout.text_prefix
-    if valid.shape[-1] != layout.num_tokens or not valid[:, start : start + layout.num_visual].all():
-        return None
-    patterns, inverse = torch.unique(valid.expand(-1, layout.num_tokens), dim=0, return_inverse=True)
-    return [(p, (inverse == i).nonzero().squeeze(1)) for i, p in enumerate(patterns)]
 
 
 # torch's own SDPA, even where a user has rebound `F.scaled_dot_product_attention` to a wrapper
@@ -348,13 +331,6 @@ def _head_offset(processor, attn) -> int:
     return 0 if degree == 1 else parallel._ulysses_local_rank * (attn.heads // degree)
 
 
-def can_reuse_whole(attn) -> bool:
-    """Whether a layer's output depends on its attention output only (DiT processors), so a layer
-    whose heads all reuse may return its last output whole; not for processors that add their
-    input back (`residual_connection`)."""
-    return not getattr(attn, "residual_connection", False)
-
-
 def _tensor_shapes(args, kwargs) -> tuple:
     """The shapes of a call's tensor arguments: a kept output is reused only for the same ones."""
     values = [*args, *(kwargs[k] for k in sorted(kwargs))]
@@ -422,14 +398,7 @@ def transformers_of(target) -> list[torch.nn.Module]:
                 f"got {type(target).__name__}"
             )
     for model in found:
-        status, reason = SUPPORT.get(type(model).__name__, ("generic", ""))
-        if status == "refused":
-            supported = ", ".join(name for name, (s, _) in SUPPORT.items() if s == "sparse")
-            raise TypeError(
-                f"sparsediff does not support {type(model).__name__}: {reason}. It makes image and video "
-                f"transformers sparse: {supported}. To request a model, open an issue with its diffusers class "
-                "and model id."
-            )
+        check_supported(model)
         if not attention_processors(model):
             raise TypeError(
                 f"{type(model).__name__} is a diffusers model, but none of its modules is a diffusers attention "

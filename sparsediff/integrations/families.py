@@ -29,6 +29,9 @@ from typing import Any
 
 import torch
 
+from sparsediff.layout import TokenLayout
+
+Tensor = torch.Tensor
 Grid = tuple[int, int, int]
 
 
@@ -56,6 +59,21 @@ class Family:
         if (self.cross_flag and getattr(module, "is_cross_attention", False)) or leaf == "attn2" or "cross" in leaf:
             return "cross"  # `attn2` in every block that has one (LTX, PixArt, Wan); Kandinsky's `*cross_attention`
         return "self"
+
+    def layout(self, grid: Grid, n: int) -> tuple[TokenLayout | None, str | None]:
+        """The layout of an n-token self/joint attention call over `grid`: the visual tokens and
+        the rest as text on this family's side; (None, why) where the text's place is unknown."""
+        frames, height, width = grid
+        text = n - frames * height * width
+        if text < 0:
+            return None, None
+        if text and self.text not in ("prefix", "suffix"):
+            return None, (
+                f"{self.name}: attention over {n} tokens holds {text} non-visual tokens but sparsediff does not "
+                "know where this model puts text; those calls run dense"
+            )
+        side = {"text_prefix": text} if self.text == "prefix" else {"text_suffix": text}
+        return TokenLayout(frames=frames, height=height, width=width, **side), None
 
 
 def patch_sizes(config) -> tuple[int, int, int]:
@@ -205,6 +223,29 @@ FAMILIES: dict[str, Family] = {
 GENERIC = Family("generic", "unknown", _channels_first_grid)
 
 
+def text_padding_groups(mask: Tensor, layout: TokenLayout) -> list[tuple[Tensor, Tensor]] | None:
+    """(valid keys, sample indices) per distinct key mask, when masks only hide text tokens.
+
+    Handles the key-padding masks of HunyuanVideo and QwenImage, bool (B, 1, 1, N); any other
+    mask returns None (the call runs dense).
+    """
+    if mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[1:3] != (1, 1) or not layout.num_text:
+        return None
+    valid = mask[:, 0, 0]
+    start = layout.text_prefix
+    if valid.shape[-1] != layout.num_tokens or not valid[:, start : start + layout.num_visual].all():
+        return None
+    patterns, inverse = torch.unique(valid.expand(-1, layout.num_tokens), dim=0, return_inverse=True)
+    return [(p, (inverse == i).nonzero().squeeze(1)) for i, p in enumerate(patterns)]
+
+
+def can_reuse_whole(attn) -> bool:
+    """Whether a layer's output depends on its attention output only (DiT processors), so a layer
+    whose heads all reuse may return its last output whole; not for processors that add their
+    input back (`residual_connection`)."""
+    return not getattr(attn, "residual_connection", False)
+
+
 def family_of(model) -> Family:
     return FAMILIES.get(type(model).__name__, GENERIC)
 
@@ -333,3 +374,15 @@ SUPPORT: dict[str, tuple[str, str]] = {
     "ZImageTransformer2DModel": ("dense", "per-sample lists of images and captions, each padded to a multiple of 32 "
                                           "tokens: no one layout (`dense: no layout`)"),
 }  # fmt: skip
+
+
+def check_supported(model) -> None:
+    """Refuse a model class whose `SUPPORT` entry is "refused", with the reason and what runs sparse."""
+    status, reason = SUPPORT.get(type(model).__name__, ("generic", ""))
+    if status == "refused":
+        supported = ", ".join(name for name, (s, _) in SUPPORT.items() if s == "sparse")
+        raise TypeError(
+            f"sparsediff does not support {type(model).__name__}: {reason}. It makes image and video "
+            f"transformers sparse: {supported}. To request a model, open an issue with its diffusers class "
+            "and model id."
+        )

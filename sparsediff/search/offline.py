@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from sparsediff.config import Schedule, SizeBucket, SparseConfig
-from sparsediff.integrations.diffusers import can_reuse_whole, model_signature, transformers_of
+from sparsediff.integrations.diffusers import model_signature, transformers_of
+from sparsediff.integrations.families import can_reuse_whole
 from sparsediff.layout import TokenLayout
 from sparsediff.memory import PeakMemory
 from sparsediff.methods.runner import kept_bytes_of
