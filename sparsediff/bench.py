@@ -192,7 +192,7 @@ class TransformerBench:
 def bench_transformer(
     family: str, density: float = 0.25, grid: tuple[int, int, int] | None = None, repeat: int = 3, block: int = 64
 ) -> TransformerBench:
-    """One tiny transformer forward: native vs the `dense` preset (overhead) vs `window` (speedup)."""
+    """One tiny transformer forward: native vs the `dense` preset (overhead) vs `local` (speedup)."""
     import diffusers
 
     import sparsediff
@@ -216,7 +216,7 @@ def bench_transformer(
     with sparsediff.sparse(model, "dense", block_size=block):
         forward()
         dense_s = median_seconds(forward, repeat)
-    with sparsediff.sparse(model, "window", density=density, block_size=block) as state:
+    with sparsediff.sparse(model, "local", density=density, block_size=block) as state:
         out = forward()  # builds plans
         sparse_s = median_seconds(forward, repeat)
         with PeakMemory() as sparse_peak:
@@ -259,7 +259,7 @@ class DllmBench:
 
 def bench_dllm(
     context: int, steps: int, gen_length: int = 64, hidden: int = 512, heads: int = 8, layers: int = 1,
-    density: float = 0.3, dense_fraction: float = 0.2, seed: int = 0, progress: bool = False, mass: str = "exact",
+    keep_ratio: float = 0.3, dense_fraction: float = 0.2, seed: int = 0, progress: bool = False, mass: str = "exact",
 ) -> DllmBench:  # fmt: skip
     """Masked-diffusion decoding of `gen_length` tokens after a random prompt: dense vs SparseD.
 
@@ -291,7 +291,7 @@ def bench_dllm(
         dense = decode(steps)
         dense_s = time.perf_counter() - start
     schedule = {"dense_fraction": dense_fraction}
-    with sparsediff.sparse(model, "sparsed", density=density, schedule=schedule, mass=mass) as state:
+    with sparsediff.sparse(model, "sparsed", keep_ratio=keep_ratio, schedule=schedule, mass=mass) as state:
         decode(warm_up_steps, progress=False)
         warm_up_patterns = state.pattern_computations
         with PeakMemory() as sparse_peak:
@@ -542,7 +542,7 @@ class ShapeBench:
 
 @torch.no_grad()
 def bench_shape(
-    name: str, methods: Sequence[str] = ("window",), device: str = "cpu", dtype: torch.dtype = torch.float32,
+    name: str, methods: Sequence[str] = ("local",), device: str = "cpu", dtype: torch.dtype = torch.float32,
     scale: int = 1, repeat: int = 3,
 ) -> ShapeBench:  # fmt: skip
     """One forward of a published transformer with random weights at its real sequence length, per

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -72,10 +73,10 @@ class SparseConfig(BaseModel):
 
     method:
         `dense`: every self/joint attention goes through sparsediff but computes all blocks
-        (the parity check). `window`: a local 3-D window plus text stripes sized per layout to
+        (the parity check). `local`: a local 3-D neighbourhood (one `Diagonal`) plus text stripes sized per layout to
         `density`. `pattern`: `pattern` everywhere, or per-layer per-head `heads` (search output).
         `sparsed` (diffusion LMs): dense until the switch step (`schedule`), then per-head block
-        patterns taken from that step's attention, keeping `density` of the KV blocks.
+        patterns taken from that step's attention, keeping `keep_ratio` of each query block's KV blocks.
         Per call, from pooled scores: `pyramid` (PSA levels full, /2, /4, /8, dropped, costing
         `density` of dense) and `topk` (binary blocks). `hilbert`: windows in Hilbert order plus
         coarse global tokens; `raster-window`: the same without the permutation.
@@ -84,15 +85,18 @@ class SparseConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: Literal[1, 2] = CONFIG_VERSION
-    method: Literal["dense", "window", "pattern", "sparsed", "pyramid", "topk", "hilbert", "raster-window"] = "window"
+    method: Literal["dense", "local", "pattern", "sparsed", "pyramid", "topk", "hilbert", "raster-window"] = "local"
+    # The share of dense attention work to compute: the target local, pyramid, topk, hilbert and
+    # raster-window size themselves to. SparseD's keep ratio is another quantity (`keep_ratio`).
     density: float = Field(default=0.25, gt=0.0, le=1.0)
+    keep_ratio: float = Field(default=0.3, gt=0.0, le=1.0)  # sparsed: share of KV blocks each query block keeps
     pattern: PatternSpec | None = None
     heads: dict[str, list[PatternSpec]] = Field(default_factory=dict)
     # `pattern` configs searched at several sizes: each call uses the bucket nearest its grid
     # (`size_bucket`); then `heads` is empty.
     sizes: list[SizeBucket] = Field(default_factory=list)
     block_size: int = Field(default=64, ge=1)
-    # Static plans (window, pattern) only: KV blocks of another size than query blocks (None: the
+    # Static plans (local, pattern) only: KV blocks of another size than query blocks (None: the
     # same). Smaller KV blocks follow a local band more closely; the search prices either.
     kv_block_size: int | None = Field(default=None, ge=1)
     recompute_every: int = Field(default=0, ge=0)  # sparsed: recompute patterns every k sparse steps (0: never)
@@ -114,6 +118,21 @@ class SparseConfig(BaseModel):
     never_slower: bool | None = None
     model: ModelSignature | None = None
     search: dict | None = None  # what the offline search recorded: settings, predictions, cost model
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_fields(cls, data):
+        """Configs written before the renames load, with a warning naming the new name."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if data.get("method") in RENAMED_METHODS:
+            old, data["method"] = data["method"], RENAMED_METHODS[data["method"]]
+            _renamed(f"method {old!r}", f"method {data['method']!r}")
+        if data.get("method") == "sparsed" and "density" in data and "keep_ratio" not in data:
+            data["keep_ratio"] = data.pop("density")
+            _renamed("`density` of a sparsed config", "`keep_ratio`")
+        return data
 
     @field_validator("backend")
     @classmethod
@@ -160,13 +179,16 @@ class SparseConfig(BaseModel):
 
     @classmethod
     def load(cls, source: SparseConfig | dict | str | os.PathLike, **overrides) -> SparseConfig:
-        """A config from an object, a dict, a preset name (`dense`, `window`) or a JSON file."""
+        """A config from an object, a dict, a preset name (`dense`, `local`) or a JSON file."""
         if isinstance(source, SparseConfig):  # overrides are validated like any other field
-            return _validate({**source.model_dump(), **overrides}, "config") if overrides else source
+            return _validate(_merged(source.model_dump(), overrides), "config") if overrides else source
         if isinstance(source, dict):
-            return _validate({**source, **overrides}, "dict")
+            return _validate(_merged(source, overrides), "dict")
+        if isinstance(source, str) and source in RENAMED_METHODS:
+            _renamed(f"preset {source!r}", f"preset {RENAMED_METHODS[source]!r}")
+            source = RENAMED_METHODS[source]
         if isinstance(source, str) and source in PRESETS:
-            return _validate({**PRESETS[source], **overrides}, f"preset {source!r}")
+            return _validate(_merged(PRESETS[source], overrides), f"preset {source!r}")
         path = Path(source)
         if not path.is_file():
             raise ValueError(f"config {str(source)!r} is neither a preset ({', '.join(PRESETS)}) nor a JSON file")
@@ -181,7 +203,7 @@ class SparseConfig(BaseModel):
                 f"config file {path} has version {data['version']}; this sparsediff reads versions 1 to "
                 f"{CONFIG_VERSION} (upgrade sparsediff to read it)"
             )
-        return _validate({**data, **overrides}, str(path))
+        return _validate(_merged(data, overrides), str(path))
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically (a crash never leaves a half-written config)."""
@@ -195,14 +217,14 @@ class SparseConfig(BaseModel):
 
 PRESETS: dict[str, dict] = {
     "dense": {"method": "dense"},
-    "window": {"method": "window", "density": 0.25},
+    "local": {"method": "local", "density": 0.25},
     # 32-token blocks: with 64, a query block's mass is averaged over twice the rows and a
     # needle's block fell out of the kept ones (tiny-dlm: 6 of 16 right vs 15 of 16 at 32).
     # Block mass from 4 query rows per block: the same answers as the exact mass on tiny-dlm from
     # 528 to 4,112 tokens, and 1.1-1.3x faster (docs/diffusion-lms.md).
     "sparsed": {
         "method": "sparsed",
-        "density": 0.3,
+        "keep_ratio": 0.3,
         "schedule": {"dense_fraction": 0.2},
         "block_size": 32,
         "mass": "rows",
@@ -210,6 +232,25 @@ PRESETS: dict[str, dict] = {
     **{name: {"method": name, "density": 0.25} for name in ("pyramid", "topk", "hilbert", "raster-window")},
     "hilbert-3d": {"method": "hilbert", "order": "hilbert", "density": 0.25},
 }
+
+# Old name -> new name of a method and its preset (configs and commands that use the old name keep
+# working, with a warning).
+RENAMED_METHODS = {"window": "local"}
+
+
+def _renamed(old: str, new: str) -> None:
+    warnings.warn(f"sparsediff: {old} is renamed {new}; the old name will stop loading", FutureWarning, stacklevel=4)
+
+
+def _merged(base: dict, overrides: dict) -> dict:
+    """`base` with `overrides` on top; an override of `density` on a sparsed config is its old
+    name for `keep_ratio`."""
+    method = RENAMED_METHODS.get(m := overrides.get("method", base.get("method")), m)
+    if method == "sparsed" and "density" in overrides and "keep_ratio" not in overrides:
+        _renamed("`density` of a sparsed config", "`keep_ratio`")
+        overrides = {**overrides, "keep_ratio": overrides["density"]}
+        del overrides["density"]
+    return {**base, **overrides}
 
 
 def _validate(data: dict, origin: str) -> SparseConfig:

@@ -87,19 +87,19 @@ class Run:
 
 
 def resolve_config(entry: ModelEntry, method: str | None, config: str | None, density: float | None) -> SparseConfig:
-    """--config, else --method, else the model's shipped config, else `window` (`sparsed` for text)."""
+    """--config, else --method, else the model's shipped config, else `local` (`sparsed` for text)."""
     if method and config:
         raise ValueError("give --method or --config, not both")
     source = config or method
     if source is None:
         shipped = entry.config is not None and entry.config.exists()
-        source = str(entry.config) if shipped else "sparsed" if entry.text else "window"
+        source = str(entry.config) if shipped else "sparsed" if entry.text else "local"
     loaded = SparseConfig.load(source)
     return loaded if density is None else with_density(loaded, density, source)
 
 
 def resolve_method(entry: ModelEntry, method: str | None, config: str | None, density: float | None) -> Method:
-    """`resolve_config`, or a peer or a stack given as --method (`taylorseer`, `window+fbcache`)."""
+    """`resolve_config`, or a peer or a stack given as --method (`taylorseer`, `local+fbcache`)."""
     if method is not None and config is None and any(parse_peer(part) for part in method.split("+")):
         return parse_method(method, density)
     return as_method(resolve_config(entry, method, config, density))
@@ -107,11 +107,16 @@ def resolve_method(entry: ModelEntry, method: str | None, config: str | None, de
 
 def with_density(config: SparseConfig, density: float, source: str) -> SparseConfig:
     """`config` at another density; refused where density means nothing (a searched per-head config)."""
+    if config.method == "sparsed":
+        raise ValueError(
+            f"--density does not apply to {source!r}: SparseD keeps a share of each query block's KV blocks, "
+            "which is its keep ratio (--keep-ratio), not a share of the work"
+        )
     if config.method in ("pattern", "dense"):
         raise ValueError(
             f"--density does not apply to {source!r} (method {config.method!r}): its density is fixed by "
             "its patterns. Search again with `sparsediff search --budget ...`, or pick a method that takes a "
-            "density (window, pyramid, topk, hilbert, raster-window, sparsed)"
+            "density (local, pyramid, topk, hilbert, raster-window)"
         )
     return SparseConfig.load(config, density=density)
 
@@ -173,7 +178,7 @@ def warm_up(
 @dataclass(frozen=True)
 class Method:
     """One method to run: one of ours (a preset or config), one of diffusers' caches (a peer), or
-    both stacked (`window+fbcache`: our sparse attention inside the cache's skipping)."""
+    both stacked (`local+fbcache`: our sparse attention inside the cache's skipping)."""
 
     label: str
     config: SparseConfig | None
@@ -184,7 +189,7 @@ def parse_method(text: str, density: float | None = None, **overrides) -> Method
     """`preset`, `config.json`, `peer[:key=value,...]` or one of ours + one peer."""
     parts = text.split("+")
     if len(parts) > 2:
-        raise ValueError(f"{text!r}: stack one of ours with one peer at most, e.g. window+fbcache")
+        raise ValueError(f"{text!r}: stack one of ours with one peer at most, e.g. local+fbcache")
     config, peer = None, None
     for part in parts:
         found = parse_peer(part)

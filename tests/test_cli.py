@@ -69,12 +69,12 @@ def test_bench_methods_compares_presets_and_config_files(tmp_path, monkeypatch):
     config = SparseConfig(method="pattern", pattern=Diagonal(radius=1), schedule={"dense_steps": 1}, block_size=16)
     path = config.save(tmp_path / "banded.json")
     size = ["--num-frames", "5", "--height", "64", "--width", "64", "--steps", "2"]
-    result = runner.invoke(app, ["bench", "methods", "--model", "tiny-wan", *size, "--method", "window",
+    result = runner.invoke(app, ["bench", "methods", "--model", "tiny-wan", *size, "--method", "local",
                                  "--method", str(path), "--prompt", "a cat", "--json"])  # fmt: skip
     assert result.exit_code == 0, result.output
     *rows, summary = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    assert [r["method"] for r in rows] == ["dense", "window", str(path)]
-    assert [m["method"] for m in summary["methods"]] == ["dense", "window", str(path)]  # the summary comes last
+    assert [r["method"] for r in rows] == ["dense", "local", str(path)]
+    assert [m["method"] for m in summary["methods"]] == ["dense", "local", str(path)]  # the summary comes last
     assert all(r["speedup"] > 0 and r["ssim"] <= 1 for r in rows)
     # The config's own schedule holds (step 0 dense, step 1 sparse): its output differs from dense.
     assert rows[0]["psnr"] is None and rows[2]["psnr"] is not None
@@ -104,7 +104,7 @@ def test_bench_methods_held_out_prompts_and_their_errors():
 
 def test_bench_dllm_through_the_cli():
     result = runner.invoke(app, ["bench", "dllm", "--context", "256", "--steps", "8", "--gen-length", "16",
-                                 "--hidden", "32", "--heads", "2", "--density", "0.5", "--json"])  # fmt: skip
+                                 "--hidden", "32", "--heads", "2", "--keep-ratio", "0.5", "--json"])  # fmt: skip
     assert result.exit_code == 0, result.output
     r = json.loads(result.stdout.strip().splitlines()[-1])
     assert r["context_tokens"] == 256 and r["pattern_computations"] == 1  # one layer, one switch
@@ -195,7 +195,7 @@ def test_published_shapes_are_defined_right_and_run_scaled_down():
         frames, height, width = FULL_SHAPES[name].latent
         assert inputs["hidden_states"].shape[-2:] == (height, width) and frames in inputs["hidden_states"].shape[1:3]
     result = runner.invoke(app, ["bench", "transformer", "--shape", "wan2.1-480p", "--scale", "4", "--repeat", "1",
-                                 "--method", "window", "--method", "dense", "--json"])  # fmt: skip
+                                 "--method", "local", "--method", "dense", "--json"])  # fmt: skip
     assert result.exit_code == 0, result.output
     r = json.loads(result.stdout)
     assert r["tokens"] == 5 * 7 * 13 and r["native_ms"] > 0

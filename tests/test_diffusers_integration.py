@@ -57,7 +57,7 @@ def test_window_changes_output_and_every_sparse_call_matches_reference(models, f
     native = _run(model, inputs)
     outputs = {}
     for backend in ("torch", "reference"):
-        with sparsediff.sparse(model, "window", density=0.3, block_size=16, backend=backend) as state:
+        with sparsediff.sparse(model, "local", density=0.3, block_size=16, backend=backend) as state:
             outputs[backend] = _run(model, inputs)
             plans = list(state.plans.values())
         assert plans and all(p.density < 0.9 for p in plans)
@@ -79,7 +79,7 @@ def test_a_user_wrapper_around_sdpa_still_routes_through_sparsediff(models, monk
         return torch_sdpa(*args, **kwargs)
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", timing_wrapper)
-    with sparsediff.sparse(model, "window", density=0.3, block_size=16) as state:
+    with sparsediff.sparse(model, "local", density=0.3, block_size=16) as state:
         out = _run(model, inputs)
     assert state.calls["sparse"] > 0 and wrapped
     assert (out - native).abs().max() > 1e-3
@@ -97,7 +97,7 @@ def test_layouts_inferred_per_family(models):
         "qwenimage": ((1, 8, 10), "prefix"),
     }
     for family, (grid, side) in expected.items():
-        with sparsediff.sparse(models[family], "window", block_size=16) as state:
+        with sparsediff.sparse(models[family], "local", block_size=16) as state:
             _run(models[family], _inputs(family))
             layouts = {key[1] for key in state.plans}
         (layout,) = layouts
@@ -108,7 +108,7 @@ def test_layouts_inferred_per_family(models):
 
 def test_plans_are_cached_and_rebuilt_for_a_new_resolution(models):
     model = models["wan"]
-    with sparsediff.sparse(model, "window", block_size=16) as state:
+    with sparsediff.sparse(model, "local", block_size=16) as state:
         _run(model, _inputs("wan"))
         first = dict(state.plans)
         _run(model, _inputs("wan", timestep=800))
@@ -133,7 +133,7 @@ def test_schedule_switches_at_the_right_step_under_cfg(models, family, batch, ca
     """dense_steps=2: steps 0-1 dense, then sparse; CFG as separate calls (Wan) or batched (SD3)."""
     model = models[family]
     layers = len(model.attn_processors)
-    with sparsediff.sparse(model, "window", block_size=16, schedule={"dense_steps": 2}) as state:
+    with sparsediff.sparse(model, "local", block_size=16, schedule={"dense_steps": 2}) as state:
         for step, t in enumerate((1000, 800, 600, 400)):
             before = state.calls["sparse"]
             for _ in range(calls_per_step):
@@ -194,7 +194,7 @@ def test_layer_whose_heads_all_reuse_returns_its_last_output_whole(models, famil
 def test_dense_layers_by_index_negative_index_or_name(models, dense_layer):
     """Indices count every attention module in module order (Wan: attn1, attn2 per block)."""
     model = models["wan"]
-    config = SparseConfig(method="window", block_size=16, density=0.3, schedule={"dense_layers": [dense_layer]})
+    config = SparseConfig(method="local", block_size=16, density=0.3, schedule={"dense_layers": [dense_layer]})
     with sparsediff.sparse(model, config) as state:
         _run(model, _inputs("wan"))
         kept = state.plans  # layers that planned
@@ -203,7 +203,7 @@ def test_dense_layers_by_index_negative_index_or_name(models, dense_layer):
 
 
 def test_window_sizing_picks_the_radius_closest_to_the_target():
-    from sparsediff.methods import window_pattern
+    from sparsediff.methods import local_pattern
     from sparsediff.patterns import aligned_plan
 
     for layout, blocks in (
@@ -217,7 +217,7 @@ def test_window_sizing_picks_the_radius_closest_to_the_target():
         ]
         assert by_radius == sorted(by_radius)  # a wider window never computes less
         for target in (0.1, 0.25, 0.3, 0.5):
-            chosen = window_pattern(layout, target, blocks)
+            chosen = local_pattern(layout, target, blocks)
             achieved = aligned_plan(layout, chosen, blocks).density
             assert abs(achieved - target) == pytest.approx(min(abs(d - target) for d in by_radius))
 
@@ -263,16 +263,16 @@ def test_config_errors(models, tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         sparsediff.apply(model, bad)
-    sparsediff.apply(model, "window")
+    sparsediff.apply(model, "local")
     with pytest.raises(RuntimeError, match="already applied"):
-        sparsediff.apply(model, "window")
+        sparsediff.apply(model, "local")
     sparsediff.remove(model)
     with pytest.raises(RuntimeError, match="not applied"):
         sparsediff.remove(model)
     with pytest.raises(TypeError, match="expects a diffusers pipeline"):
-        sparsediff.apply(torch.nn.Linear(2, 2), "window")
+        sparsediff.apply(torch.nn.Linear(2, 2), "local")
     with pytest.raises(ValueError, match="unknown backend 'cuda-magic'; choose one of auto, reference"):
-        sparsediff.apply(model, "window", backend="cuda-magic")  # refused before any call, not at the first
+        sparsediff.apply(model, "local", backend="cuda-magic")  # refused before any call, not at the first
     with pytest.raises(ValueError, match="block sizes must be >= 1 token"):
         sparsediff.build_plan(TokenLayout(height=4, width=4), Diagonal(radius=1), block_size=0)
 
@@ -294,7 +294,7 @@ def test_processors_usable_directly(models):
     originals = dict(model.attn_processors)
     layout = TokenLayout(height=8, width=10)
     model.set_attn_processor(
-        sparsediff.sparse_processors(model, {"method": "window", "density": 0.3, "block_size": 16}, layout)
+        sparsediff.sparse_processors(model, {"method": "local", "density": 0.3, "block_size": 16}, layout)
     )
     changed = _run(model, inputs)
     model.set_attn_processor(originals)
@@ -322,7 +322,7 @@ def test_padded_text_stays_sparse_and_exact(models, family):
     assert (routed - native).abs().max() <= 1e-5
     outputs = {}
     for backend in ("torch", "reference"):
-        with sparsediff.sparse(model, "window", density=0.3, block_size=16, backend=backend):
+        with sparsediff.sparse(model, "local", density=0.3, block_size=16, backend=backend):
             outputs[backend] = _run(model, inputs)
     assert (outputs["torch"] - native).abs().max() > 1e-3
     assert (outputs["torch"] - outputs["reference"]).abs().max() <= 1e-4
@@ -330,7 +330,7 @@ def test_padded_text_stays_sparse_and_exact(models, family):
     alone = {k: v[:1] if isinstance(v, torch.Tensor) and v.shape[:1] == (2,) else v for k, v in inputs.items()}
     if family == "qwenimage":
         alone["img_shapes"] = inputs["img_shapes"][:1]
-    with sparsediff.sparse(model, "window", density=0.3, block_size=16, backend="torch"):
+    with sparsediff.sparse(model, "local", density=0.3, block_size=16, backend="torch"):
         single = _run(model, alone)
     assert (single[0] - outputs["torch"][0]).abs().max() <= 1e-4
     second = {k: v[1:] if isinstance(v, torch.Tensor) and v.shape[:1] == (2,) else v for k, v in inputs.items()}
@@ -357,7 +357,7 @@ def test_roles_come_from_the_model_even_at_equal_lengths(models, family, dense_r
     inputs = TINY_TRANSFORMERS[family].make_inputs(1, 1, 8, 8, 16, 900, torch.Generator().manual_seed(0))
     layers = [name.removesuffix(".processor") for name in model.attn_processors]
     others = sum(not_self in name for name in layers)
-    with sparsediff.sparse(model, "window", density=0.5, block_size=4) as state:
+    with sparsediff.sparse(model, "local", density=0.5, block_size=4) as state:
         _run(model, inputs)
         assert state.calls[dense_reason] == others > 0
         assert state.calls["sparse"] == len(layers) - others
@@ -369,4 +369,4 @@ def test_a_diffusers_model_without_attention_is_refused_truthfully():
     with pytest.raises(
         TypeError, match="is a diffusers model, but none of its modules is a diffusers attention module"
     ):
-        sparsediff.apply(ModelMixin(), "window")
+        sparsediff.apply(ModelMixin(), "local")

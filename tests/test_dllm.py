@@ -132,7 +132,7 @@ def test_dense_preset_matches_the_model_attention(model):
 
 def test_sparsed_switches_once_and_reuses_its_patterns(model):
     prompt = [_prompt(200)]
-    config = dict(density=0.3, block_size=16, schedule={"dense_fraction": 0.2})
+    config = dict(keep_ratio=0.3, block_size=16, schedule={"dense_fraction": 0.2})
     dense = masked_diffusion_generate(model, prompt, mask_id=MASK, gen_length=56, steps=10, progress=False)
     with sparsediff.sparse(model, "sparsed", **config) as state:
         out = masked_diffusion_generate(model, prompt, mask_id=MASK, gen_length=56, steps=10, progress=False)
@@ -174,7 +174,7 @@ def test_sparsed_under_a_prefix_cache_counts_steps_and_keeping_all_equals_dense(
     prompt = [_prompt(200, 5)]
     args = dict(mask_id=MASK, gen_length=32, steps=16, block_length=16, progress=False, prefix_cache=True)
     dense = masked_diffusion_generate(model, prompt, **args)
-    with sparsediff.sparse(model, "sparsed", density=1.0, block_size=16, schedule={"dense_fraction": 0.25}) as state:
+    with sparsediff.sparse(model, "sparsed", keep_ratio=1.0, block_size=16, schedule={"dense_fraction": 0.25}) as state:
         kept_all = masked_diffusion_generate(model, prompt, **args)
         # 16 steps in 2 blocks, one sequence: 4 dense steps, then one pattern step per layer and
         # query count (the block's full step and its cached steps differ), the rest sparse
@@ -197,7 +197,7 @@ def test_sparsed_takes_patterns_per_sequence_of_a_batch():
     module = SimpleNamespace(layer_idx=0, is_causal=False)
 
     def pattern_then_sparse(q, k, v):
-        config = sparsediff.SparseConfig(method="sparsed", density=0.4, block_size=16, schedule={"dense_steps": 0})
+        config = sparsediff.SparseConfig(method="sparsed", keep_ratio=0.4, block_size=16, schedule={"dense_steps": 0})
         state = SparseDState(config)
         state.attend(module, q, k, v, None, None, 0.0, {})  # takes the patterns
         out, _ = state.attend(module, q, k, v, None, None, 0.0, {})
@@ -209,7 +209,7 @@ def test_sparsed_takes_patterns_per_sequence_of_a_batch():
     assert (together - alone).abs().max() <= 1e-5
 
     # A new batch size is a new request: its patterns are taken afresh, not borrowed from 3 sequences.
-    state = SparseDState(sparsediff.SparseConfig(method="sparsed", density=0.4, block_size=16,
+    state = SparseDState(sparsediff.SparseConfig(method="sparsed", keep_ratio=0.4, block_size=16,
                                                  schedule={"dense_steps": 0}))  # fmt: skip
     for batch in (3, 3, 1):
         out, _ = state.attend(module, q[:batch], k[:batch], v[:batch], None, None, 0.0, {})
@@ -323,7 +323,7 @@ def test_diffusion_gemma_generate_gets_sparsed_through_its_attention(gemma):
         assert torch.equal(_gemma_generate(gemma), native)
     assert state.calls["dense: preset"] == 2 * 2 * 4  # layers x canvases x denoising steps (decoder only)
     assert state.calls["dense: causal or decoding"] > 0  # its causal encoder passes through untouched
-    with sparsediff.sparse(gemma, "sparsed", block_size=4, density=0.5, schedule={"dense_steps": 1}) as state:
+    with sparsediff.sparse(gemma, "sparsed", block_size=4, keep_ratio=0.5, schedule={"dense_steps": 1}) as state:
         out = _gemma_generate(gemma)
     assert out.shape == native.shape
     # Each canvas is a new sequence (keys grow by the encoded prompt): patterns taken once per canvas and layer.
@@ -456,7 +456,7 @@ def test_train_export_and_eval_round_trip(tmp_path):
     whole = (tmp_path / "export2" / "training_log.jsonl").read_text()
     assert whole.startswith(first_log) and whole != first_log  # the levels before --init, then the new run's
     result = CliRunner().invoke(app, ["eval", "--model", str(folder), "--samples", "5", "--batch", "3",
-                                      "--density", "0.5", "--density", "1.0", "--json"])  # fmt: skip
+                                      "--keep-ratio", "0.5", "--keep-ratio", "1.0", "--json"])  # fmt: skip
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.stdout.splitlines() if line]
     assert [r["keep_ratio"] for r in rows] == [0.5, 1.0]
@@ -467,7 +467,7 @@ def test_train_export_and_eval_round_trip(tmp_path):
     assert rows[1]["token_agreement"] == 1.0  # keeping every block decodes exactly the dense tokens
     assert rows[1]["accuracy_sparse"] == rows[1]["accuracy_dense"]
     assert rows[0]["dense_s"] == rows[1]["dense_s"]  # one dense pass serves the whole curve
-    result = CliRunner().invoke(app, ["eval", "--model", str(folder), "--samples", "3", "--density", "1.0",
+    result = CliRunner().invoke(app, ["eval", "--model", str(folder), "--samples", "3", "--keep-ratio", "1.0",
                                       "--mass", "pooled", "--mass", "rows", "--json"])  # fmt: skip
     assert result.exit_code == 0, result.output
     for r in (json.loads(line) for line in result.stdout.splitlines() if line):
@@ -521,7 +521,7 @@ def _encoder(name: str, tmp_path):
 @pytest.mark.parametrize("name", ["Bert", "Roberta", "ModernBert"])
 def test_encoders_without_sparse_specific_code(name, tmp_path):
     """Encoders' attention modules are found by class and numbered in module order; `dense` equals
-    native, `window` (a local band over the 1 x N sequence) and `sparsed` run, `remove` restores."""
+    native, `local` (a local band over the 1 x N sequence) and `sparsed` run, `remove` restores."""
     model = _encoder(name, tmp_path)
     ids = torch.randint(1, 64, (2, 200), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -529,7 +529,7 @@ def test_encoders_without_sparse_specific_code(name, tmp_path):
         with sparsediff.sparse(model, "dense", block_size=16) as state:
             assert (model(input_ids=ids).last_hidden_state - native).abs().max() <= 1e-5
         assert state.calls["sparse"] == 2 and sorted(state.names.values()) == ["0", "1"]
-        with sparsediff.sparse(model, "window", density=0.3, block_size=16) as state:
+        with sparsediff.sparse(model, "local", density=0.3, block_size=16) as state:
             windowed = model(input_ids=ids).last_hidden_state
         assert state.calls["sparse"] == 2 and torch.isfinite(windowed).all()
         assert (windowed - native).abs().max() > 1e-4
@@ -570,7 +570,7 @@ def test_sparsed_pattern_step_with_an_estimated_mass_runs_sparse(mass):
 
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 4, 160, 16, generator=gen) for _ in range(3))
-    config = sparsediff.SparseConfig(method="sparsed", density=0.3, block_size=16, mass=mass,
+    config = sparsediff.SparseConfig(method="sparsed", keep_ratio=0.3, block_size=16, mass=mass,
                                      schedule={"dense_steps": 0})  # fmt: skip
     state = SparseDState(config)
     module = SimpleNamespace(layer_idx=0, is_causal=False)

@@ -77,7 +77,7 @@ def test_tiny_model_dense_equals_native_window_changes_it_remove_restores(name, 
             assert (_output(model, inputs) - native).abs().max() <= 1e-5
             ran_sparse = sum(count for kind, count in state.calls.items() if kind.startswith("sparse"))
             assert (ran_sparse > 0) == sparse, dict(state.calls)
-        with sparsediff.sparse(model, "window", density=0.3, block_size=8) as state:
+        with sparsediff.sparse(model, "local", density=0.3, block_size=8) as state:
             windowed = _output(model, inputs)
         assert torch.isfinite(windowed).all()
         assert ((windowed - native).abs().max() > 1e-4) == sparse, dict(state.calls)
@@ -89,7 +89,7 @@ def test_refused_classes_are_named_with_the_reason_and_what_is_supported(name):
     model = object.__new__(getattr(exported, name))  # the class is what is refused; no weights needed
     torch.nn.Module.__init__(model)
     with pytest.raises(TypeError, match=rf"does not support {name}: .*WanTransformer3DModel.*open an issue"):
-        sparsediff.apply(model, "window")
+        sparsediff.apply(model, "local")
 
 
 def test_modules_are_told_apart_by_the_model_not_by_equal_lengths():
@@ -99,7 +99,7 @@ def test_modules_are_told_apart_by_the_model_not_by_equal_lengths():
     model = diffusers.Kandinsky6Transformer3DModel(**config).eval()
     inputs = make_inputs(torch.Generator().manual_seed(0))
     assert inputs["audio_hidden_states"].shape[1] == 2 * 8 * 8  # as many tokens as the video grid
-    with torch.no_grad(), sparsediff.sparse(model, "window", density=0.3, block_size=8) as state:
+    with torch.no_grad(), sparsediff.sparse(model, "local", density=0.3, block_size=8) as state:
         model(**inputs)
     assert state.calls["sparse"] == 1 and state.calls["dense: audio attention"] == 2
     assert state.calls["dense: cross attention"] == 3 and state.calls["dense: text attention"] == 2

@@ -45,7 +45,7 @@ def test_every_family_compares_through_the_cli(model, tmp_path):
     video = BUILTIN[model].video
     out = tmp_path / ("clip.mp4" if video else "image.png")
     config = tmp_path / "window.json"  # blocks small enough that a 0.3 window drops some at these sizes
-    config.write_text(json.dumps({"method": "window", "density": 0.3, "block_size": 8}))
+    config.write_text(json.dumps({"method": "local", "density": 0.3, "block_size": 8}))
     result, lines = _generate(
         "--model", model, "--num-frames", frames, "--height", height, "--width", width,
         "--compare", "--json", "--config", str(config), "--out", str(out),
@@ -72,7 +72,7 @@ def test_every_family_compares_through_the_cli(model, tmp_path):
 def test_window_is_really_sparse_at_a_size_with_many_blocks(tmp_path):
     loaded = load_model("tiny-wan")
     request = Request("a red circle moving right", Size(5, 128, 128), steps=2, guidance=5.0)
-    config = resolve_config(loaded.entry, "window", None, 0.25)
+    config = resolve_config(loaded.entry, "local", None, 0.25)
     result = compare(loaded, request, config, tmp_path / "c.mp4")
     model_mb = sum(p.numel() * p.element_size() for p in loaded.pipe.transformer.parameters()) / 2**20
     assert result.peak_mem_dense_mb > model_mb and result.peak_mem_sparse_mb > model_mb
@@ -128,7 +128,7 @@ def test_a_model_without_an_adapter_runs_through_the_generic_one():
         native = model(**inputs)[0]
         outputs = {}
         for backend in ("torch", "reference"):
-            with sparsediff.sparse(model, "window", density=0.3, block_size=8, backend=backend) as state:
+            with sparsediff.sparse(model, "local", density=0.3, block_size=8, backend=backend) as state:
                 outputs[backend] = model(**inputs)[0]
                 # 2 self-attention layers over the 8 x 8 grid run sparse, their cross-attention dense
                 assert state.calls["sparse"] == 2 and state.calls["dense: cross attention"] == 2
@@ -153,9 +153,9 @@ def test_a_model_without_an_adapter_runs_through_the_generic_one():
         (["--model", "tiny-wan", "--out", "x.txt"], "use a .mp4, .gif or .png file name"),
         (
             ["--model", "tiny-wan", "--method", "turbo"],
-            "is neither a preset (dense, window, sparsed, pyramid, topk, hilbert, raster-window",
+            "is neither a preset (dense, local, sparsed, pyramid, topk, hilbert, raster-window",
         ),
-        (["--model", "tiny-wan", "--method", "window", "--config", "dense"], "give --method or --config, not both"),
+        (["--model", "tiny-wan", "--method", "local", "--config", "dense"], "give --method or --config, not both"),
         (["--model", "tiny-wan", "--steps", "0"], "--steps 0 must be in 1..1000"),
         (["--model", "tiny-wan", "--height", "0"], "--height 0 is not a multiple of 8; nearest: 8"),
         (["--model", "tiny-wan", "--num-frames", "0"], "--num-frames 0 is not 1 + a multiple of 2; nearest: 1"),
@@ -217,7 +217,7 @@ def test_plans_are_built_once_per_layout_and_a_second_run_builds_none():
 
     loaded = load_model("tiny-wan")
     request = Request("a cat", Size(3, 64, 64), steps=2, guidance=1.0)
-    config = SparseConfig(method="window", density=0.3, block_size=16)
+    config = SparseConfig(method="local", density=0.3, block_size=16)
     cached_plan.cache_clear()
     first = run_method(loaded, request, as_method(config))
     built = cached_plan.cache_info().misses

@@ -34,16 +34,16 @@ def test_names_and_settings():
     assert parse_peer("fbcache") == Peer("fbcache")
     assert parse_peer("fbcache:threshold=0.1") == Peer("fbcache", (("threshold", 0.1),))
     assert str(parse_peer("taylorseer:cache_interval=3,max_order=2")) == "taylorseer:cache_interval=3,max_order=2"
-    assert parse_peer("window") is None
+    assert parse_peer("local") is None
     with pytest.raises(ValueError, match=r"'speed=2' is not a setting of fbcache; it takes threshold"):
         parse_peer("fbcache:speed=2")
     with pytest.raises(ValueError, match="must be a number"):
         parse_peer("fbcache:threshold=fast")
-    stacked = parse_method("window+fbcache:threshold=0.2")
-    assert stacked.config.method == "window" and stacked.peer == Peer("fbcache", (("threshold", 0.2),))
+    stacked = parse_method("local+fbcache:threshold=0.2")
+    assert stacked.config.method == "local" and stacked.peer == Peer("fbcache", (("threshold", 0.2),))
     assert parse_method("taylorseer").config is None
-    for bad, message in (("fbcache+taylorseer", "two peers"), ("window+dense", "two of ours"),
-                         ("window+fbcache+dense", "at most"), ("turbo", "or a peer: pab, fastercache")):  # fmt: skip
+    for bad, message in (("fbcache+taylorseer", "two peers"), ("local+dense", "two of ours"),
+                         ("local+fbcache+dense", "at most"), ("turbo", "or a peer: pab, fastercache")):  # fmt: skip
         with pytest.raises(ValueError, match=message):
             parse_method(bad)
 
@@ -59,14 +59,14 @@ def test_a_peer_is_removed_after_its_run(wan):
 
 
 def test_stacks_equal_each_alone_where_the_other_does_nothing(wan):
-    ours = run_method(wan, REQUEST, parse_method("window")).frames
-    never_skips = run_method(wan, REQUEST, parse_method("window+fbcache:threshold=0")).frames
+    ours = run_method(wan, REQUEST, parse_method("local")).frames
+    never_skips = run_method(wan, REQUEST, parse_method("local+fbcache:threshold=0")).frames
     assert np.abs(never_skips - ours).max() <= 1e-6  # a cache that never skips leaves our output
     peer = parse_method("fbcache:threshold=0.5")
     alone = run_method(wan, REQUEST, peer).frames
     with_dense = run_method(wan, REQUEST, Method("dense+fbcache", parse_method("dense").config, peer.peer)).frames
     assert np.abs(with_dense - alone).max() <= 1e-4  # our dense preset leaves the cache's output
-    stacked = run_method(wan, REQUEST, parse_method("window+fbcache:threshold=0.5"))
+    stacked = run_method(wan, REQUEST, parse_method("local+fbcache:threshold=0.5"))
     assert stacked.calls["sparse"] > 0 and 0 < stacked.density < 1  # both ran: ours counted its calls
 
 
@@ -75,7 +75,7 @@ def test_magcache_in_a_stack_calibrates_the_model_as_it_will_run(wan):
     native = run(wan, REQUEST).frames
     alone = calibrate(wan, REQUEST, parse_method("magcache"))
     under_dense = calibrate(wan, REQUEST, Method("dense+magcache", parse_method("dense").config, Peer("magcache")))
-    under_window = calibrate(wan, REQUEST, parse_method("window+magcache"))
+    under_window = calibrate(wan, REQUEST, parse_method("local+magcache"))
     assert len(alone) == len(under_window) == REQUEST.steps
     assert np.allclose(under_dense, alone, atol=1e-4)  # our dense preset computes what the model does
     assert not np.allclose(under_window, alone, atol=1e-4)  # sparse attention changes the magnitudes
@@ -94,8 +94,8 @@ def test_cache_dit_runs_as_a_peer_alone_and_under_ours(wan):
     cached = run_method(wan, REQUEST, caching).frames
     assert np.abs(cached - native).max() > 1e-4
     assert np.array_equal(run(wan, REQUEST).frames, native)
-    ours = run_method(wan, REQUEST, parse_method("window")).frames
-    stacked = run_method(wan, REQUEST, parse_method("window+cachedit:residual_diff_threshold=0.0"))
+    ours = run_method(wan, REQUEST, parse_method("local")).frames
+    stacked = run_method(wan, REQUEST, parse_method("local+cachedit:residual_diff_threshold=0.0"))
     assert np.abs(stacked.frames - ours).max() <= 1e-6 and stacked.calls["sparse"] > 0
     with pytest.raises(ValueError, match="is not a setting of cachedit"):
         parse_peer("cachedit:speed=2")
@@ -126,16 +126,16 @@ def test_no_head_reuses_its_output_where_a_cache_probes(wan):
 def test_bench_methods_summary_and_pareto_plot(tmp_path):
     plot = tmp_path / "pareto.png"
     result = runner.invoke(app, ["bench", "methods", "--model", "tiny-wan", "--num-frames", "5", "--height", "64",
-                                 "--width", "64", "--steps", "4", "--prompt", "a cat", "--method", "window",
+                                 "--width", "64", "--steps", "4", "--prompt", "a cat", "--method", "local",
                                  "--method", "fbcache:threshold=0.2", "--method", "fastercache",
-                                 "--method", "window+fbcache", "--json", "--plot", str(plot)])  # fmt: skip
+                                 "--method", "local+fbcache", "--json", "--plot", str(plot)])  # fmt: skip
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     summary = lines[-1]
     assert set(summary) == {"model", "size", "prompts", "dense_s", "methods"} and summary["prompts"] == ["a cat"]
     by_name = {m["method"]: m for m in summary["methods"]}
-    assert list(by_name) == ["dense", "window", "fbcache:threshold=0.2", "fastercache", "window+fbcache"]
-    assert by_name["fbcache:threshold=0.2"]["density"] is None and by_name["window"]["density"] < 1
+    assert list(by_name) == ["dense", "local", "fbcache:threshold=0.2", "fastercache", "local+fbcache"]
+    assert by_name["fbcache:threshold=0.2"]["density"] is None and by_name["local"]["density"] < 1
     assert by_name["fastercache"]["error"] and by_name["fastercache"]["speedup"] is None  # reported, bench went on
     assert all(m["speedup"] > 0 for m in summary["methods"] if m["error"] is None)
     assert plot.stat().st_size > 1000
@@ -144,7 +144,7 @@ def test_bench_methods_summary_and_pareto_plot(tmp_path):
 def test_bench_methods_record_resumes_after_the_last_finished_prompt(tmp_path):
     record = tmp_path / "figures.jsonl"
     args = ["bench", "methods", "--model", "tiny-wan", "--num-frames", "5", "--height", "32", "--width", "32",
-            "--steps", "2", "--prompt", "a cat", "--prompt", "a dog", "--method", "window", "--json",
+            "--steps", "2", "--prompt", "a cat", "--prompt", "a dog", "--method", "local", "--json",
             "--record", str(record)]  # fmt: skip
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
@@ -154,13 +154,13 @@ def test_bench_methods_record_resumes_after_the_last_finished_prompt(tmp_path):
     assert again.exit_code == 0, again.output
     assert record.read_text().splitlines()[:2] == [header, cat] and len(record.read_text().splitlines()) == 3
     summary = json.loads(again.stdout.splitlines()[-1])
-    assert [m["method"] for m in summary["methods"]] == ["dense", "window"] and summary["methods"][1]["speedup"] > 0
+    assert [m["method"] for m in summary["methods"]] == ["dense", "local"] and summary["methods"][1]["speedup"] > 0
     other = runner.invoke(app, [*args[:-5], "--method", "topk", "--record", str(record)])
     assert other.exit_code == 2 and "other settings" in other.output
 
 
 def test_generate_compares_a_peer_and_a_stack(tmp_path):
-    for method, ours in (("fbcache:threshold=0.5", False), ("window+fbcache:threshold=0.5", True)):
+    for method, ours in (("fbcache:threshold=0.5", False), ("local+fbcache:threshold=0.5", True)):
         result = runner.invoke(app, ["generate", "--model", "tiny-wan", "--num-frames", "5", "--height", "64",
                                      "--width", "64", "--steps", "4", "--method", method, "--compare", "--json",
                                      "--out", str(tmp_path / "x.mp4")])  # fmt: skip

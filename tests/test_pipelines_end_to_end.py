@@ -20,7 +20,7 @@ def test_wan_video_pipeline_with_cfg_and_dense_first_step():
         output_type="np",
     )
     native = pipe(**args, generator=torch.Generator().manual_seed(0)).frames[0]
-    with sparsediff.sparse(pipe, "window", density=0.3, block_size=16, schedule={"dense_fraction": 0.25}) as state:
+    with sparsediff.sparse(pipe, "local", density=0.3, block_size=16, schedule={"dense_fraction": 0.25}) as state:
         video = pipe(**args, generator=torch.Generator().manual_seed(0)).frames[0]
         # 4 steps x 2 CFG calls x 2 self-attention layers; the first step (25%) dense.
         assert state.calls["dense: schedule"] == 4 and state.calls["sparse"] == 12
@@ -48,6 +48,6 @@ def test_pixart_image_pipeline():
         parity = pipe(**args, generator=torch.Generator().manual_seed(0)).images[0]
         assert state.calls["sparse"] == 3 * 2  # 3 steps x 2 self-attention layers (CFG batched)
     assert np.abs(parity - native).max() <= 1e-5
-    with sparsediff.sparse(pipe, "window", density=0.3, block_size=16):
+    with sparsediff.sparse(pipe, "local", density=0.3, block_size=16):
         image = pipe(**args, generator=torch.Generator().manual_seed(0)).images[0]
     assert image.shape == (64, 64, 3) and np.abs(image - native).max() > 1e-4

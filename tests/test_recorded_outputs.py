@@ -34,7 +34,7 @@ def _configs(model) -> dict[str, SparseConfig]:
     per_head = [Skip(every=2), Diagonal(radius=1) | MultiDiagonal(radius=0, frame_offsets=(-1, 1)),
                 Diagonal(radius=2) | Stripe(frames=(0,))][:heads]  # fmt: skip
     return {
-        "window": SparseConfig(method="window", density=0.3, block_size=16, schedule={"dense_steps": 1}),
+        "local": SparseConfig(method="local", density=0.3, block_size=16, schedule={"dense_steps": 1}),
         "pattern": SparseConfig(
             method="pattern",
             pattern=Diagonal(radius=1),

@@ -104,7 +104,7 @@ def test_second_order_schedulers_count_every_model_call_as_a_step(scheduler_clas
     pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
     args = dict(prompt="a red circle", height=32, width=32, num_inference_steps=3, guidance_scale=guidance,
                 output_type="np", clean_caption=False, max_sequence_length=16)  # fmt: skip
-    config = SparseConfig(method="window", density=0.3, block_size=16, schedule={"dense_steps": 2})
+    config = SparseConfig(method="local", density=0.3, block_size=16, schedule={"dense_steps": 2})
     with sparsediff.sparse(pipe, config) as state:
         steps = []
         pipe.transformer.register_forward_hook(lambda m, a, o: steps.append(state.tracker.step))
@@ -120,7 +120,7 @@ def test_flow_heun_with_cfg_as_separate_calls(guidance):
     pipe = tiny_pipeline("wan")
     pipe.scheduler = FlowMatchHeunDiscreteScheduler.from_config(pipe.scheduler.config)
     seen = []
-    with sparsediff.sparse(pipe, "window", density=0.3, block_size=16) as state:
+    with sparsediff.sparse(pipe, "local", density=0.3, block_size=16) as state:
         pipe.transformer.register_forward_hook(lambda m, a, o: seen.append((state.tracker.step, state.tracker.branch)))
         pipe(prompt="red", negative_prompt="", **{**CALL, "num_inference_steps": 3, "guidance_scale": guidance})
     calls = len(pipe.scheduler.timesteps)

@@ -80,7 +80,7 @@ def test_bucketed_config_round_trips_and_version_1_files_load(tmp_path):
     old = SparseConfig.load(v1)
     assert old.version == 1 and old.heads[LAYER] == [Diagonal(radius=1)] and not old.sizes
     future = tmp_path / "v3.json"
-    future.write_text(json.dumps({"version": 3, "method": "window"}))
+    future.write_text(json.dumps({"version": 3, "method": "local"}))
     with pytest.raises(ValueError, match="has version 3; this sparsediff reads versions 1 to 2"):
         SparseConfig.load(future)
     with pytest.raises(ValueError, match="no top-level `heads`"):
@@ -105,7 +105,7 @@ def _short_loses(call, key) -> tuple[float, float]:
     return 5.0 + 0.25 * dense_ms, dense_ms
 
 
-@pytest.mark.parametrize("method", ["window", "pyramid", "hilbert"])
+@pytest.mark.parametrize("method", ["local", "pyramid", "hilbert"])
 def test_speed_check_runs_dense_where_the_cost_model_says_sparse_loses(method):
     config = SparseConfig(method=method, density=0.25, block_size=16, never_slower=True)
     runner = Runner(config, [LAYER], {LAYER: 2}, speed=SpeedCheck(predict=_short_loses))
@@ -119,7 +119,7 @@ def test_speed_check_runs_dense_where_the_cost_model_says_sparse_loses(method):
 
 
 def test_speed_check_off_keeps_every_call_sparse():
-    config = SparseConfig(method="window", density=0.25, block_size=16, never_slower=False)
+    config = SparseConfig(method="local", density=0.25, block_size=16, never_slower=False)
     runner = Runner(config, [LAYER], {LAYER: 2}, speed=SpeedCheck(predict=_short_loses))
     runner.run(_call(64))
     assert runner.stats.calls == {"sparse": 1}
@@ -129,7 +129,7 @@ def test_speed_check_times_the_first_calls_of_a_kind_then_decides():
     """Timed, not predicted: both runs' times are compared after `samples` calls; the timed calls
     return the sparse output. A 64-token call loses to SDPA by orders of magnitude (block
     planning and gathering against one small matmul)."""
-    config = SparseConfig(method="window", density=0.25, block_size=16, never_slower=True)
+    config = SparseConfig(method="local", density=0.25, block_size=16, never_slower=True)
     check = SpeedCheck(samples=2)
     runner = Runner(config, [LAYER], {LAYER: 2}, speed=check)
     first = runner.run(_call(64))

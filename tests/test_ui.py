@@ -181,7 +181,7 @@ def test_a_config_that_runs_every_call_dense_shows_its_figures(browser, url, tmp
     from sparsediff import SparseConfig
 
     page = _open(browser, url)
-    every_step_dense = SparseConfig(method="window", schedule={"dense_fraction": 1.0}).save(tmp_path / "dense.json")
+    every_step_dense = SparseConfig(method="local", schedule={"dense_fraction": 1.0}).save(tmp_path / "dense.json")
     page.locator("input[type=file]").first.set_input_files(str(every_step_dense))
     page.get_by_role("button", name="Compare", exact=True).click()
     figures = _figures(page)

@@ -85,7 +85,7 @@ def bench_attention_cmd(
 @bench_app.command("transformer")
 def bench_transformer_cmd(
     family: Annotated[list[str], typer.Option(help="tiny model family; repeat for several (default: all)")] = [],  # noqa: B006
-    density: Annotated[float, typer.Option(help="window density")] = 0.25,
+    density: Annotated[float, typer.Option(help="local density")] = 0.25,
     repeat: Annotated[int, typer.Option(help="timed repeats; the median is reported")] = 3,
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per family, one per line")] = False,
@@ -95,9 +95,9 @@ def bench_transformer_cmd(
     device: Annotated[str, typer.Option(help="with --shape: cpu or cuda")] = "cpu",
     dtype: Annotated[str, typer.Option(help="with --shape: float32, bfloat16 or float16")] = "float32",
     scale: Annotated[int, typer.Option(help="with --shape: 1 block of each kind and the latent / scale")] = 1,
-    method: Annotated[list[str], typer.Option(help="with --shape: preset or config; repeat")] = ["window"],  # noqa: B006
+    method: Annotated[list[str], typer.Option(help="with --shape: preset or config; repeat")] = ["local"],  # noqa: B006
 ) -> None:
-    """Tiny transformer forwards at >= 8k tokens: native vs `dense` preset (overhead) vs `window`; with
+    """Tiny transformer forwards at >= 8k tokens: native vs `dense` preset (overhead) vs `local`; with
     --shape, a published transformer (random weights) at its real sequence length, per method."""
     from sparsediff.bench import bench_transformer
     from sparsediff.pipelines.tiny import TINY_TRANSFORMERS
@@ -110,18 +110,18 @@ def bench_transformer_cmd(
         choice(f, TINY_TRANSFORMERS, "family")
     if threads:
         torch.set_num_threads(threads)
-    table = Table(title=f"tiny transformers (random weights), window density {density}, median of {repeat}")
+    table = Table(title=f"tiny transformers (random weights), local density {density}, median of {repeat}")
     for col in (
         "family",
         "tokens",
         "native ms",
         "dense preset ms",
         "overhead",
-        "window ms",
+        "local ms",
         "speedup",
         "density",
         "rel err",
-        "peak MB native / window",
+        "peak MB native / local",
     ):
         table.add_column(col, justify="right")
     for f in family or list(TINY_TRANSFORMERS):
@@ -175,7 +175,7 @@ def bench_dllm_cmd(
     context: Annotated[list[int], typer.Option(help="sequence length (prompt + answer); repeat for a curve")] = [8192],  # noqa: B006
     steps: Annotated[int, typer.Option(help="denoising steps")] = 64,
     gen_length: Annotated[int, typer.Option(help="answer tokens")] = 64,
-    density: Annotated[float, typer.Option(help="SparseD keep ratio of KV blocks")] = SPARSED["density"],
+    keep_ratio: Annotated[float, typer.Option(help="SparseD's share of KV blocks kept")] = SPARSED["keep_ratio"],
     dense_fraction: Annotated[float, typer.Option(help="first fraction of steps kept dense")] = SPARSED["schedule"][
         "dense_fraction"
     ],
@@ -198,7 +198,7 @@ def bench_dllm_cmd(
         table.add_column(col, justify="right")
     for n in context:
         try:
-            r = bench_dllm(n, steps, gen_length, hidden, heads, layers, density, dense_fraction,
+            r = bench_dllm(n, steps, gen_length, hidden, heads, layers, keep_ratio, dense_fraction,
                            progress=not json_out, mass=mass)  # fmt: skip
         except ValueError as err:
             console.print(f"[red]error:[/red] {err}")
@@ -329,7 +329,7 @@ def bench_methods_cmd(
             Request(p, size, given_or(steps, entry.steps), entry.guidance, seed=i) for i, p in enumerate(prompts)
         ]
         loaded.pipe.set_progress_bar_config(disable=True)
-        methods = method or ["window", "topk", "pyramid", "raster-window", "hilbert"]
+        methods = method or ["local", "topk", "pyramid", "raster-window", "hilbert"]
         overrides = {} if dense_steps is None else {"schedule": {"dense_steps": dense_steps}}
         dense_s, rows = compare_methods(loaded, requests, methods, density, progress=not json_out, record=record,
                                         **overrides)  # fmt: skip

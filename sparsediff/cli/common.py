@@ -19,7 +19,7 @@ console = Console()
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SPARSED = PRESETS["sparsed"]  # eval's and bench dllm's defaults
 SPARSED_DEFAULTS = {  # eval repeats each option for a curve
-    "density": [SPARSED["density"]],
+    "keep_ratio": [SPARSED["keep_ratio"]],
     "dense_fraction": [SPARSED["schedule"]["dense_fraction"]],
     "mass": [SPARSED["mass"]],
 }

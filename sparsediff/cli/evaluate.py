@@ -20,9 +20,9 @@ def eval_cmd(
         "tiny-dlm"
     ),
     samples: Annotated[int, typer.Option(help="held-out examples")] = 100,
-    density: Annotated[
-        list[float], typer.Option(help="SparseD keep ratio of KV blocks; repeat for a curve")
-    ] = SPARSED_DEFAULTS["density"],
+    keep_ratio: Annotated[
+        list[float], typer.Option(help="SparseD's share of KV blocks kept; repeat for a curve")
+    ] = SPARSED_DEFAULTS["keep_ratio"],
     dense_fraction: Annotated[
         list[float], typer.Option(help="share of steps decoded dense before the switch; repeat for a curve")
     ] = SPARSED_DEFAULTS["dense_fraction"],
@@ -59,7 +59,7 @@ def eval_cmd(
             choice(m, ("exact", "rows", "pooled"), "mass")
         if plot is not None and plot.suffix.lower() != ".png":
             raise ValueError(f"--plot {plot}: use a .png file name")
-        settings = [(d, f, m, False) for m in mass for f in dense_fraction for d in density]
+        settings = [(d, f, m, False) for m in mass for f in dense_fraction for d in keep_ratio]
         if prefix_cache:
             settings += [(None, 0.0, "exact", True)] + [(d, f, m, True) for d, f, m, _ in settings]
         results = []

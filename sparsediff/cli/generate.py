@@ -21,10 +21,13 @@ def generate_cmd(
     model: Annotated[
         str | None, typer.Option(help="built-in name, local pipeline folder or diffusers model id")
     ] = None,
-    method: Annotated[str | None, typer.Option(help="sparse method or preset: dense, window, sparsed (text)")] = None,
+    method: Annotated[str | None, typer.Option(help="sparse method or preset: dense, local, sparsed (text)")] = None,
     config: Annotated[str | None, typer.Option(help="sparse config: preset name or JSON file")] = None,
     density: Annotated[
         float | None, typer.Option(help="fraction of attention kept (methods that take one; not searched configs)")
+    ] = None,
+    keep_ratio: Annotated[
+        float | None, typer.Option(help="SparseD's share of KV blocks kept (text models, method sparsed)")
     ] = None,
     steps: Annotated[int | None, typer.Option(help="denoising steps (default: the model's)")] = None,
     guidance: Annotated[float | None, typer.Option(help="guidance scale (default: the model's)")] = None,
@@ -57,8 +60,12 @@ def generate_cmd(
         entry = loaded.entry
         if entry.text:
             _generate_text(loaded, prompt, steps, gen_length, block_length, seed, method, config, density, compare,
-                           json_out, prefix_cache)  # fmt: skip
+                           json_out, prefix_cache, keep_ratio)  # fmt: skip
             return
+        if keep_ratio is not None:
+            raise ValueError(
+                f"--keep-ratio is SparseD's, for diffusion language models; {entry.name} makes images or video"
+            )
         if prefix_cache:
             raise ValueError(f"--prefix-cache is for diffusion language models; {entry.name} makes images or video")
         size = entry.size(num_frames, height, width)
@@ -191,8 +198,9 @@ def _launch_workers(processes: int, argv: list[str]) -> int:
 
 
 def _generate_text(loaded, prompt, steps, gen_length, block_length, seed, method, config, density, compare,
-                   json_out, prefix_cache) -> None:  # fmt: skip
+                   json_out, prefix_cache, keep_ratio) -> None:  # fmt: skip
     """`generate` for a diffusion language model: print the answer, timings and (with --compare) agreement."""
+    from sparsediff.config import SparseConfig
     from sparsediff.generate import TextRequest, compare_text, generate_text_one, given_or, resolve_config
 
     entry = loaded.entry
@@ -200,6 +208,10 @@ def _generate_text(loaded, prompt, steps, gen_length, block_length, seed, method
     request = TextRequest(prompt, gen, given_or(steps, entry.steps), block_length or min(gen, entry.call_kwargs.get(
         "block_length", gen)), seed, prefix_cache)  # fmt: skip
     sparse_config = resolve_config(entry, method, config, density)
+    if keep_ratio is not None:
+        if sparse_config.method != "sparsed":
+            raise ValueError(f"--keep-ratio is SparseD's; the config's method is {sparse_config.method!r}")
+        sparse_config = SparseConfig.load(sparse_config, keep_ratio=keep_ratio)
     summary = compare_text(loaded, request, sparse_config) if compare else generate_text_one(
         loaded, request, sparse_config)[0]  # fmt: skip
     if json_out:

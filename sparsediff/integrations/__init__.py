@@ -34,11 +34,11 @@ def _integration(target):
 def apply(target, config: SparseConfig | dict | str | None = None, **overrides):
     """Sparse attention on a diffusers pipeline / transformer, or SparseD on a transformers diffusion LM.
 
-    `config`: a SparseConfig, dict, preset (`dense`, `window`, `sparsed`) or JSON path; default
-    `window` for pipelines and `sparsed` for language models. Keyword overrides change fields.
+    `config`: a SparseConfig, dict, preset (`dense`, `local`, `sparsed`) or JSON path; default
+    `local` for pipelines and `sparsed` for language models. Keyword overrides change fields.
     Returns the state (`state.calls` counts how attention calls were served).
     """
-    default = "sparsed" if is_language_model(target) else "window"
+    default = "sparsed" if is_language_model(target) else "local"
     return _integration(target).apply(target, SparseConfig.load(config or default, **overrides))
 
 
@@ -56,7 +56,7 @@ def state_of(target):
 
 @contextlib.contextmanager
 def sparse(target, config: SparseConfig | dict | str | None = None, **overrides) -> Iterator[object]:
-    """`with sparsediff.sparse(pipe, "window", density=0.2): pipe(...)`, restored on exit."""
+    """`with sparsediff.sparse(pipe, "local", density=0.2): pipe(...)`, restored on exit."""
     state = apply(target, config, **overrides)
     try:
         yield state

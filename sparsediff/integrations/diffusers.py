@@ -45,7 +45,7 @@ from sparsediff.integrations.families import (
     text_padding_groups,
 )
 from sparsediff.layout import TokenLayout
-from sparsediff.methods.runner import AttentionCall, Runner, RunStats, Step
+from sparsediff.methods.runner import AttentionCall, GenerationStats, Runner, Step
 
 logger = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -56,7 +56,7 @@ STATE_ATTR = "_sparsediff_state"
 
 @dataclass
 class StepTracker:
-    """Where the running pipeline call is: its denoising step, the call's branch, and which run.
+    """Where the running pipeline call is: its denoising step, the call's branch, and which generation.
 
     The step comes from what the pipeline does, first found of: the `step_index` a pipeline passes
     in its cache context (`transformer.cache_context("cond", step_index=i)`); the pipeline
@@ -65,7 +65,7 @@ class StepTracker:
     smaller one is the next step, the same one another call of this step). The branch is the
     cache context's name (`"cond"`, `"uncond"`) or, without one, the call's order within its step;
     reuse buffers are kept per branch. A new pipeline call starts when the step goes back or the
-    timestep goes up (timesteps only fall during a run); `run` counts them, so that every state
+    timestep goes up (timesteps only fall during a generation); `generation` counts them, so that every state
     sharing the tracker (Wan 2.2's two experts) drops what it kept for the previous call.
     """
 
@@ -73,7 +73,7 @@ class StepTracker:
     scheduler_step: Callable[[], int | None] = lambda: None
     step: int = -1
     branch: str | int = 0
-    run: int = 0
+    generation: int = 0
     _last_t: float | None = None
     _calls_in_step: int = 0
 
@@ -83,32 +83,32 @@ class StepTracker:
         known = self.scheduler_step() if known is None else known
         went_up = t is not None and self._last_t is not None and t > self._last_t
         if known is not None:
-            new_run = self.step < 0 or known < self.step or went_up
+            new_generation = self.step < 0 or known < self.step or went_up
             step = known
         elif t is not None:
-            new_run = self._last_t is None or self.step < 0 or went_up
-            step = 0 if new_run else self.step + (t < self._last_t)
+            new_generation = self._last_t is None or self.step < 0 or went_up
+            step = 0 if new_generation else self.step + (t < self._last_t)
         else:
             return  # nothing tells the step: it stays unknown (-1), so no step-dependent behaviour
-        if new_run:
-            self.run += 1
-        self._calls_in_step = 0 if new_run or step != self.step else self._calls_in_step + 1
+        if new_generation:
+            self.generation += 1
+        self._calls_in_step = 0 if new_generation or step != self.step else self._calls_in_step + 1
         self.step = step
         self.branch = context.name if context is not None else self._calls_in_step
         self._last_t = t if t is not None else self._last_t
 
     def reset(self) -> None:
-        """The pipeline call ended: the next call is a new run whatever its timesteps."""
+        """The pipeline call ended: the next call is a new generation whatever its timesteps."""
         self.step, self.branch, self._calls_in_step, self._last_t = -1, 0, 0, None
 
     def __repr__(self) -> str:
-        return f"StepTracker(run={self.run}, step={self.step}, branch={self.branch!r})"
+        return f"StepTracker(generation={self.generation}, step={self.step}, branch={self.branch!r})"
 
 
 @dataclass
 class SparseState:
     """What `apply` installs on one transformer: it describes each attention call (role, layout,
-    padding groups, where the run is) and hands it to its `Runner`, which decides and computes.
+    padding groups, where the generation is) and hands it to its `Runner`, which decides and computes.
     The step tracker and the stats are the pipeline's, shared by its transformers.
 
     Outputs kept for reuse are dropped when a new pipeline call starts and released when one ends
@@ -121,7 +121,7 @@ class SparseState:
     family: Family | None = None
     roles: dict[str, str] = field(default_factory=dict)  # layer -> Family.role; missing: "self"
     heads: dict[str, int | None] = field(default_factory=dict)  # layer -> the module's head count
-    stats: RunStats = field(default_factory=RunStats)
+    stats: GenerationStats = field(default_factory=GenerationStats)
     grid: tuple[int, int, int] | None = None  # latent grid of the current forward
     fixed_layout: TokenLayout | None = None
     runner: Runner = field(init=False)
@@ -153,7 +153,7 @@ class SparseState:
         return self.runner.plan_seconds
 
     def density(self) -> float | None:
-        """Share of the current (or last) run's self/joint attention work computed, dense calls included."""
+        """Share of the current (or last) generation's self/joint attention work computed, dense calls included."""
         return self.stats.density()
 
     def sparse_density(self) -> float | None:
@@ -162,14 +162,16 @@ class SparseState:
 
     def at(self) -> Step:
         tracker = self.tracker
-        return Step(tracker.step, tracker.branch, tracker.run, tracker.total_steps() if tracker.step >= 0 else None)
+        return Step(
+            tracker.step, tracker.branch, tracker.generation, tracker.total_steps() if tracker.step >= 0 else None
+        )
 
     def observe(self, timestep, context: CacheContext | None = None) -> None:
         """Advance the step tracker; a new pipeline call drops what the last one kept."""
         self.tracker.observe(timestep, context)
         self.runner.begin(self.at())
-        if self.stats.run != self.tracker.run:
-            self.stats.restart(self.tracker.run)
+        if self.stats.generation != self.tracker.generation:
+            self.stats.restart(self.tracker.generation)
 
     def release(self) -> None:
         """Free the outputs kept for reuse (skipped heads' and whole layers' outputs)."""
@@ -522,7 +524,7 @@ def install(target, config: SparseConfig, state_class: type[SparseState]) -> Spa
         )
     # Read from the pipeline at each call, so a scheduler swapped after `apply` is the one followed.
     tracker = StepTracker(functools.partial(_scheduled_steps, target), functools.partial(_scheduler_step, target))
-    stats = RunStats()
+    stats = GenerationStats()
     states = []
     for transformer in transformers:
         layers = _attention_layers(transformer)

@@ -52,7 +52,7 @@ class SparseDState:
     names: dict[int, str] = field(default_factory=dict)  # id(attention module) -> layer name
     forwards: int = 0
     phase_start: int = 0
-    run: int = 0  # one per sequence (request): the runner drops the last one's patterns
+    generation: int = 0  # one per sequence (request): the runner drops the last one's patterns
     runner: Runner = field(init=False)
     _shape: tuple | None = None
     _masks: int | None = None
@@ -102,12 +102,12 @@ class SparseDState:
         self.forwards += 1
         if self._new_request or (self._shape is not None and shape != self._shape):
             self.phase_start = self.forwards - 1
-            self.run += 1
+            self.generation += 1
         self._shape, self._new_request = shape, False
 
     def reset(self) -> None:
         self.forwards = self.phase_start = 0
-        self.run += 1
+        self.generation += 1
         self._shape = self._masks = None
         self._new_request = False
 
@@ -122,20 +122,20 @@ class SparseDState:
         layer = self.names.get(id(module)) or str(module.layer_idx)
         is_causal = kwargs.get("is_causal", getattr(module, "is_causal", True))
         if is_causal or dropout or query.shape[2] < 2:
-            call = AttentionCall(layer, query, key, value, native(), Step(run=self.run), scaling,
+            call = AttentionCall(layer, query, key, value, native(), Step(generation=self.generation), scaling,
                                  dense_reason="dense: causal or decoding")  # fmt: skip
             return self.runner.run(call).transpose(1, 2), None
         key, value, valid = _drop_padded_keys(attention_mask, key, value)
         if not valid:
-            call = AttentionCall(layer, query, key, value, native(), Step(run=self.run), scaling,
+            call = AttentionCall(layer, query, key, value, native(), Step(generation=self.generation), scaling,
                                  dense_reason="dense: attention mask")  # fmt: skip
             return self.runner.run(call).transpose(1, 2), None
         if self.first_layer is None:  # a causal encoder's layers (DiffusionGemma) never get here
             self.first_layer = layer
         if layer == self.first_layer:  # plans are per sequence: a new batch is a new request
             self._count_step((query.shape[0], key.shape[2]))  # queries may shrink: a prefix cache
-        at = Step(step=self.step, run=self.run, total=self.total())
-        # a sequence is a 1 x N grid to the layout methods (window, pyramid, ...): local = nearby tokens
+        at = Step(step=self.step, generation=self.generation, total=self.total())
+        # a sequence is a 1 x N grid to the layout methods (local, pyramid, ...): local = nearby tokens
         layout = TokenLayout(height=1, width=key.shape[2]) if query.shape[2] == key.shape[2] else None
         call = AttentionCall(layer, query, key, value, native(mask=None, k=key, v=value), at, scaling, layout=layout)
         return self.runner.run(call).transpose(1, 2).contiguous(), None
@@ -202,7 +202,7 @@ def apply(model, config: SparseConfig) -> SparseDState:
     if config.method == "pattern":
         raise ValueError(
             "method 'pattern' (searched per-head patterns) is for diffusion transformers (diffusers pipelines); "
-            "for a transformers model use 'sparsed', 'dense', or a layout method such as 'window'"
+            "for a transformers model use 'sparsed', 'dense', or a layout method such as 'local'"
         )
     if hasattr(model, STATE_ATTR):
         raise RuntimeError(f"sparsediff is already applied to this {type(model).__name__}; call remove first")

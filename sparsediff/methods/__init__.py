@@ -1,6 +1,6 @@
 """Methods turn a SparseConfig into attention for one call's layout.
 
-Static methods (`dense`, `window`, `pattern`) give per-head patterns, planned once per layer and
+Static methods (`dense`, `local`, `pattern`) give per-head patterns, planned once per layer and
 layout; dynamic methods (`pyramid`, `topk`, `hilbert`, `raster-window`) look at each call's
 queries and keys (or permute them) and run through `DYNAMIC`.
 """
@@ -11,9 +11,9 @@ import torch
 
 from sparsediff.layout import TokenLayout
 from sparsediff.methods.hilbert import local_global_attention
+from sparsediff.methods.local import local_pattern
 from sparsediff.methods.pyramid import pyramid_attention, topk_attention
 from sparsediff.methods.resolve import layer_patterns, searched_patterns
-from sparsediff.methods.window import window_pattern
 from sparsediff.patterns import HilbertWindow, Pattern, Pyramid
 
 
@@ -51,4 +51,4 @@ def per_call_heads(
     raise TypeError(f"{pattern} is not planned per call")
 
 
-__all__ = ["DYNAMIC", "layer_patterns", "per_call_heads", "searched_patterns", "window_pattern"]
+__all__ = ["DYNAMIC", "layer_patterns", "local_pattern", "per_call_heads", "searched_patterns"]

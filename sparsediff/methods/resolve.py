@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sparsediff.config import SparseConfig
 from sparsediff.layout import TokenLayout
-from sparsediff.methods.window import window_pattern
+from sparsediff.methods.local import local_pattern
 from sparsediff.patterns import Full, Pattern
 
 
@@ -12,8 +12,8 @@ def layer_patterns(config: SparseConfig, layer: str, layout: TokenLayout, heads:
     """One pattern per head for `layer` (an attention module name)."""
     if config.method == "dense":
         return [Full()] * heads
-    if config.method == "window":
-        return [window_pattern(layout, config.density, config.plan_blocks)] * heads
+    if config.method == "local":
+        return [local_pattern(layout, config.density, config.plan_blocks)] * heads
     return searched_patterns(config, layer, heads, layout)
 
 

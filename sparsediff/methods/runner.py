@@ -7,19 +7,19 @@ call it intercepts into an `AttentionCall`:
   (H % H_kv == 0), `scale` (None: 1/sqrt(D));
 - `dense`: the model's own attention for this call, [B, H, N_q, D], run whenever the call runs
   dense, so a dense call is exactly what the model computes;
-- `at`: where the run is (`Step`: step, CFG branch, run number, total steps when known);
+- `at`: where the call is (`Step`: step, CFG branch, generation number, total steps when known);
 - `layout`: the TokenLayout of the call's tokens (None for a language model's sequence);
 - `groups`: for key-padded text, (valid keys, sample indices) per distinct mask;
 - `dense_reason`: set when the integration already knows the call cannot be sparse (cross-
   attention, an unknown mask or layout), with `governed` False for calls the config never makes
-  sparse (they stay out of the run's density);
+  sparse (they stay out of the generation's density);
 - `head_offset`: the first of the layer's heads this call holds, when a process holds a slice
   of them (context parallelism after its all-to-all): heads offset .. offset + H of the config.
 
-`Runner.run(call)` returns the output and records in `RunStats` what it did (dense or sparse and
+`Runner.run(call)` returns the output and records in `GenerationStats` what it did (dense or sparse and
 why, the dense-equivalent work and the share computed); `plan_seconds` accumulates the time spent
 planning. The runner owns the schedule decision (dense steps and layers), per-head pattern
-resolution, skipped heads' outputs kept per (layer, branch) and dropped when a new run starts,
+resolution, skipped heads' outputs kept per (layer, branch) and dropped when a new generation starts,
 block plans (cached process-wide by `patterns.cached_plan`), block alignment, per-call heads
 (Pyramid, HilbertWindow), per-call methods, SparseD's compute-once patterns, padding groups, the
 plan run, whole-layer reuse (`reused_layer` / `keep_layer`), the size bucket of a config
@@ -53,12 +53,13 @@ Tensor = torch.Tensor
 
 @dataclass(frozen=True)
 class Step:
-    """Where a run is: denoising step (-1: unknown), the call's branch within it (CFG), which run
-    (a new pipeline call or request), and the run's step count when known."""
+    """Where a call is: its denoising step (-1: unknown), its branch within the step (CFG), which
+    generation (one pipeline call, or one sequence of a language model), and the generation's step
+    count when known."""
 
     step: int = -1
     branch: str | int = 0
-    run: int = 0
+    generation: int = 0
     total: int | None = None
 
 
@@ -107,7 +108,7 @@ def _tensors(value) -> list[Tensor]:
 
 
 @dataclass
-class RunStats:
+class GenerationStats:
     """How attention calls were served, shared by every runner of a pipeline (both experts).
 
     A diffusers pipeline restarts them when a call starts, so they can be read after it. Work
@@ -115,15 +116,15 @@ class RunStats:
     cross-attention is never made sparse).
     """
 
-    run: int = 0
+    generation: int = 0
     calls: Counter = field(default_factory=Counter)
     work: float = 0.0  # every governed call, dense ones included
     computed: float = 0.0
     sparse_work: float = 0.0  # calls that ran a sparse plan or reused
     sparse_computed: float = 0.0
 
-    def restart(self, run: int) -> None:
-        self.run, self.calls = run, Counter()
+    def restart(self, generation: int) -> None:
+        self.generation, self.calls = generation, Counter()
         self.work = self.computed = self.sparse_work = self.sparse_computed = 0.0
 
     def record(self, reason: str, work: float | None = None, density: float = 1.0) -> None:
@@ -138,7 +139,7 @@ class RunStats:
             self.sparse_computed += work * density
 
     def density(self) -> float | None:
-        """Share of the run's governed attention work computed, dense steps and layers included."""
+        """Share of the generation's governed attention work computed, dense steps and layers included."""
         return self.computed / self.work if self.work else None
 
     def sparse_density(self) -> float | None:
@@ -154,19 +155,19 @@ class Runner:
         config: SparseConfig,
         layers: Sequence[str],
         heads: dict[str, int | None] | None = None,
-        stats: RunStats | None = None,
+        stats: GenerationStats | None = None,
         speed: SpeedCheck | None = None,
     ) -> None:
         self.config = config
         self.layers = list(layers)  # attention module names in module order (dense_layers indexes them)
         self.heads = heads or {}  # layer -> head count, where known (whole-layer reuse needs it)
-        self.stats = stats or RunStats()
+        self.stats = stats or GenerationStats()
         self.plans: dict = {}  # (layer, layout, heads, skipped heads running, head offset) -> BlockPlan
         # (layer, branch) -> KeptHeads; ("layer output", layer, branch) -> (input shapes, output, work)
         self.reuse: dict = {}
         self.sparsed = SparsedPatterns(config) if config.method == "sparsed" else None
         self.plan_seconds = 0.0  # one-off time spent building plans
-        self._run = 0  # the run that `reuse` and SparseD's patterns belong to
+        self._generation = 0  # the generation that `reuse` and SparseD's patterns belong to
         # layer -> (work, layout) of its running call, if it kept its output
         self._kept_now: dict[str, tuple[float, TokenLayout]] = {}
         self._layer_index = {name: i for i, name in enumerate(self.layers)}
@@ -183,16 +184,16 @@ class Runner:
             f"kept={len(self.reuse)}, calls={dict(self.stats.calls)})"
         )
 
-    # --- runs -------------------------------------------------------------------------------
+    # --- generations -------------------------------------------------------------------------
 
     def begin(self, at: Step) -> None:
-        """Drop per-run state kept for an earlier run. (When stats restart is the integration's
+        """Drop the state kept for an earlier generation. (When stats restart is the integration's
         choice: per pipeline call for diffusers, never for a language model's requests.)"""
-        if self._run != at.run:
+        if self._generation != at.generation:
             self.release()
             if self.sparsed is not None:
                 self.sparsed.reset()
-            self._run = at.run
+            self._generation = at.generation
 
     def release(self) -> None:
         """Free the outputs kept for reuse (skipped heads' outputs, whole layers' outputs)."""
@@ -284,7 +285,7 @@ class Runner:
         return total
 
     def _static(self, call: AttentionCall) -> Tensor:
-        """A static plan (window, pattern), skipped heads reusing their kept output where they may;
+        """A static plan (local, pattern), skipped heads reusing their kept output where they may;
         a searched layer whose heads are all `Full` runs the model's dense attention."""
         patterns = self._call_patterns(call)
         if self.config.method == "pattern" and all(isinstance(p, Full) for p in patterns):
@@ -384,7 +385,7 @@ class Runner:
     ) -> BlockPlan:
         """The plan of the layer's heads offset .. offset + heads, with the skipped heads in
         `running` computed in full (`Full`), in the token order of `layout.block_aligned(...)`.
-        Plans are remembered process-wide (`patterns.cached_plan`), so a second run at the same
+        Plans are remembered process-wide (`patterns.cached_plan`), so a second generation at the same
         layout builds none."""
         key = (layer, layout, heads, running, offset)
         if key not in self.plans:
@@ -478,6 +479,6 @@ class Runner:
         skips = self._skips(layer, layout)
         if skips is not None:
             self.reuse[("layer output", layer, at.branch)] = (inputs, output, work, layout)
-            following = Step(at.step + 1, at.branch, at.run, at.total)
+            following = Step(at.step + 1, at.branch, at.generation, at.total)
             if len({p.every for p in skips}) == 1 and self.reuses_whole_layer(layer, following, layout):
                 self.reuse.pop((layer, at.branch), None)

@@ -173,7 +173,7 @@ class SparsedPatterns:
                     mass = block_mass_rows(q, k, s, block, self.config.mass_rows)
                 else:
                     mass = block_mass_pooled(q, k, s, block)
-            plan = self.plans[plan_key] = sparsed_plan(mass, self.config.density, block, *shape)
+            plan = self.plans[plan_key] = sparsed_plan(mass, self.config.keep_ratio, block, *shape)
             self.pattern_computations += 1
             if estimate == "exact":
                 served, density = "dense: pattern step", 1.0

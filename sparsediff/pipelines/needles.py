@@ -195,9 +195,9 @@ def evaluate_sparsed(
                 dense_s += time.perf_counter() - start
             dense_peaks.append(peak.mb)
             dense_right += int((dense == a).all(1).sum())
-            for i, (density, dense_fraction, mass, cached) in enumerate(settings):
-                config = {"density": density, "schedule": {"dense_fraction": dense_fraction}, "mass": mass}
-                ours = sparsediff.sparse(model, "sparsed", **config) if density else nullcontext()
+            for i, (keep_ratio, dense_fraction, mass, cached) in enumerate(settings):
+                config = {"keep_ratio": keep_ratio, "schedule": {"dense_fraction": dense_fraction}, "mass": mass}
+                ours = sparsediff.sparse(model, "sparsed", **config) if keep_ratio else nullcontext()
                 with ours as state, PeakMemory() as peak:
                     start = time.perf_counter()
                     got = decode_answers(model, tokenizer, p, level.answer_tokens, steps, prefix_cache=cached)
@@ -217,7 +217,7 @@ def evaluate_sparsed(
             density=round(sum(densities[i]) / len(densities[i]), 4) if densities[i] else None,
             samples=samples,
             dense_fraction=dense_fraction,
-            keep_ratio=density,
+            keep_ratio=keep_ratio,
             mass=mass,
             dense_s=round(dense_s, 3),
             sparse_s=round(seconds[i], 3),
@@ -226,5 +226,5 @@ def evaluate_sparsed(
             dense_peak_mb=_largest(dense_peaks),
             sparse_peak_mb=_largest(peaks[i]),
         )
-        for i, (density, dense_fraction, mass, cached) in enumerate(settings)
+        for i, (keep_ratio, dense_fraction, mass, cached) in enumerate(settings)
     ]

@@ -67,7 +67,7 @@ def inspect_head(
     k, v = expand_kv(found["k"], heads)[:, [head]], expand_kv(found["v"], heads)[:, [head]]
     q = q[:, [head]]
     mass = block_mass_reference(q, k, scale, block)[0]
-    static = config.method in ("dense", "window", "pattern")
+    static = config.method in ("dense", "local", "pattern")
     pattern = layer_patterns(config, layer, layout.block_aligned(*config.plan_blocks), heads)[head] if static else None
     if pattern is None or isinstance(pattern, (*PER_CALL, Skip)):
         what = f"method {config.method}" if pattern is None else str(pattern)

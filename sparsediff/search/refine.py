@@ -2,7 +2,7 @@
 
 The solver minimizes the sum of per-head squared errors on sampled query rows, and that sum does
 not rank whole configs by the quality of what they generate: errors of one size hurt differently
-by their kind (a local window's error is a bias every step repeats; a skipped head's staleness
+by their kind (a local band's error is a bias every step repeats; a skipped head's staleness
 changes smoothly) and by their layer. Refinement scales the errors of one pattern kind or one
 layer at a time, re-solves within the same budget (so the budget still holds), generates the
 calibration prompts under the new choice and keeps the change when the mean PSNR against the

@@ -230,7 +230,7 @@ def build_app(default: str | None = None, models: Models | None = None) -> gr.Bl
             slot = models.get("tiny-dlm")
             loaded = slot.loaded
             level = level_of(loaded.entry.folder)
-            config = SparseConfig.load("sparsed", density=float(keep), schedule={"dense_fraction": float(switch)})
+            config = SparseConfig.load("sparsed", keep_ratio=float(keep), schedule={"dense_fraction": float(switch)})
             request = TextRequest(text, level.answer_tokens, level.answer_tokens, level.answer_tokens)
             with slot.lock:
                 summary = compare_text(loaded, request, config)

@@ -1,4 +1,4 @@
-"""The `window` method: one local 3-D window for every head, sized to a density target.
+"""The `local` method: one local 3-D neighbourhood (a `Diagonal`) for every head, sized to a density target.
 
 The fixed baseline every searched config must beat. The radius is chosen per layout (so the
 same density holds at any resolution), isotropic in latent units and capped by the frame count.
@@ -13,7 +13,7 @@ from sparsediff.patterns import Diagonal, aligned_plan
 
 
 @lru_cache(maxsize=128)
-def window_pattern(layout: TokenLayout, density: float, block_size: int | tuple[int, int] = 64) -> Diagonal:
+def local_pattern(layout: TokenLayout, density: float, block_size: int | tuple[int, int] = 64) -> Diagonal:
     """The Diagonal whose plan density (text stripes included) is closest to `density`."""
     best, best_gap = None, float("inf")
     for radius in range(max(layout.height, layout.width)):
