@@ -116,6 +116,9 @@ class SparseConfig(BaseModel):
     # per kind of call, layout, batch and device; `methods.speed`). None: on, unless the
     # environment sets SPARSEDIFF_NEVER_SLOWER=0 (tests of tiny models, where nothing pays).
     never_slower: bool | None = None
+    # A speed profile shipped beside the config (`sparsediff profile --out`): its verdicts decide,
+    # and it is never written. None: the machine's own profile (`methods.speed`).
+    speed_profile: str | None = None
     model: ModelSignature | None = None
     search: dict | None = None  # what the offline search recorded: settings, predictions, cost model
 
@@ -203,6 +206,8 @@ class SparseConfig(BaseModel):
                 f"config file {path} has version {data['version']}; this sparsediff reads versions 1 to "
                 f"{CONFIG_VERSION} (upgrade sparsediff to read it)"
             )
+        if isinstance(data.get("speed_profile"), str):  # a shipped profile sits beside its config
+            data["speed_profile"] = str(path.parent / data["speed_profile"])
         return _validate(_merged(data, overrides), str(path))
 
     def save(self, path: str | os.PathLike) -> Path:

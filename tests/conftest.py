@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 import torch
 from hypothesis import settings
@@ -6,6 +7,8 @@ from hypothesis import settings
 # Tiny models are far too small for sparse attention to pay: the speed check
 # (`sparsediff.methods.speed`) would run them dense. Tests of the check turn it on in their config.
 os.environ["SPARSEDIFF_NEVER_SLOWER"] = "0"
+# Where the speed check is on, its profile is the suite's own, never the user's cache.
+os.environ["SPARSEDIFF_SPEED_PROFILE"] = os.path.join(tempfile.mkdtemp(prefix="sparsediff-speed-"), "profile.json")
 # The Triton kernel runs on the CPU under the interpreter; triton reads this when a kernel compiles.
 os.environ["TRITON_INTERPRET"] = "1"
 

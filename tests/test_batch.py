@@ -1,5 +1,6 @@
 """`sparsediff batch`: prompt files, checks before any work, resume after a kill, failures, processes."""
 
+import fcntl
 import json
 import os
 import signal
@@ -12,7 +13,15 @@ import pytest
 from typer.testing import CliRunner
 
 from sparsediff.cli import app
-from sparsediff.pipelines.batch import BatchDefaults, finished_keys, plan_items, read_manifests, run_batch, sha256_of
+from sparsediff.pipelines.batch import (
+    BatchDefaults,
+    finished_keys,
+    latest_by_key,
+    plan_items,
+    read_manifests,
+    run_batch,
+    sha256_of,
+)
 from sparsediff.pipelines.registry import load_model
 
 runner = CliRunner()
@@ -97,11 +106,58 @@ def test_a_rerun_skips_finished_items_and_refuses_other_settings(tmp_path):
     result, summary = _batch(prompts, out, "--seeds", "2")
     assert (summary["done"], summary["skipped"]) == (1, 3) and len(_manifest(out)) == 4
     result, _ = _batch(prompts, out, "--method", "dense")
-    assert result.exit_code == 2 and "holds a batch made with other settings (method)" in " ".join(
+    assert result.exit_code == 2 and "holds a batch made with other settings (method, seeds)" in " ".join(
         result.output.split()
     )
     result, summary = _batch(prompts, out, "--method", "dense", "--force")
     assert result.exit_code == 0 and summary["done"] == 2  # the dense items are new items
+
+
+def test_a_forced_rerun_with_other_settings_keeps_every_finished_file(tmp_path):
+    """Names used to be index + slug + seed while the key also held steps, size and dtype: a rerun
+    with --steps wrote over finished files whose manifest lines still said done."""
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle\na blue square\n")
+    out = tmp_path / "out"
+    result, summary = _batch(prompts, out)
+    assert result.exit_code == 0 and summary["done"] == 2
+    before = {p.name: p.read_bytes() for p in out.glob("*.mp4")}
+    result, _ = _batch(prompts, out, "--steps", "3")
+    assert result.exit_code == 2 and "other settings (steps)" in " ".join(result.output.split())
+    for changed in (["--steps", "3"], ["--dtype", "bfloat16"]):  # the key holds both: new items each time
+        result, summary = _batch(prompts, out, *changed, "--force")
+        assert result.exit_code == 0 and (summary["done"], summary["skipped"]) == (2, 0), result.output
+    assert len(list(out.glob("*.mp4"))) == 6
+    assert {name: (out / name).read_bytes() for name in before} == before  # every earlier output, byte for byte
+    records = _manifest(out)
+    assert len(records) == 6 and len({r["output"] for r in records}) == 6
+    assert all(sha256_of(Path(r["output"])) == r["sha256"] for r in records)
+
+
+def test_one_batch_works_in_a_folder_at_a_time(tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / "batch.lock", "w") as held:  # another batch is running here
+        fcntl.flock(held, fcntl.LOCK_EX)
+        result, _ = _batch(prompts, out)
+    assert result.exit_code == 2 and "in use by another sparsediff batch" in " ".join(result.output.split())
+    assert not list(out.glob("*.mp4")) and not (out / "manifest.jsonl").exists()
+    result, summary = _batch(prompts, out)  # the lock is free again
+    assert result.exit_code == 0 and summary["done"] == 1
+
+
+def test_resuming_and_merging_agree_on_which_record_holds():
+    records = [
+        {"key": "a", "status": "done", "index": 0, "output": "old"},
+        {"key": "a", "status": "failed", "index": 0},
+        {"key": "a", "status": "done", "index": 0, "output": "new"},
+        {"key": "b", "status": "failed", "index": 1, "error": "first"},
+        {"key": "b", "status": "failed", "index": 1, "error": "second"},
+    ]
+    held = latest_by_key(records)
+    assert held["a"]["output"] == "new" and held["b"]["error"] == "second"
 
 
 def test_a_failing_item_is_recorded_and_the_batch_goes_on(tmp_path):

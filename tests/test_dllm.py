@@ -130,6 +130,17 @@ def test_dense_preset_matches_the_model_attention(model):
     assert model.config._attn_implementation == "sdpa"  # restored
 
 
+def test_dense_layers_hold_on_a_transformers_model_and_under_sparsed(model):
+    """`schedule.dense_layers` used to be ignored on transformers models (and by SparseD)."""
+    schedule = {"dense_fraction": 0.2, "dense_layers": [0]}
+    with sparsediff.sparse(model, "sparsed", keep_ratio=0.3, block_size=16, schedule=schedule) as state:
+        masked_diffusion_generate(model, [_prompt(200)], mask_id=MASK, gen_length=56, steps=10, progress=False)
+    assert state.pattern_computations == 1  # layer 1 only
+    assert state.calls["dense: schedule"] == 2 * 2 + 8 and state.calls["sparse"] == 7
+    with pytest.raises(ValueError, match=r"names 'blocks\.9', which is not an attention layer"):
+        sparsediff.apply(model, "sparsed", schedule={"dense_layers": ["blocks.9"]})
+
+
 def test_sparsed_switches_once_and_reuses_its_patterns(model):
     prompt = [_prompt(200)]
     config = dict(keep_ratio=0.3, block_size=16, schedule={"dense_fraction": 0.2})

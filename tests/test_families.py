@@ -103,3 +103,29 @@ def test_modules_are_told_apart_by_the_model_not_by_equal_lengths():
         model(**inputs)
     assert state.calls["sparse"] == 1 and state.calls["dense: audio attention"] == 2
     assert state.calls["dense: cross attention"] == 3 and state.calls["dense: text attention"] == 2
+
+
+def test_a_pattern_local_in_frames_keeps_a_changed_frame_to_itself():
+    """Catches a wrong layout, which `local` changing the output does not: under a pattern that
+    sees its own frame only, a change to one latent cell reaches that frame's outputs and no other
+    frame's (a transposed grid, or text on the wrong side, would carry it elsewhere)."""
+    from sparsediff import Diagonal, SparseConfig
+    from sparsediff.pipelines.tiny import TEXT_DIM, TINY_TRANSFORMERS
+
+    model = TINY_TRANSFORMERS["wan"].build(0).eval()
+    gen = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, 4, 4, 8, 8, generator=gen)  # 4 frames of 4 x 4 patches: one 16-token block each
+    text = torch.randn(1, 8, TEXT_DIM, generator=gen)
+    changed = latents.clone()
+    changed[:, :, 2, 3, 5] += 1.0  # one cell of frame 2
+    config = SparseConfig(method="pattern", pattern=Diagonal(radius=8, temporal_radius=0), block_size=16,
+                          never_slower=False)  # fmt: skip
+    with torch.no_grad(), sparsediff.sparse(model, config) as state:
+        before, after = (model(x, torch.tensor([500]), text, return_dict=False)[0] for x in (latents, changed))
+    per_frame = (after - before).abs().amax(dim=(0, 1, 3, 4))
+    assert per_frame[2] > 1e-3 and per_frame[[0, 1, 3]].eq(0).all(), per_frame
+    assert state.calls["sparse"] > 0
+    with torch.no_grad():  # dense attention carries the change to every frame: the test can fail
+        spread = (model(changed, torch.tensor([500]), text, return_dict=False)[0] - model(
+            latents, torch.tensor([500]), text, return_dict=False)[0]).abs().amax(dim=(0, 1, 3, 4))  # fmt: skip
+    assert (spread > 0).all()

@@ -12,7 +12,6 @@ import sparsediff
 from sparsediff import Diagonal, Full, Skip, SparseConfig, TokenLayout
 from sparsediff.config import SizeBucket
 from sparsediff.methods.runner import AttentionCall, Runner, Step
-from sparsediff.methods.speed import DENSE_REASON, SpeedCheck
 from sparsediff.pipelines.tiny import tiny_pipeline
 from sparsediff.search import offline
 
@@ -96,69 +95,6 @@ def _call(n: int, step: int = 3, seed: int = 0) -> AttentionCall:
     q, k, v = (torch.randn(1, 2, n, 16, generator=gen) for _ in range(3))
     layout = TokenLayout(height=n // 8, width=8)
     return AttentionCall(LAYER, q, k, v, lambda: F.scaled_dot_product_attention(q, k, v), Step(step), layout=layout)
-
-
-def _short_loses(call, key) -> tuple[float, float]:
-    """A synthetic cost model: sparse pays a fixed 5 ms and a quarter of dense's quadratic cost."""
-    n = call.query.shape[-2]
-    dense_ms = n * n / 1e4
-    return 5.0 + 0.25 * dense_ms, dense_ms
-
-
-@pytest.mark.parametrize("method", ["local", "pyramid", "hilbert"])
-def test_speed_check_runs_dense_where_the_cost_model_says_sparse_loses(method):
-    config = SparseConfig(method=method, density=0.25, block_size=16, never_slower=True)
-    runner = Runner(config, [LAYER], {LAYER: 2}, speed=SpeedCheck(predict=_short_loses))
-    short, long = _call(64), _call(512)  # 64 tokens: 5.1 vs 0.4 ms; 512: 11.6 vs 26.2 ms
-    out = runner.run(short)
-    assert torch.equal(out, short.dense())  # exactly the model's own attention
-    assert runner.stats.calls == {DENSE_REASON: 1}
-    out = runner.run(long)
-    assert runner.stats.calls["sparse"] == 1 and not torch.allclose(out, long.dense(), atol=1e-3)
-    assert runner.stats.density() < 1  # the dense call counts at full work
-
-
-def test_speed_check_off_keeps_every_call_sparse():
-    config = SparseConfig(method="local", density=0.25, block_size=16, never_slower=False)
-    runner = Runner(config, [LAYER], {LAYER: 2}, speed=SpeedCheck(predict=_short_loses))
-    runner.run(_call(64))
-    assert runner.stats.calls == {"sparse": 1}
-
-
-def test_speed_check_times_the_first_calls_of_a_kind_then_decides():
-    """Timed, not predicted: both runs' times are compared after `samples` calls; the timed calls
-    return the sparse output. A 64-token call loses to SDPA by orders of magnitude (block
-    planning and gathering against one small matmul)."""
-    config = SparseConfig(method="local", density=0.25, block_size=16, never_slower=True)
-    check = SpeedCheck(samples=2)
-    runner = Runner(config, [LAYER], {LAYER: 2}, speed=check)
-    first = runner.run(_call(64))
-    runner.run(_call(64, seed=1))
-    assert runner.stats.calls == {"sparse": 2} and check.seconds > 0 and len(check.decided) == 1
-    assert not torch.allclose(first, _call(64).dense(), atol=1e-3)  # timed calls return the sparse output
-    third = _call(64, seed=2)
-    assert torch.equal(runner.run(third), third.dense())
-    assert runner.stats.calls[DENSE_REASON] == 1
-    again = Runner(config, [LAYER], {LAYER: 2}, speed=check)  # a new runner reuses the decision
-    again.run(_call(64, seed=3))
-    assert again.stats.calls == {DENSE_REASON: 1}
-
-
-def test_skipped_heads_keep_their_output_when_the_speed_check_runs_the_layer_dense():
-    config = SparseConfig(method="pattern", heads={LAYER: [Diagonal(radius=1), Skip(every=4)]}, block_size=16,
-                          never_slower=True)  # fmt: skip
-    runner = Runner(config, [LAYER], {LAYER: 2}, speed=SpeedCheck(predict=_short_loses))
-    call = _call(64)
-    runner.run(call)
-    assert runner.stats.calls == {DENSE_REASON: 1}
-    assert torch.equal(runner.reuse[(LAYER, 0)].output, call.dense()[:, [1]])
-
-
-def test_a_searched_layer_of_full_heads_runs_the_model_s_attention():
-    runner = Runner(SparseConfig(method="pattern", pattern=Full()), [LAYER], {LAYER: 2})
-    call = _call(64)
-    assert torch.equal(runner.run(call), call.dense())
-    assert runner.stats.calls == {"dense: full pattern": 1}
 
 
 def test_search_sizes_raises_a_refused_budget_and_merges_one_bucket_per_size(monkeypatch):

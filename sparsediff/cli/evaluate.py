@@ -50,6 +50,9 @@ def eval_cmd(
     if threads:
         torch.set_num_threads(threads)
     try:
+        for keep in keep_ratio:  # 0 would keep no block: refused before the model loads
+            if not 0 < keep <= 1:
+                raise ValueError(f"--keep-ratio {keep} must be in (0, 1]: the share of KV blocks SparseD keeps")
         loaded = load_model(model)
         if not loaded.entry.text:
             raise ValueError(f"--model {model} is not a diffusion language model; try --model tiny-dlm")

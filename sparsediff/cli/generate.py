@@ -125,7 +125,14 @@ def batch_cmd(
     """Generate every row of a prompt file: checked first, resumable, over one or many processes."""
     import os
 
-    from sparsediff.pipelines.batch import BatchDefaults, BatchError, check_settings, plan_items, run_batch
+    from sparsediff.pipelines.batch import (
+        BatchDefaults,
+        BatchError,
+        BatchLocked,
+        check_settings,
+        plan_items,
+        run_batch,
+    )
     from sparsediff.pipelines.registry import default_model, load_model
 
     choice(dtype, DTYPES, "dtype")
@@ -142,7 +149,9 @@ def batch_cmd(
         if problems and not skip_invalid:
             raise BatchError(prompts, problems)
         settings = {"model": loaded.entry.name, "config": config, "method": method, "density": density,
-                    "format": output_format, "compare": compare, "dtype": dtype}  # fmt: skip
+                    "format": output_format, "compare": compare, "dtype": dtype, "seeds": seeds, "seed": seed,
+                    "steps": steps, "guidance": guidance, "num_frames": num_frames, "height": height,
+                    "width": width}  # fmt: skip
         out.mkdir(parents=True, exist_ok=True)
         check_settings(out, settings, force)
     except (ValueError, FileNotFoundError) as err:
@@ -151,7 +160,11 @@ def batch_cmd(
     if processes > 1 and not worker:
         raise typer.Exit(_launch_workers(processes, _batch_argv(ctx.params)))
     loaded.pipe.set_progress_bar_config(disable=json_out)
-    summary = run_batch(loaded, items, out, with_dense=compare, progress=not json_out, invalid=problems)
+    try:
+        summary = run_batch(loaded, items, out, with_dense=compare, progress=not json_out, invalid=problems)
+    except BatchLocked as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
     if summary is None:  # not the main process
         return
     if json_out:
@@ -226,11 +239,71 @@ def _generate_text(loaded, prompt, steps, gen_length, block_length, seed, method
         console.print("[yellow]random weights: the answers are noise; timings and agreement are still real[/yellow]")
 
 
+@app.command("profile")
+def profile_cmd(
+    model: Annotated[
+        str | None, typer.Option(help="built-in name, local pipeline folder or diffusers model id")
+    ] = None,
+    method: Annotated[str | None, typer.Option(help="sparse method or preset")] = None,
+    config: Annotated[str | None, typer.Option(help="sparse config: preset name or JSON file")] = None,
+    prompt: Annotated[str, typer.Option(help="prompt of the measuring generation")] = "a red circle moving right",
+    steps: Annotated[int | None, typer.Option(help="denoising steps (default: the model's)")] = None,
+    num_frames: Annotated[int | None, typer.Option(help="frames (video models)")] = None,
+    height: Annotated[int | None, typer.Option(help="height in pixels")] = None,
+    width: Annotated[int | None, typer.Option(help="width in pixels")] = None,
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16")] = "float32",
+    threads: Annotated[int | None, typer.Option(help="torch threads (the profile is per thread count)")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="profile file to write (default: this machine's cache; ship it beside a config)")
+    ] = None,
+    show: Annotated[bool, typer.Option("--show", help="only show the profile, measure nothing")] = False,
+) -> None:
+    """Measure which kinds of call run sparse on this machine (the never-slower check) and show them."""
+    from sparsediff.generate import Request, given_or, measure_speed, resolve_config
+    from sparsediff.methods import speed
+    from sparsediff.pipelines.registry import default_model, load_model
+
+    choice(dtype, DTYPES, "dtype")
+    if threads:
+        torch.set_num_threads(threads)
+    path = out or speed.default_profile_path()
+    speed.SPEED.check = speed.SpeedCheck(speed.SpeedProfile(path))
+    try:
+        if not show:
+            loaded = load_model(model or default_model(), DTYPES[dtype])
+            entry = loaded.entry
+            if entry.text:
+                raise ValueError(f"{entry.name} is a language model; profile an image or video model")
+            size = entry.size(num_frames, height, width)
+            request = Request(prompt, size, given_or(steps, entry.steps), entry.guidance, 0)
+            new = measure_speed(loaded, request, resolve_config(entry, method, config, None))
+            console.print(f"{new} kind(s) of call measured on {entry.name} at {size}, {request.steps} steps")
+    except (ValueError, FileNotFoundError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
+    kinds = speed.SpeedProfile(path)
+    kinds.load()
+    table = Table(title=f"speed profile {path}: {len(kinds.entries)} kind(s) of call")
+    for col in ("call", "sparse ms", "dense ms", "runs"):
+        table.add_column(col, justify="left" if col == "call" else "right")
+    for entry in sorted(kinds.entries.values(), key=lambda e: e.get("call", "")):
+        table.add_row(entry.get("call", "?"), f"{entry['sparse_ms']:.2f}", f"{entry['dense_ms']:.2f}",
+                      "sparse" if entry["sparse"] else "dense")  # fmt: skip
+    console.print(table)
+
+
 @app.command("ui")
 def ui_cmd(
     model: Annotated[str | None, typer.Option(help="model shown first (default: the embedded model)")] = None,
     host: Annotated[str, typer.Option(help="address to serve on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to serve on")] = 7860,
+    allow_local_folders: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-local-folders/--no-local-folders",
+            help="let the page load local pipeline folders and hub ids (default: only on a loopback --host)",
+        ),
+    ] = None,
 ) -> None:
     """The Gradio app: compare dense and sparse, search, inspect a head, decode text with SparseD."""
     try:
@@ -241,4 +314,4 @@ def ui_cmd(
     from sparsediff.ui.app import launch
 
     console.print(f"sparsediff ui: serving on http://{host}:{port} (Ctrl-C stops it)")
-    launch(model, host, port, block=True)
+    launch(model, host, port, block=True, allow_local_folders=allow_local_folders)

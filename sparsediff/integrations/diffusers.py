@@ -45,7 +45,7 @@ from sparsediff.integrations.families import (
     text_padding_groups,
 )
 from sparsediff.layout import TokenLayout
-from sparsediff.methods.runner import AttentionCall, GenerationStats, Runner, Step
+from sparsediff.methods.runner import AttentionCall, GenerationStats, Runner, Step, check_dense_layers
 
 logger = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -65,8 +65,9 @@ class StepTracker:
     smaller one is the next step, the same one another call of this step). The branch is the
     cache context's name (`"cond"`, `"uncond"`) or, without one, the call's order within its step;
     reuse buffers are kept per branch. A new pipeline call starts when the step goes back or the
-    timestep goes up (timesteps only fall during a generation); `generation` counts them, so that every state
-    sharing the tracker (Wan 2.2's two experts) drops what it kept for the previous call.
+    timestep turns against the way it has moved in this generation (most pipelines' timesteps fall;
+    Lumina's rise, `1 - t / 1000`); `generation` counts them, so that every state sharing the tracker
+    (Wan 2.2's two experts) drops what it kept for the previous call.
     """
 
     total_steps: Callable[[], int | None] = lambda: None
@@ -75,23 +76,28 @@ class StepTracker:
     branch: str | int = 0
     generation: int = 0
     _last_t: float | None = None
+    _direction: int = 0  # how t moves in this generation: -1 falling (most), +1 rising (Lumina), 0 unseen
     _calls_in_step: int = 0
 
     def observe(self, timestep: Tensor | float | None, context: CacheContext | None = None) -> None:
         t = None if timestep is None else float(timestep.max()) if isinstance(timestep, Tensor) else float(timestep)
         known = context.step_index if context is not None and context.step_index is not None else None
         known = self.scheduler_step() if known is None else known
-        went_up = t is not None and self._last_t is not None and t > self._last_t
+        moved = 0 if t is None or self._last_t is None else (t > self._last_t) - (t < self._last_t)
+        turned = moved != 0 and moved == -self._direction  # t moved against this generation's direction
         if known is not None:
-            new_generation = self.step < 0 or known < self.step or went_up
+            new_generation = self.step < 0 or known < self.step or (known == self.step and turned)
             step = known
         elif t is not None:
-            new_generation = self._last_t is None or self.step < 0 or went_up
-            step = 0 if new_generation else self.step + (t < self._last_t)
+            new_generation = self._last_t is None or self.step < 0 or turned
+            step = 0 if new_generation else self.step + (moved != 0)
         else:
             return  # nothing tells the step: it stays unknown (-1), so no step-dependent behaviour
         if new_generation:
             self.generation += 1
+            self._direction = 0
+        elif moved:
+            self._direction = moved
         self._calls_in_step = 0 if new_generation or step != self.step else self._calls_in_step + 1
         self.step = step
         self.branch = context.name if context is not None else self._calls_in_step
@@ -99,7 +105,7 @@ class StepTracker:
 
     def reset(self) -> None:
         """The pipeline call ended: the next call is a new generation whatever its timesteps."""
-        self.step, self.branch, self._calls_in_step, self._last_t = -1, 0, 0, None
+        self.step, self.branch, self._calls_in_step, self._last_t, self._direction = -1, 0, 0, None, 0
 
     def __repr__(self) -> str:
         return f"StepTracker(generation={self.generation}, step={self.step}, branch={self.branch!r})"
@@ -207,7 +213,7 @@ class SparseState:
             return {"dense_reason": "dense: no layout"}
         if attn_mask is None or is_trivial_mask(attn_mask):
             return {"layout": layout}
-        groups = text_padding_groups(attn_mask, layout)
+        groups = text_padding_groups(attn_mask, layout, query.shape[0])
         return {"layout": layout, "groups": groups} if groups else {"dense_reason": "dense: attention mask"}
 
     def attend(
@@ -483,11 +489,7 @@ def _check_fits(config: SparseConfig, transformer, layers: dict[str, object]) ->
                 raise ValueError(
                     f"config gives {len(patterns)} head patterns for {name!r}, which has {heads[name]} heads"
                 )
-    for d in config.schedule.dense_layers:
-        if isinstance(d, str) and d not in layers:
-            raise ValueError(f"schedule.dense_layers names {d!r}, which is not an attention layer of this model")
-        if isinstance(d, int) and not -len(layers) <= d < len(layers):
-            raise ValueError(f"schedule.dense_layers index {d} is out of range for {len(layers)} attention layers")
+    check_dense_layers(config.schedule, list(layers))
 
 
 def _scheduled_steps(target) -> int | None:

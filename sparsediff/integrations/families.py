@@ -223,7 +223,7 @@ FAMILIES: dict[str, Family] = {
 GENERIC = Family("generic", "unknown", _channels_first_grid)
 
 
-def text_padding_groups(mask: Tensor, layout: TokenLayout) -> list[tuple[Tensor, Tensor]] | None:
+def text_padding_groups(mask: Tensor, layout: TokenLayout, batch: int) -> list[tuple[Tensor, Tensor]] | None:
     """(valid keys, sample indices) per distinct key mask, when masks only hide text tokens.
 
     Handles the key-padding masks of HunyuanVideo and QwenImage, bool (B, 1, 1, N); any other
@@ -231,7 +231,9 @@ def text_padding_groups(mask: Tensor, layout: TokenLayout) -> list[tuple[Tensor,
     """
     if mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[1:3] != (1, 1) or not layout.num_text:
         return None
-    valid = mask[:, 0, 0]
+    if mask.shape[0] not in (1, batch):
+        return None
+    valid = mask[:, 0, 0].expand(batch, -1)  # a mask broadcast over the batch holds for every sample
     start = layout.text_prefix
     if valid.shape[-1] != layout.num_tokens or not valid[:, start : start + layout.num_visual].all():
         return None

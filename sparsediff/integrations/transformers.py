@@ -31,7 +31,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from sparsediff.config import SparseConfig
 from sparsediff.layout import TokenLayout
-from sparsediff.methods.runner import AttentionCall, Runner, Step
+from sparsediff.methods.runner import AttentionCall, Runner, Step, check_dense_layers
 
 logger = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -53,6 +53,7 @@ class SparseDState:
     forwards: int = 0
     phase_start: int = 0
     generation: int = 0  # one per sequence (request): the runner drops the last one's patterns
+    layers: list[str] = field(default_factory=list)  # attention layer names in module order (dense_layers)
     runner: Runner = field(init=False)
     _shape: tuple | None = None
     _masks: int | None = None
@@ -60,7 +61,7 @@ class SparseDState:
     _warned: bool = False
 
     def __post_init__(self) -> None:
-        self.runner = Runner(self.config, layers=[])
+        self.runner = Runner(self.config, layers=self.layers)
 
     @property
     def step(self) -> int:
@@ -207,11 +208,13 @@ def apply(model, config: SparseConfig) -> SparseDState:
     if hasattr(model, STATE_ATTR):
         raise RuntimeError(f"sparsediff is already applied to this {type(model).__name__}; call remove first")
     modules = _attention_modules(model)
+    check_dense_layers(config.schedule, list(modules))
     generation = getattr(model, "generation_config", None)
     state = SparseDState(
         config,
         mask_token_id=_mask_token_id(model),
         default_total_steps=getattr(generation, "max_denoising_steps", None),
+        layers=list(modules),
     )
     state.names = {id(m): name for name, m in modules.items()}
     handle = model.register_forward_pre_hook(

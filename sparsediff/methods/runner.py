@@ -29,6 +29,7 @@ form timed no faster than dense runs dense. It imports nothing of diffusers or t
 
 from __future__ import annotations
 
+import hashlib
 import time
 import warnings
 from collections import Counter
@@ -44,7 +45,7 @@ from sparsediff.kernels import expand_kv
 from sparsediff.layout import TokenLayout
 from sparsediff.methods import DYNAMIC, layer_patterns, per_call_heads, searched_patterns
 from sparsediff.methods.sparsed import SparsedPatterns
-from sparsediff.methods.speed import DENSE_REASON, SPEED, SpeedCheck, never_slower
+from sparsediff.methods.speed import DENSE_REASON, SpeedCheck, check_for, device_name, environment_key, never_slower
 from sparsediff.patterns import PER_CALL, Full, Pattern, Skip, cached_plan
 from sparsediff.plan import BlockPlan
 
@@ -105,6 +106,15 @@ def _tensors(value) -> list[Tensor]:
     if isinstance(value, Tensor):
         return [value]
     return [v for v in value if isinstance(v, Tensor)] if isinstance(value, (tuple, list)) else []
+
+
+def check_dense_layers(schedule, layers: Sequence[str]) -> None:
+    """Refuse `schedule.dense_layers` entries that name no attention layer of the model."""
+    for d in schedule.dense_layers:
+        if isinstance(d, str) and d not in layers:
+            raise ValueError(f"schedule.dense_layers names {d!r}, which is not an attention layer of this model")
+        if isinstance(d, int) and not -len(layers) <= d < len(layers):
+            raise ValueError(f"schedule.dense_layers index {d} is out of range for {len(layers)} attention layers")
 
 
 @dataclass
@@ -171,12 +181,14 @@ class Runner:
         # layer -> (work, layout) of its running call, if it kept its output
         self._kept_now: dict[str, tuple[float, TokenLayout]] = {}
         self._layer_index = {name: i for i, name in enumerate(self.layers)}
-        self.speed = (speed or SPEED) if never_slower(config) else None
+        self.speed = (speed or check_for(config)) if never_slower(config) else None
         self._grids_seen: set[tuple[int, int, int]] = set()  # grids a size bucket was picked for
         # Layers whose heads never reuse a past output: a cache stacked on top compares their output
         # from step to step (FirstBlockCache's first block), and a reused output would look unchanged.
         self.fresh_layers: set[str] = set()
-        self._method_key = config.model_dump_json(include={"method", "density", "block_size", "order", "coarse_pool"})
+        # Every setting that changes what a call computes (and so how fast it runs).
+        self._method_key = config.model_dump_json(include={"method", "density", "keep_ratio", "block_size",
+            "kv_block_size", "order", "coarse_pool", "mass", "mass_rows", "recompute_every", "backend"})  # fmt: skip
 
     def __repr__(self) -> str:
         return (
@@ -202,13 +214,14 @@ class Runner:
 
     def dense_now(self, layer: str, at: Step) -> bool:
         """The schedule: dense on the first steps (unknown step -1: never) and on dense layers."""
-        schedule = self.config.schedule
-        if 0 <= at.step < schedule.dense_step_count(at.total):
-            return True
+        return 0 <= at.step < self.config.schedule.dense_step_count(at.total) or self.dense_layer(layer)
+
+    def dense_layer(self, layer: str) -> bool:
+        """Whether `schedule.dense_layers` names `layer` (by name, or its index from either end)."""
         index = self._layer_index.get(layer)
         if index is None:
             return False
-        return any(d in (layer, index, index - len(self.layers)) for d in schedule.dense_layers)
+        return any(d in (layer, index, index - len(self.layers)) for d in self.config.schedule.dense_layers)
 
     # --- one call -----------------------------------------------------------------------------
 
@@ -242,17 +255,32 @@ class Runner:
     def _checked(self, call: AttentionCall, what, sparse: Callable[[], tuple[Tensor, float]], reason: str = "sparse"):
         """sparse() -> (output, density), unless the speed check found this kind of call (`what`
         runs, at this layout, shapes, dtype, device) no faster than dense; then the call runs dense."""
-        verdict = True
+        verdict, measured = True, None
         if self.speed is not None:
-            q, k = call.query, call.key
-            key = (what, call.layout, self.config.plan_blocks, self.config.backend, tuple(q.shape), tuple(k.shape),
-                   q.dtype, q.device.type)  # fmt: skip
-            verdict = self.speed.verdict(key, call)
-        if verdict is False:
-            return self._dense(call, DENSE_REASON)
-        out, density = sparse() if verdict else self.speed.timed(key, sparse, call.dense, call.query.device)
+            key, label = self._speed_key(call, what)
+            verdict = self.speed.verdict(key)
+            if verdict is None:  # first met on this machine: measured now, the verdict's output returned
+                verdict, measured = self.speed.decide(key, label, call, sparse, call.dense, call.query.device)
+        if not verdict:
+            if measured is None:
+                return self._dense(call, DENSE_REASON)
+            self.stats.record(DENSE_REASON, call.work if call.governed else None)
+            return measured
+        out, density = measured if measured is not None else sparse()
         self.stats.record(reason, call.work, density)
         return out
+
+    def _speed_key(self, call: AttentionCall, what) -> tuple[str, str]:
+        """(key, label) of a kind of call in the speed profile: a hash of everything that changes
+        how fast it runs, and a line a person can read."""
+        q, k = call.query, call.key
+        kind = repr((what, self._method_key, call.layout, self.config.plan_blocks, tuple(q.shape), tuple(k.shape),
+                     str(q.dtype)))  # fmt: skip
+        key = hashlib.sha256(f"{kind}|{environment_key(q.device)}".encode()).hexdigest()[:24]
+        grid = "x".join(map(str, call.layout.grid)) if call.layout is not None else "-"
+        label = (f"{self.config.method} {what[0]} {call.layer} grid {grid} q{tuple(q.shape)} kv{k.shape[-2]} "
+                 f"{str(q.dtype).removeprefix('torch.')} {device_name(q.device)}")  # fmt: skip
+        return key, label
 
     def _call_patterns(self, call: AttentionCall) -> list[Pattern]:
         return self.head_patterns(call.layer, call.layout, call.query.shape[1], call.head_offset)
@@ -317,6 +345,10 @@ class Runner:
         the masked dense call would. Skipped heads compute in full here (no reuse across masks).
         """
         query, key, value, layout, scale = call.query, call.key, call.value, call.layout, call.scale
+        covered = sorted(torch.cat([samples for _, samples in call.groups]).tolist())
+        if covered != list(range(query.shape[0])):  # every row is filled below, or the call is refused
+            raise ValueError(f"padding groups cover samples {covered} of a batch of {query.shape[0]}")
+        gqa = key.shape[1] != query.shape[1]
         out = torch.empty_like(query)
         heads, n = query.shape[1], query.shape[-2]
         computed = 0.0
@@ -332,7 +364,9 @@ class Runner:
                 result, density = self._static_attention(call, sub, q, k, v, patterns, None)
             computed += len(samples) * (keep.numel() ** 2 * density + pad.numel() * keep.numel())
             padded = (
-                F.scaled_dot_product_attention(query[samples][:, :, pad], k, v, scale=scale) if pad.numel() else None
+                F.scaled_dot_product_attention(query[samples][:, :, pad], k, v, scale=scale, enable_gqa=gqa)
+                if pad.numel()
+                else None
             )
             for i, b in enumerate(samples.tolist()):
                 out[b, :, keep] = result[i]
@@ -343,7 +377,7 @@ class Runner:
     def _sparsed(self, call: AttentionCall) -> Tensor:
         """SparseD: dense until the switch step, which takes the patterns; sparse after."""
         switch = self.config.schedule.dense_step_count(call.at.total)
-        if call.at.step < switch:
+        if call.at.step < switch or self.dense_layer(call.layer):
             return self._dense(call, "dense: schedule")
         step = call.at.step
 

@@ -10,10 +10,13 @@ Nothing is lost and nothing is done twice. Outputs are written under a temporary
 (`media.write_frames`). Each finished or failed item appends one whole line to its process's
 manifest shard (`manifest.rank<R>.jsonl`); at the end the shards are merged into
 `manifest.jsonl`. An item is done when a manifest line says so and its output's sha256 still
-matches, so a rerun skips it; items are identified by a key (a hash of prompt, seed, size,
-steps, guidance, config and format), not by position or process, so a killed multi-process run
-rerun with another process count still generates each item once. `batch.json` records the
-model and settings; a rerun into the same folder with other settings is refused unless forced.
+matches, so a rerun skips it; items are identified by a key (a hash of everything that changes
+the output: model, dtype, prompt, negative prompt, seed, size, steps, guidance, config and
+format), not by position or process, so a killed multi-process run rerun with another process
+count still generates each item once. The key is part of each output's name, so two items never
+share a file. `batch.json` records the model and settings; a rerun into the same folder with
+other settings is refused unless forced, and a forced one adds new files beside the finished ones.
+One batch works in a folder at a time (`batch.lock`).
 
 Processes: accelerate's `PartialState` splits the pending items (`split_between_processes`);
 `--processes N` starts N workers with torch's own launcher (`torch.distributed.run`, gloo on the
@@ -22,7 +25,9 @@ CPU), since `accelerate launch --cpu` starts one process on a machine without MP
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import hashlib
 import json
 import math
@@ -43,6 +48,7 @@ from sparsediff.records import append_line, write_atomic
 FORMATS = ("mp4", "gif", "png")
 MANIFEST = "manifest.jsonl"
 SETTINGS = "batch.json"
+LOCK = "batch.lock"
 
 
 class BatchRow(BaseModel):
@@ -168,6 +174,7 @@ def plan_items(
         raise ValueError(f"{path} holds no prompts")
     items: list[BatchItem] = []
     configs: dict[tuple, SparseConfig] = {}
+    model = {"model": loaded.entry.name, "dtype": str(getattr(loaded.pipe, "dtype", None))}
     for line, fields in rows:
         try:
             row = BatchRow.model_validate(fields)
@@ -196,11 +203,11 @@ def plan_items(
                 problems.extend((line, p) for p in found)
                 break
             config_hash = _hash(config.model_dump_json())
-            key = _hash(json.dumps([asdict(request) | {"size": str(size)}, config_hash, defaults.format,
+            key = _hash(json.dumps([model, asdict(request) | {"size": str(size)}, config_hash, defaults.format,
                                     defaults.compare], sort_keys=True, default=str))  # fmt: skip
             slug = _slug(row.name or row.prompt)
             index = len(items)
-            out = out_dir / f"{index:05d}-{slug}-seed{request.seed}.{defaults.format}"
+            out = out_dir / f"{index:05d}-{slug}-seed{request.seed}-{key[:12]}.{defaults.format}"
             items.append(BatchItem(index, line, request, config, config_hash, key, out))
     return items, sorted(problems)
 
@@ -244,16 +251,59 @@ def read_manifests(out_dir: Path, shards_only: bool = False) -> list[dict]:
     return records
 
 
+def latest_by_key(records: list[dict]) -> dict[str, dict]:
+    """The record that holds per key (records in the order they were written): the newest done
+    one, else the newest failure. Resuming and merging both read the manifests through this."""
+    by_key: dict[str, dict] = {}
+    for record in records:
+        kept = by_key.get(record["key"])
+        if kept is None or record["status"] == "done" or kept["status"] != "done":
+            by_key[record["key"]] = record
+    return by_key
+
+
 def finished_keys(out_dir: Path) -> set[str]:
     """Items whose manifest line says done and whose output is whole (its sha256 matches)."""
-    done = set()
-    for record in read_manifests(out_dir):
-        if record.get("status") != "done" or record["key"] in done:
-            continue
-        output = Path(record["output"])
-        if output.exists() and sha256_of(output) == record["sha256"]:
-            done.add(record["key"])
-    return done
+    return {
+        key
+        for key, record in latest_by_key(read_manifests(out_dir)).items()
+        if record["status"] == "done"
+        and Path(record["output"]).exists()
+        and sha256_of(Path(record["output"])) == record["sha256"]
+    }
+
+
+class BatchLocked(ValueError):
+    """Another batch is working in the same folder."""
+
+
+@contextlib.contextmanager
+def batch_lock(out_dir: Path, state):
+    """One batch per folder at a time: the main process holds an exclusive lock on `batch.lock`
+    for the whole run (released by the system if it dies), and every process learns whether it
+    got it before any of them reads or writes the manifests."""
+    from accelerate.utils import broadcast_object_list
+
+    handle, got = None, [True]
+    if state.is_main_process:
+        handle = open(out_dir / LOCK, "w")  # noqa: SIM115  (held until the run ends)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            handle, got = None, [False]
+    if state.num_processes > 1:
+        broadcast_object_list(got)
+    if not got[0]:
+        raise BatchLocked(
+            f"{out_dir} is in use by another sparsediff batch (it holds {out_dir / LOCK}): wait for it to "
+            "finish, or give this one another --out"
+        )
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.close()
 
 
 def check_settings(out_dir: Path, settings: dict, force: bool) -> None:
@@ -296,6 +346,11 @@ def run_batch(
     from accelerate import PartialState
 
     state = PartialState(cpu=not torch.cuda.is_available())
+    with batch_lock(out_dir, state):
+        return _run_locked(state, loaded, items, out_dir, with_dense, progress, invalid)
+
+
+def _run_locked(state, loaded, items, out_dir, with_dense, progress, invalid) -> BatchSummary | None:
     start = time.perf_counter()
     if state.is_main_process:
         merge_manifests(out_dir)  # shards a killed run left behind: this run's shards hold only its own
@@ -340,11 +395,7 @@ def run_batch(
 def merge_manifests(out_dir: Path) -> None:
     """Fold the process shards into manifest.jsonl (one line per key: done over failed, newest
     first), written atomically, then drop the shards."""
-    by_key: dict[str, dict] = {}
-    for record in read_manifests(out_dir):
-        kept = by_key.get(record["key"])
-        if kept is None or record["status"] == "done" or kept["status"] != "done":
-            by_key[record["key"]] = record
+    by_key = latest_by_key(read_manifests(out_dir))
     lines = [json.dumps(r, default=str) for r in sorted(by_key.values(), key=lambda r: r["index"])]
     write_atomic(out_dir / MANIFEST, "".join(line + "\n" for line in lines))
     for shard in out_dir.glob("manifest.rank*.jsonl"):

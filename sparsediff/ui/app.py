@@ -1,18 +1,23 @@
 """`sparsediff ui`: a Gradio app over the library's own calls (compare, search, inspect, text).
 
 It owns no algorithm: every tab calls what the CLI calls (`generate.compare`, `search.search`,
-`search.inspect.inspect_head`, `generate.compare_text`). Models load once and are cached per name;
-applying sparse attention mutates a shared pipeline, so each loaded model has a lock and work on
-it is serialized (Gradio's queue runs requests concurrently otherwise). Every error reaches the
-page as a readable `gr.Error`, never a traceback.
+`search.inspect.inspect_head`, `generate.compare_text`). Models load once and are cached per name,
+a few at a time (the least recently used is dropped). Requests queue for one worker: generating
+mutates a shared pipeline and the figures (timings, peak memory) hold only for a request that ran
+alone, so work runs one request at a time (Gradio's queue runs handlers concurrently otherwise).
+What a request may ask is bounded (`Limits`), local pipeline folders are served only where the
+operator allows it, and each request's files live in a folder of their own, of which only the
+latest few are kept. Every error reaches the page as a readable `gr.Error`, never a traceback.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import threading
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -36,30 +41,96 @@ SHIPPED = "shipped config"
 TRACK_TQDM = gr.Progress(track_tqdm=True)  # Gradio fills a handler's Progress default per request
 
 
-@dataclass
-class Slot:
-    loaded: LoadedModel
-    lock: threading.Lock = field(default_factory=threading.Lock)
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask of a shared server: a config with tiny blocks, the `reference`
+    backend or a huge video would hold O(N^2) memory and the worker for everyone else."""
+
+    max_tokens: int = 65_536  # latent frames x height x width after patchify, as the model's size check counts
+    max_pixels: int = 64 * 1024 * 1024  # frames x height x width of the output
+    max_steps: int = 100
+    min_block_size: int = 16
+    backends: tuple[str, ...] = ("auto", "torch", "flex", "triton")
+
+    def check(self, request: Request | None = None, config: SparseConfig | None = None) -> None:
+        if request is not None:
+            pixels = request.size.frames * request.size.height * request.size.width
+            if pixels > self.max_pixels:
+                raise ValueError(f"{request.size} is {pixels:,} pixels; this server takes at most {self.max_pixels:,}")
+            if request.steps > self.max_steps:
+                raise ValueError(f"{request.steps} steps; this server takes at most {self.max_steps}")
+        if config is not None:
+            blocks = [config.block_size, config.kv_block_size or config.block_size]
+            if min(blocks) < self.min_block_size:
+                raise ValueError(f"block size {min(blocks)}: this server takes blocks of {self.min_block_size} or more")
+            if config.backend not in self.backends:
+                raise ValueError(f"backend {config.backend!r}: this server runs {', '.join(self.backends)}")
 
 
 class Models:
-    """Loaded models by name, each with the lock that serializes work on its pipeline."""
+    """Loaded models by name, at most `capacity` at a time (the least recently used is dropped).
 
-    def __init__(self) -> None:
-        self._slots: dict[str, Slot] = {}
+    A model loads under its own lock, so loading one does not stop requests for another."""
+
+    def __init__(self, capacity: int = 2, allow_folders: bool = True) -> None:
+        self.capacity = capacity
+        self.allow_folders = allow_folders
+        self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._loading: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
 
-    def get(self, name: str) -> Slot:
+    def get(self, name: str) -> LoadedModel:
         name = (name or "").strip()
         if not name:
             raise ValueError("choose a model, or give a local pipeline folder")
+        if name not in BUILTIN and not self.allow_folders:
+            raise ValueError(
+                "this server serves its built-in models only; the operator can allow local pipeline folders "
+                "with `sparsediff ui --allow-local-folders`"
+            )
         with self._lock:
-            if name not in self._slots:
-                loaded = load_model(name)
-                if loaded.tokenizer is None:  # a diffusers pipeline: its step bar feeds the page's progress
-                    loaded.pipe.set_progress_bar_config(disable=False)
-                self._slots[name] = Slot(loaded)
-            return self._slots[name]
+            if name in self._loaded:
+                self._loaded.move_to_end(name)
+                return self._loaded[name]
+            loading = self._loading.setdefault(name, threading.Lock())
+        with loading:
+            with self._lock:
+                if name in self._loaded:
+                    return self._loaded[name]
+            loaded = load_model(name)
+            if loaded.tokenizer is None:  # a diffusers pipeline: its step bar feeds the page's progress
+                loaded.pipe.set_progress_bar_config(disable=False)
+            with self._lock:
+                self._loaded[name] = loaded
+                while len(self._loaded) > self.capacity:
+                    self._loaded.popitem(last=False)
+            return loaded
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return list(self._loaded)
+
+
+class RequestFolders:
+    """A folder per request under one root; only the newest `keep` are kept (the page has shown
+    the older ones), and the root goes when the app closes."""
+
+    def __init__(self, keep: int = 8) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="sparsediff-ui-"))
+        self.keep = keep
+        self._made: list[Path] = []
+        self._lock = threading.Lock()
+
+    def new(self) -> Path:
+        with self._lock:
+            folder = Path(tempfile.mkdtemp(dir=self.root))
+            self._made.append(folder)
+            while len(self._made) > self.keep:
+                shutil.rmtree(self._made.pop(0), ignore_errors=True)
+            return folder
+
+    def close(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _video_models() -> list[str]:
@@ -107,10 +178,14 @@ def _table(summary: dict) -> list[list[str]]:
     return rows
 
 
-def build_app(default: str | None = None, models: Models | None = None) -> gr.Blocks:
+def build_app(
+    default: str | None = None, models: Models | None = None, limits: Limits = Limits(),
+    folders: RequestFolders | None = None,
+) -> gr.Blocks:  # fmt: skip
     models = models or Models()
+    folders = folders or RequestFolders()
+    work = threading.Lock()  # one request generates at a time: its figures are its own
     default = default or default_model()
-    out_dir = Path(tempfile.mkdtemp(prefix="sparsediff-ui-"))
     entry = BUILTIN.get(default)
     examples = (
         list(entry.held_out_prompts(6)) if entry is not None and entry.held_out else ["a red circle moving right"]
@@ -119,14 +194,15 @@ def build_app(default: str | None = None, models: Models | None = None) -> gr.Bl
 
     def run_compare(model, folder, prompt, method, density, upload, steps, seed, frames, height, width, dense_too):
         try:
-            slot = models.get(folder or model)
-            loaded = slot.loaded
+            loaded = models.get(folder or model)
             request = _request(loaded, prompt, steps, seed, frames, height, width)
             check_request(loaded, request)
+            limits.check(request)
             config = _config(loaded, method, density, upload)
+            limits.check(config=config)
             suffix = ".mp4" if loaded.entry.video else ".png"
-            with slot.lock:
-                target = Path(tempfile.mkdtemp(dir=out_dir)) / f"result{suffix}"
+            with work:
+                target = folders.new() / f"result{suffix}"
                 if dense_too:
                     summary = compare(loaded, request, config, target).as_json()
                     paths = summary["outputs"]
@@ -150,19 +226,19 @@ def build_app(default: str | None = None, models: Models | None = None) -> gr.Bl
         from sparsediff.search import search
 
         try:
-            slot = models.get(folder or model)
-            loaded = slot.loaded
+            loaded = models.get(folder or model)
             texts = [line.strip() for line in (prompts or "").splitlines() if line.strip()]
             if not texts:
                 raise ValueError("give calibration prompts, one a line")
             request = _request(loaded, texts[0], steps, 0, frames, height, width)
             check_request(loaded, request)
+            limits.check(request)
             bound = {"budget": float(value)} if objective == "budget" else {"max_error": float(value)}
-            with slot.lock:
+            with work:
                 result = search(loaded.pipe, texts, num_inference_steps=request.steps, calibration_steps=2,
                                 kv_block_size=int(kv_block) or None, refine=int(refine or 0), progress=True, **bound,
                                 **shared_call_kwargs(loaded, request))  # fmt: skip
-            folder_out = Path(tempfile.mkdtemp(dir=out_dir))
+            folder_out = folders.new()
             report = result.write_report(folder_out)
             config_path = result.config.save(folder_out / "searched.json")
             refined = result.config.search.get("refinement")
@@ -181,12 +257,13 @@ def build_app(default: str | None = None, models: Models | None = None) -> gr.Bl
         from sparsediff.search.inspect import head_images, inspect_head
 
         try:
-            slot = models.get(folder or model)
-            loaded = slot.loaded
+            loaded = models.get(folder or model)
             request = _request(loaded, prompt, steps, 0, frames, height, width)
             check_request(loaded, request)
+            limits.check(request)
             config = _config(loaded, method, density, upload)
-            with slot.lock:
+            limits.check(config=config)
+            with work:
                 view = inspect_head(loaded.pipe, request.prompt, config, layer, int(head), int(step),
                                     num_inference_steps=request.steps, block=config.block_size,
                                     **shared_call_kwargs(loaded, request))  # fmt: skip
@@ -203,7 +280,7 @@ def build_app(default: str | None = None, models: Models | None = None) -> gr.Bl
         from sparsediff.integrations.diffusers import attention_processors
 
         try:
-            transformer = models.get(folder or model).loaded.pipe.transformer
+            transformer = models.get(folder or model).pipe.transformer
         except ERRORS as err:
             raise gr.Error(str(err)) from err
         names = [n.removesuffix(".processor") for n in attention_processors(transformer)]
@@ -214,7 +291,7 @@ def build_app(default: str | None = None, models: Models | None = None) -> gr.Bl
         from sparsediff.pipelines.needles import level_of, sample
 
         try:
-            loaded = models.get("tiny-dlm").loaded
+            loaded = models.get("tiny-dlm")
             level = level_of(loaded.entry.folder)
             prompts, _ = sample(loaded.tokenizer, level, 1, int(seed))
             return loaded.tokenizer.decode(prompts[0])
@@ -227,12 +304,11 @@ def build_app(default: str | None = None, models: Models | None = None) -> gr.Bl
         try:
             if not (text or "").strip():
                 raise ValueError("the text is empty: make a haystack or paste one")
-            slot = models.get("tiny-dlm")
-            loaded = slot.loaded
+            loaded = models.get("tiny-dlm")
             level = level_of(loaded.entry.folder)
             config = SparseConfig.load("sparsed", keep_ratio=float(keep), schedule={"dense_fraction": float(switch)})
             request = TextRequest(text, level.answer_tokens, level.answer_tokens, level.answer_tokens)
-            with slot.lock:
+            with work:
                 summary = compare_text(loaded, request, config)
             rows = [["dense", summary["answer_dense"], f"{summary['dense_s']:.2f}"],
                     ["SparseD", summary["answer_sparse"], f"{summary['sparse_s']:.2f}"]]  # fmt: skip
@@ -323,9 +399,19 @@ def build_app(default: str | None = None, models: Models | None = None) -> gr.Bl
     return app
 
 
-def launch(default: str | None = None, host: str = "127.0.0.1", port: int = 7860, block: bool = True) -> gr.Blocks:
-    """Build, queue and serve the app; with `block` False it serves in the background (tests)."""
-    app = build_app(default)
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def launch(
+    default: str | None = None, host: str = "127.0.0.1", port: int = 7860, block: bool = True,
+    allow_local_folders: bool | None = None,
+) -> gr.Blocks:  # fmt: skip
+    """Build, queue and serve the app; with `block` False it serves in the background (tests).
+
+    Local pipeline folders and hub ids load only where `allow_local_folders` says so; by default
+    only on a loopback address, where the person at the page is the person at the server."""
+    allow = host in LOOPBACK if allow_local_folders is None else allow_local_folders
+    app = build_app(default, Models(allow_folders=allow))
     app.queue(default_concurrency_limit=4)
     app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=True)
     return app
