@@ -146,6 +146,28 @@ def test_shipped_config_compares_at_a_small_size_with_the_judge(tmp_path, monkey
     assert result.exit_code == 2 and "--density does not apply" in " ".join(result.output.split())
 
 
+def test_the_default_as_users_get_it_with_the_speed_check_on(tmp_path, monkeypatch):
+    """`make demo` with the check on (the suite turns it off elsewhere, where tiny models would run
+    dense): this machine's verdicts are measured once and stored, and the same run twice gives the
+    same figures of quality and the same calls."""
+    from sparsediff.methods import speed
+
+    monkeypatch.setenv("SPARSEDIFF_NEVER_SLOWER", "1")
+    monkeypatch.setenv("SPARSEDIFF_SPEED_PROFILE", str(tmp_path / "speed.json"))
+    monkeypatch.setattr(speed.SPEED, "check", None)  # a fresh process-wide check on that profile
+    runs = []
+    for i in range(2):
+        result = runner.invoke(app, ["generate", "--model", "shapes-t2v", "--num-frames", "8", "--height", "32",
+                                     "--width", "32", "--steps", "4", "--compare", "--json",
+                                     "--out", str(tmp_path / f"demo{i}.mp4")])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        runs.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    kinds = json.loads((tmp_path / "speed.json").read_text())["kinds"]
+    assert kinds and all(k["call"].startswith("pattern ") for k in kinds.values())
+    assert runs[0]["attention_calls"] == runs[1]["attention_calls"]
+    assert runs[0]["psnr"] == runs[1]["psnr"] and runs[0]["density"] == runs[1]["density"]
+
+
 def test_bench_memory_on_paper_matches_a_measured_run_at_a_tiny_shape():
     import torch
 

@@ -4,6 +4,7 @@ multi-size search, and the speed check that runs a call dense where sparse does 
 import json
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -142,10 +143,14 @@ def test_search_cli_at_several_sizes_writes_one_config_that_serves_each(tmp_path
     config = SparseConfig.load(out)
     assert [b.grid for b in config.sizes] == [(3, 8, 8), (3, 16, 12)]  # tiny Wan: 2x temporal, 8x spatial
     pipe = tiny_pipeline("wan")
-    for height, width in ((64, 64), (128, 96)):
-        with sparsediff.sparse(pipe, out) as state:
-            pipe("a cat", num_frames=5, height=height, width=width, num_inference_steps=2, output_type="np")
-        assert sum(state.calls.values()) > 0
+    for (height, width), bucket in zip(((64, 64), (128, 96)), config.sizes, strict=True):
+        frames = []  # the searched config at this size computes exactly what its bucket alone does
+        for served in (config, SparseConfig.load(config, sizes=[], heads=bucket.heads)):
+            with sparsediff.sparse(pipe, served) as state:
+                frames.append(pipe("a cat", num_frames=5, height=height, width=width, num_inference_steps=2,
+                                   output_type="np", generator=torch.Generator().manual_seed(0)).frames)  # fmt: skip
+            assert sum(n for reason, n in state.calls.items() if reason.startswith(("sparse", "dense"))) > 0
+        assert np.array_equal(frames[0], frames[1])
     single = tmp_path / "single.json"
     result = CliRunner().invoke(
         app, [*common[:-1], str(single), "--num-frames", "9", "--height", "64", "--width", "64"]

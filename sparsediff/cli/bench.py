@@ -12,7 +12,8 @@ import typer
 from rich.table import Table
 
 from sparsediff.attention import backend_choices
-from sparsediff.cli.common import DTYPES, SPARSED, bench_app, choice, console, mb
+from sparsediff.cli.common import SPARSED, DeviceOption, DtypeOption, bench_app, choice, console, load_on, mb
+from sparsediff.devices import DTYPES
 
 
 @bench_app.command("attention")
@@ -305,12 +306,14 @@ def bench_methods_cmd(
         Path | None,
         typer.Option(help="append each prompt's figures to this .jsonl as it finishes; rerun to resume"),
     ] = None,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
 ) -> None:
     """Methods side by side on the same seeds: ours (presets, configs), diffusers' caches (pab,
     fastercache, fbcache, taylorseer, magcache, seacache; `name:key=value`) and stacks (`ours+peer`)."""
     from sparsediff.figures import pareto_figure
     from sparsediff.generate import Request, compare_methods, given_or
-    from sparsediff.pipelines.registry import default_model, load_model
+    from sparsediff.pipelines.registry import default_model
 
     if threads:
         torch.set_num_threads(threads)
@@ -319,7 +322,7 @@ def bench_methods_cmd(
             raise ValueError(f"--plot {plot}: use a .png file name")
         if prompt and held_out is not None:
             raise ValueError("give --prompt or --held-out, not both")
-        loaded = load_model(model or default_model())
+        loaded = load_on(model or default_model(), device, dtype)
         entry = loaded.entry
         size = entry.size(num_frames, height, width)
         prompts = prompt or (

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import torch
+from typing import Annotated
+
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from sparsediff.config import PRESETS
+from sparsediff.devices import DEVICE_HELP, DTYPE_HELP, resolve_device, resolve_dtype
 
 app = typer.Typer(
     help="Sparse attention for diffusion transformers.", no_args_is_help=True, pretty_exceptions_show_locals=False
@@ -16,13 +18,23 @@ bench_app = typer.Typer(help="Speed benchmarks: dense vs sparse, side by side in
 app.add_typer(bench_app, name="bench")
 console = Console()
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DeviceOption = Annotated[str, typer.Option(help=f"device: {DEVICE_HELP}")]
+DtypeOption = Annotated[str, typer.Option(help=f"dtype: {DTYPE_HELP}")]
 SPARSED = PRESETS["sparsed"]  # eval's and bench dllm's defaults
 SPARSED_DEFAULTS = {  # eval repeats each option for a curve
     "keep_ratio": [SPARSED["keep_ratio"]],
     "dense_fraction": [SPARSED["schedule"]["dense_fraction"]],
     "mass": [SPARSED["mass"]],
 }
+
+
+def load_on(model: str, device: str, dtype: str):
+    """`load_model` on the device and in the dtype the options ask for (ValueError, before any
+    loading, where they do not exist)."""
+    from sparsediff.pipelines.registry import load_model
+
+    where = resolve_device(device)
+    return load_model(model, resolve_dtype(dtype, where), where)
 
 
 def choice(value: str, choices, what: str) -> str:

@@ -11,7 +11,7 @@ import torch
 import typer
 from rich.table import Table
 
-from sparsediff.cli.common import SPARSED_DEFAULTS, app, choice, console
+from sparsediff.cli.common import SPARSED_DEFAULTS, DeviceOption, DtypeOption, app, choice, console, load_on
 
 
 @app.command("eval")
@@ -40,12 +40,13 @@ def eval_cmd(
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per setting, one per line")] = False,
     plot: Annotated[Path | None, typer.Option(help="write a speedup vs context plot (.png)")] = None,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
 ) -> None:
     """Exact accuracy of dense and SparseD decoding on held-out needle-retrieval examples, and the speedup."""
     from dataclasses import replace
 
     from sparsediff.pipelines.needles import evaluate_sparsed, level_of
-    from sparsediff.pipelines.registry import load_model
 
     if threads:
         torch.set_num_threads(threads)
@@ -53,7 +54,7 @@ def eval_cmd(
         for keep in keep_ratio:  # 0 would keep no block: refused before the model loads
             if not 0 < keep <= 1:
                 raise ValueError(f"--keep-ratio {keep} must be in (0, 1]: the share of KV blocks SparseD keeps")
-        loaded = load_model(model)
+        loaded = load_on(model, device, dtype)
         if not loaded.entry.text:
             raise ValueError(f"--model {model} is not a diffusion language model; try --model tiny-dlm")
         trained = level_of(loaded.entry.folder)

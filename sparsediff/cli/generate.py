@@ -11,7 +11,7 @@ import torch
 import typer
 from rich.table import Table
 
-from sparsediff.cli.common import DTYPES, app, choice, console, print_summary
+from sparsediff.cli.common import DeviceOption, DtypeOption, app, console, load_on, print_summary
 
 
 @app.command("generate")
@@ -42,21 +42,21 @@ def generate_cmd(
         bool, typer.Option(help="keep the prompt's keys and values between a block's steps (text models)")
     ] = False,
     compare: Annotated[bool, typer.Option("--compare", help="also run dense; report speedup and quality")] = False,
-    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16")] = "float32",
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object on the last line of stdout")] = False,
 ) -> None:
     """Generate an image or video with sparse attention; --compare puts it beside dense."""
     from sparsediff.generate import Request, generate_one, given_or, resolve_method
     from sparsediff.generate import compare as run_compare
-    from sparsediff.pipelines.registry import default_model, load_model
+    from sparsediff.pipelines.registry import default_model
 
-    choice(dtype, DTYPES, "dtype")
     if threads:
         torch.set_num_threads(threads)
     model = model or default_model()
     try:
-        loaded = load_model(model, DTYPES[dtype])
+        loaded = load_on(model, device, dtype)
         entry = loaded.entry
         if entry.text:
             _generate_text(loaded, prompt, steps, gen_length, block_length, seed, method, config, density, compare,
@@ -118,7 +118,8 @@ def batch_cmd(
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="run the valid rows, record the rest")] = False,
     force: Annotated[bool, typer.Option("--force", help="add to a folder made with other settings")] = False,
     processes: Annotated[int, typer.Option(help="worker processes (torch.distributed.run, gloo on CPU)")] = 1,
-    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16")] = "float32",
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
     threads: Annotated[int | None, typer.Option(help="torch threads per process (default: 1 with --processes)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="the summary as one JSON object")] = False,
 ) -> None:
@@ -133,9 +134,8 @@ def batch_cmd(
         plan_items,
         run_batch,
     )
-    from sparsediff.pipelines.registry import default_model, load_model
+    from sparsediff.pipelines.registry import default_model
 
-    choice(dtype, DTYPES, "dtype")
     worker = "RANK" in os.environ  # started by torch.distributed.run (or accelerate launch)
     if threads or (processes > 1 or worker):
         torch.set_num_threads(threads or 1)
@@ -144,7 +144,7 @@ def batch_cmd(
     try:
         if processes < 1:
             raise ValueError(f"--processes {processes} must be at least 1")
-        loaded = load_model(model or default_model(), DTYPES[dtype])
+        loaded = load_on(model or default_model(), device, dtype)
         items, problems = plan_items(loaded, prompts, defaults, out)
         if problems and not skip_invalid:
             raise BatchError(prompts, problems)
@@ -251,7 +251,8 @@ def profile_cmd(
     num_frames: Annotated[int | None, typer.Option(help="frames (video models)")] = None,
     height: Annotated[int | None, typer.Option(help="height in pixels")] = None,
     width: Annotated[int | None, typer.Option(help="width in pixels")] = None,
-    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16")] = "float32",
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
     threads: Annotated[int | None, typer.Option(help="torch threads (the profile is per thread count)")] = None,
     out: Annotated[
         Path | None, typer.Option(help="profile file to write (default: this machine's cache; ship it beside a config)")
@@ -261,16 +262,15 @@ def profile_cmd(
     """Measure which kinds of call run sparse on this machine (the never-slower check) and show them."""
     from sparsediff.generate import Request, given_or, measure_speed, resolve_config
     from sparsediff.methods import speed
-    from sparsediff.pipelines.registry import default_model, load_model
+    from sparsediff.pipelines.registry import default_model
 
-    choice(dtype, DTYPES, "dtype")
     if threads:
         torch.set_num_threads(threads)
     path = out or speed.default_profile_path()
     speed.SPEED.check = speed.SpeedCheck(speed.SpeedProfile(path))
     try:
         if not show:
-            loaded = load_model(model or default_model(), DTYPES[dtype])
+            loaded = load_on(model or default_model(), device, dtype)
             entry = loaded.entry
             if entry.text:
                 raise ValueError(f"{entry.name} is a language model; profile an image or video model")
@@ -297,6 +297,8 @@ def ui_cmd(
     model: Annotated[str | None, typer.Option(help="model shown first (default: the embedded model)")] = None,
     host: Annotated[str, typer.Option(help="address to serve on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to serve on")] = 7860,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
     allow_local_folders: Annotated[
         bool | None,
         typer.Option(
@@ -311,7 +313,14 @@ def ui_cmd(
     except ImportError as err:
         console.print("[red]error:[/red] the app needs gradio: pip install 'sparsediff[ui]'")
         raise typer.Exit(2) from err
+    from sparsediff.devices import resolve_device, resolve_dtype
     from sparsediff.ui.app import launch
 
-    console.print(f"sparsediff ui: serving on http://{host}:{port} (Ctrl-C stops it)")
-    launch(model, host, port, block=True, allow_local_folders=allow_local_folders)
+    try:
+        where = resolve_device(device)
+        precision = resolve_dtype(dtype, where)
+    except ValueError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
+    console.print(f"sparsediff ui: serving on http://{host}:{port}, models on {where} in {precision} (Ctrl-C stops it)")
+    launch(model, host, port, block=True, allow_local_folders=allow_local_folders, device=where, dtype=precision)

@@ -9,7 +9,7 @@ from typing import Annotated
 import torch
 import typer
 
-from sparsediff.cli.common import app, console, mb
+from sparsediff.cli.common import DeviceOption, DtypeOption, app, console, load_on, mb
 
 
 @app.command("structure")
@@ -25,14 +25,16 @@ def structure_cmd(
     width: Annotated[int | None, typer.Option(help="width in pixels")] = None,
     rows: Annotated[int, typer.Option(help="query rows sampled per attention call")] = 256,
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per layer, one per line")] = False,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
 ) -> None:
     """Where attention goes per layer and head: local 3-D, same place in other frames, text, first frame."""
     from sparsediff.generate import Request, check_request, given_or, shared_call_kwargs
-    from sparsediff.pipelines.registry import default_model, load_model
+    from sparsediff.pipelines.registry import default_model
     from sparsediff.search.structure import CATEGORIES, attention_structure, structure_figure
 
     try:
-        loaded = load_model(model or default_model())
+        loaded = load_on(model or default_model(), device, dtype)
         entry = loaded.entry
         size = entry.size(num_frames, height, width)
         request = Request(
@@ -97,10 +99,12 @@ def search_cmd(
     ] = 0,
     report: Annotated[Path | None, typer.Option(help="folder for the heatmap PNG and text table")] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice)")] = None,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
 ) -> None:
     """Offline head search: the cheapest pattern per layer and head, within an error bound or a budget."""
     from sparsediff.generate import Request, check_request, given_or, shared_call_kwargs
-    from sparsediff.pipelines.registry import default_model, load_model
+    from sparsediff.pipelines.registry import default_model
     from sparsediff.search import CostModel, search, search_sizes
 
     if threads:
@@ -114,7 +118,7 @@ def search_cmd(
         if size and cost_model:
             raise ValueError("--cost-model holds timings at one size; a search at several sizes measures its own")
         sizes = [_parse_size(s) for s in size] or [(num_frames, height, width)]
-        loaded = load_model(model or default_model())
+        loaded = load_on(model or default_model(), device, dtype)
         entry = loaded.entry
         calls = []
         for frames, h, w in sizes:  # every size is checked before any search starts

@@ -220,8 +220,9 @@ def _load_text_model(folder: Path, torch_dtype: torch.dtype):
     return model, AutoTokenizer.from_pretrained(folder)
 
 
-def load_model(name: str, torch_dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """A built-in name, a local pipeline folder, or a diffusers model id -> a loaded pipeline."""
+def load_model(name: str, torch_dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> LoadedModel:
+    """A built-in name, a local pipeline folder, or a diffusers model id -> a loaded pipeline (or
+    language model) on `device` in `torch_dtype`."""
     start = time.perf_counter()
     tokenizer = None
     if name in BUILTIN:
@@ -267,6 +268,7 @@ def load_model(name: str, torch_dtype: torch.dtype = torch.float32) -> LoadedMod
         )
     if tokenizer is None:
         pipe.set_progress_bar_config(leave=False)
+    pipe.to(device)
     return LoadedModel(pipe, entry, time.perf_counter() - start, tokenizer)
 
 

@@ -38,7 +38,7 @@ from sparsediff.pipelines.needles import (
     save_level,
     task_tokenizer,
 )
-from sparsediff.pipelines.training import log, save_atomic, save_on_sigterm
+from sparsediff.pipelines.training import load_checkpoint, log, save_atomic, save_on_sigterm
 
 
 def batch_size(level: Level, args) -> int:
@@ -70,7 +70,7 @@ def train(args) -> None:
     if args.init and not ckpt_path.exists():  # a new run from exported weights (rotary positions: any length)
         model.load_state_dict(type(model).from_pretrained(args.init).state_dict())
     if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, weights_only=False)
+        ckpt = load_checkpoint(ckpt_path)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["opt"])
         step, level_index = ckpt["step"], ckpt["level"]
@@ -143,7 +143,7 @@ def export(args) -> None:
     tokenizer = task_tokenizer()
     model = tiny_dlm(len(tokenizer), hidden=args.hidden, layers=args.layers, heads=args.heads, kv_heads=args.heads,
                      context=LONGEST)  # fmt: skip
-    ckpt = torch.load(Path(args.run) / "ckpt.pt", weights_only=False)
+    ckpt = load_checkpoint(Path(args.run) / "ckpt.pt")
     model.load_state_dict(ckpt["model"])
     model.save_pretrained(args.export)
     tokenizer.save_pretrained(args.export)

@@ -17,6 +17,12 @@ def save_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint `save_atomic` wrote: state dicts, numbers and strings only, so it loads with
+    `weights_only=True` (unpickling arbitrary objects from a file is never needed)."""
+    return torch.load(path, weights_only=True)
+
+
 def log(run: Path, record: dict) -> None:
     with open(run / "log.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")

@@ -16,11 +16,13 @@ import logging
 import shutil
 import tempfile
 import threading
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
+import torch
 
 from sparsediff.config import PRESETS, SparseConfig
 from sparsediff.generate import (
@@ -72,9 +74,13 @@ class Models:
 
     A model loads under its own lock, so loading one does not stop requests for another."""
 
-    def __init__(self, capacity: int = 2, allow_folders: bool = True) -> None:
+    def __init__(
+        self, capacity: int = 2, allow_folders: bool = True, device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:  # fmt: skip
         self.capacity = capacity
         self.allow_folders = allow_folders
+        self.device, self.dtype = torch.device(device), dtype
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self._loading: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -97,7 +103,7 @@ class Models:
             with self._lock:
                 if name in self._loaded:
                     return self._loaded[name]
-            loaded = load_model(name)
+            loaded = load_model(name, self.dtype, self.device)
             if loaded.tokenizer is None:  # a diffusers pipeline: its step bar feeds the page's progress
                 loaded.pipe.set_progress_bar_config(disable=False)
             with self._lock:
@@ -117,6 +123,7 @@ class RequestFolders:
 
     def __init__(self, keep: int = 8) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="sparsediff-ui-"))
+        weakref.finalize(self, shutil.rmtree, self.root, ignore_errors=True)  # gone when the app is
         self.keep = keep
         self._made: list[Path] = []
         self._lock = threading.Lock()
@@ -321,7 +328,10 @@ def build_app(
 
     methods = [SHIPPED, *(name for name in PRESETS if name != "sparsed")]
     with gr.Blocks(title="sparsediff") as app:
-        gr.Markdown("# sparsediff\nDense and sparse attention side by side, on your prompt.")
+        gr.Markdown(
+            "# sparsediff\nDense and sparse attention side by side, on your prompt. "
+            f"Models run on **{models.device}** in {str(models.dtype).removeprefix('torch.')}."
+        )
         with gr.Row():
             model = gr.Dropdown(_video_models(), value=default, label="Model")
             folder = gr.Textbox(label="Local pipeline folder (instead of the model)", placeholder="/path/to/pipeline")
@@ -404,14 +414,14 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 def launch(
     default: str | None = None, host: str = "127.0.0.1", port: int = 7860, block: bool = True,
-    allow_local_folders: bool | None = None,
+    allow_local_folders: bool | None = None, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
 ) -> gr.Blocks:  # fmt: skip
     """Build, queue and serve the app; with `block` False it serves in the background (tests).
 
     Local pipeline folders and hub ids load only where `allow_local_folders` says so; by default
     only on a loopback address, where the person at the page is the person at the server."""
     allow = host in LOOPBACK if allow_local_folders is None else allow_local_folders
-    app = build_app(default, Models(allow_folders=allow))
+    app = build_app(default, Models(allow_folders=allow, device=device, dtype=dtype))
     app.queue(default_concurrency_limit=4)
     app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=True)
     return app

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from sparsediff.pipelines.shapes.data import COLOURS, DIRECTIONS, HELD_OUT, SHAPES, Caption, sample_batch
 from sparsediff.pipelines.shapes.judge import prompt_accuracy
 from sparsediff.pipelines.shapes.pipeline import PREDICTIONS, ShapesT2VPipeline, build_pipeline
-from sparsediff.pipelines.training import log, save_atomic, save_on_sigterm
+from sparsediff.pipelines.training import load_checkpoint, log, save_atomic, save_on_sigterm
 
 CAPTION_DROPOUT = 0.1  # empty prompts teach the unconditional branch for guidance
 
@@ -172,7 +172,7 @@ def train(args) -> None:
     run.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     ckpt_path = run / "ckpt.pt"
-    ckpt = torch.load(ckpt_path, weights_only=False) if ckpt_path.exists() else None
+    ckpt = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
     prediction = ckpt.get("prediction", "velocity") if ckpt else args.prediction or "velocity"
     if ckpt and args.prediction not in (None, prediction):
         raise ValueError(
@@ -257,7 +257,7 @@ def train(args) -> None:
 
 def export(args) -> None:
     """Save the EMA weights as a loadable pipeline (safetensors) plus the training log."""
-    ckpt = torch.load(Path(args.run) / "ckpt.pt", weights_only=False)
+    ckpt = load_checkpoint(Path(args.run) / "ckpt.pt")
     pipe = build_pipeline(args.seed, ckpt.get("prediction", "velocity"))
     trainable(pipe).load_state_dict(ckpt["ema"])
     pipe.save_pretrained(args.export, safe_serialization=True)
