@@ -26,7 +26,7 @@ $(VENV)/.installed-test: pyproject.toml $(LOCK) $(VENV)/.installed
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 	touch $@
 
-# The default model with its shipped sparse config (the `window` preset when none is shipped).
+# The default model with its shipped sparse config (the `local` preset when none is shipped).
 demo: $(VENV)/.installed
 	$(VENV)/bin/sparsediff generate --compare --out outputs/demo.mp4
 

@@ -64,7 +64,7 @@ def _output(model, inputs: dict) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_tiny_model_dense_equals_native_window_changes_it_remove_restores(name, tmp_path):
+def test_tiny_model_dense_equals_native_local_changes_it_remove_restores(name, tmp_path):
     config, make_inputs = CASES[name]
     model_class = getattr(diffusers, name)
     _with_zero_layers_filled(model_class(**config)).save_pretrained(tmp_path)

@@ -255,7 +255,7 @@ def family_of(model) -> Family:
 # Every transformer class diffusers 0.42 exports (`diffusers.models.transformers`) and what `apply`
 # does with it; tests/test_families.py fails when diffusers exports a class not listed here.
 #   "sparse": its self/joint attention runs sparse (what is inferred: text place, grid source);
-#             each is built from a tiny config in the tests (dense equals native, window runs);
+#             each is built from a tiny config in the tests (dense equals native, local runs);
 #   "dense":  `apply` works, but its attention calls run dense, counted under the reason given;
 #   "refused": `apply` refuses it with the reason given (no image or video grid to be sparse on).
 # A class not listed (a user's own) runs through the generic adapter (channels-first latents, text
