@@ -182,6 +182,7 @@ class Runner:
         self._kept_now: dict[str, tuple[float, TokenLayout]] = {}
         self._layer_index = {name: i for i, name in enumerate(self.layers)}
         self.speed = (speed or check_for(config)) if never_slower(config) else None
+        self._speed_keys: dict[tuple, str] = {}  # kind of call -> its key in the speed profile
         self._grids_seen: set[tuple[int, int, int]] = set()  # grids a size bucket was picked for
         # Layers whose heads never reuse a past output: a cache stacked on top compares their output
         # from step to step (FirstBlockCache's first block), and a reused output would look unchanged.
@@ -257,9 +258,10 @@ class Runner:
         runs, at this layout, shapes, dtype, device) no faster than dense; then the call runs dense."""
         verdict, measured = True, None
         if self.speed is not None:
-            key, label = self._speed_key(call, what)
+            key = self._speed_key(call, what)
             verdict = self.speed.verdict(key)
             if verdict is None:  # first met on this machine: measured now, the verdict's output returned
+                label = self._speed_label(call, what)
                 verdict, measured = self.speed.decide(key, label, call, sparse, call.dense, call.query.device)
         if not verdict:
             if measured is None:
@@ -270,17 +272,26 @@ class Runner:
         self.stats.record(reason, call.work, density)
         return out
 
-    def _speed_key(self, call: AttentionCall, what) -> tuple[str, str]:
-        """(key, label) of a kind of call in the speed profile: a hash of everything that changes
-        how fast it runs, and a line a person can read."""
+    def _speed_key(self, call: AttentionCall, what) -> str:
+        """The kind of call in the speed profile: a hash of everything that changes how fast it
+        runs. Every checked call asks, so the hash is kept per kind for this runner (the thread
+        count is part of it: it can change between calls)."""
         q, k = call.query, call.key
-        kind = repr((what, self._method_key, call.layout, self.config.plan_blocks, tuple(q.shape), tuple(k.shape),
-                     str(q.dtype)))  # fmt: skip
-        key = hashlib.sha256(f"{kind}|{environment_key(q.device)}".encode()).hexdigest()[:24]
+        kind = (what, call.layout, tuple(q.shape), tuple(k.shape), q.dtype, q.device, torch.get_num_threads())
+        key = self._speed_keys.get(kind)
+        if key is None:
+            text = repr((what, self._method_key, call.layout, self.config.plan_blocks, tuple(q.shape),
+                         tuple(k.shape), str(q.dtype)))  # fmt: skip
+            key = hashlib.sha256(f"{text}|{environment_key(q.device)}".encode()).hexdigest()[:24]
+            self._speed_keys[kind] = key
+        return key
+
+    def _speed_label(self, call: AttentionCall, what) -> str:
+        """A line a person can read for the kind of call (`sparsediff profile` shows it)."""
+        q, k = call.query, call.key
         grid = "x".join(map(str, call.layout.grid)) if call.layout is not None else "-"
-        label = (f"{self.config.method} {what[0]} {call.layer} grid {grid} q{tuple(q.shape)} kv{k.shape[-2]} "
-                 f"{str(q.dtype).removeprefix('torch.')} {device_name(q.device)}")  # fmt: skip
-        return key, label
+        return (f"{self.config.method} {what[0]} {call.layer} grid {grid} q{tuple(q.shape)} kv{k.shape[-2]} "
+                f"{str(q.dtype).removeprefix('torch.')} {device_name(q.device)}")  # fmt: skip
 
     def _call_patterns(self, call: AttentionCall) -> list[Pattern]:
         return self.head_patterns(call.layer, call.layout, call.query.shape[1], call.head_offset)
