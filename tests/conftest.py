@@ -9,8 +9,10 @@ from hypothesis import settings
 os.environ["SPARSEDIFF_NEVER_SLOWER"] = "0"
 # Where the speed check is on, its profile is the suite's own, never the user's cache.
 os.environ["SPARSEDIFF_SPEED_PROFILE"] = os.path.join(tempfile.mkdtemp(prefix="sparsediff-speed-"), "profile.json")
-# The Triton kernel runs on the CPU under the interpreter; triton reads this when a kernel compiles.
-os.environ["TRITON_INTERPRET"] = "1"
+# Without a GPU the Triton kernel runs on the CPU under the interpreter (triton reads this when a
+# kernel compiles); on a GPU machine it compiles, and the `gpu` tests run it there.
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
 
 # Small CPU tensors: one thread is faster and steadier on this 2-core machine.
 torch.set_num_threads(1)
