@@ -8,7 +8,7 @@ LOCK := requirements-lock.txt
 TORCH := torch==2.13.0
 EXTRAS := test,ui,triton
 
-.PHONY: demo test test-latest lock lint format clean
+.PHONY: demo test test-latest lock gpu-wheels gpu-check lint format clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -61,6 +61,19 @@ lock: | $(PY)
 	$(VENV)/bin/uv pip compile pyproject.toml --extra test --extra ui --extra triton --no-header \
 		-c $(VENV)/torch-pin.txt --excludes $(VENV)/cuda-only.txt \
 		--python-version 3.11 --python-platform x86_64-manylinux_2_28 -o $(LOCK)
+
+# Wheels for the GPU check's machine (Python 3.12, its own torch and triton; no registry there):
+# what it lacks, at the lock's versions, carried in the git-ignored gpu-wheels/ (scripts/gpu_check.sh).
+GPU_WHEELS := diffusers transformers huggingface-hub hf-xet tokenizers safetensors accelerate pydantic pydantic-core \
+	annotated-types typing-inspection typing-extensions regex
+gpu-wheels: | $(PY)
+	rm -rf gpu-wheels && mkdir gpu-wheels
+	$(PIP) download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+		-d gpu-wheels $$(for p in $(GPU_WHEELS); do grep -i "^$$p==" $(LOCK); done)
+
+gpu-check: | $(PY)
+	PYTHON=$(PY) bash scripts/gpu_check.sh --dry --out outputs/gpu-check-dry
 
 lint:
 	$(VENV)/bin/ruff check --fix .

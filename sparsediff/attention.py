@@ -17,7 +17,12 @@ from functools import cache
 import torch
 import torch.nn.functional as F
 
-from sparsediff.kernels import block_sparse_attention_flex, block_sparse_attention_gather, block_sparse_attention_ref
+from sparsediff.kernels import (
+    block_sparse_attention_flex,
+    block_sparse_attention_gather,
+    block_sparse_attention_ref,
+    triton_refuses,
+)
 from sparsediff.plan import BlockPlan
 
 logger = logging.getLogger(__name__)
@@ -36,11 +41,13 @@ class Backend:
     devices: tuple[str, ...]
     description: str
     needs: Callable[[torch.device], str | None] = lambda device: None
+    refuses: Callable[[int, int, int], str | None] = lambda head_dim, block_q, block_kv: None
 
-    def unavailable(self, device: torch.device) -> str | None:
+    def unavailable(self, device: torch.device, shape: tuple[int, int, int] | None = None) -> str | None:
+        """Why this backend cannot run on `device` (or take `shape`: head dim, query and KV block)."""
         if device.type not in self.devices:
             return f"backend {self.name!r} runs on {self.devices}, not on {device.type}"
-        return self.needs(device)
+        return self.needs(device) or (self.refuses(*shape) if shape else None)
 
 
 @cache
@@ -84,7 +91,14 @@ BACKENDS: dict[str, Backend] = {
         ),
         Backend("torch", block_sparse_attention_gather, ("cpu", "cuda"), "block gather + fused SDPA per chunk"),
         Backend("flex", block_sparse_attention_flex, ("cpu", "cuda"), "torch.compile'd FlexAttention", _flex_needs),
-        Backend("triton", _triton_kernel, ("cpu", "cuda"), "Triton block-sparse flash attention", _triton_needs),
+        Backend(
+            "triton",
+            _triton_kernel,
+            ("cpu", "cuda"),
+            "Triton block-sparse flash attention",
+            _triton_needs,
+            triton_refuses,
+        ),
     )
 }
 
@@ -93,15 +107,17 @@ def backend_choices() -> tuple[str, ...]:
     return ("auto", *BACKENDS)
 
 
-def resolve_backend(name: str, device: torch.device) -> Backend:
-    """The backend `name` (or the best for `device` when "auto"), checked to be runnable."""
+def resolve_backend(name: str, device: torch.device, shape: tuple[int, int, int] | None = None) -> Backend:
+    """The backend `name` (or the best for `device` when "auto"), checked to be runnable; with
+    `shape` (head dim, query block, KV block), also to take it: on a GPU, head dims Triton cannot
+    take (PixArt's 72, for example) run through FlexAttention under `auto`."""
     if name == "auto":
         # On 2 CPU cores (docs/results.md) the gather path matches compiled FlexAttention without its
         # per-shape compile. On GPUs our Triton kernel reads the plan as it is (no BlockMask to
         # build, no compile per shape); FlexAttention where triton is missing.
         preference = ("triton", "flex", "torch") if device.type == "cuda" else ("torch",)
         for candidate in preference:
-            if BACKENDS[candidate].unavailable(device) is None:
+            if BACKENDS[candidate].unavailable(device, shape) is None:
                 return BACKENDS[candidate]
         raise RuntimeError(f"no sparse attention backend runs on {device}")
     if name not in BACKENDS:
@@ -109,6 +125,9 @@ def resolve_backend(name: str, device: torch.device) -> Backend:
     reason = BACKENDS[name].unavailable(device)
     if reason:
         raise RuntimeError(reason)
+    problem = BACKENDS[name].refuses(*shape) if shape else None
+    if problem:
+        raise ValueError(problem)
     return BACKENDS[name]
 
 
@@ -227,7 +246,7 @@ def sparse_attention(
     if rest is None:  # every head is full or skipped
         out = torch.empty_like(q)
     else:
-        out = resolve_backend(backend, q.device).kernel(
+        out = resolve_backend(backend, q.device, (q.shape[-1], rest.block_q, rest.block_kv)).kernel(
             q, k, v, rest.kv_indices, rest.kv_counts, rest.block_q, rest.block_kv, scale, rest.kernel_cache, key_bias
         )
     if full_heads is not None:

@@ -226,3 +226,49 @@ def test_two_processes_split_the_items_and_a_rerun_with_one_repeats_nothing(tmp_
     again = subprocess.run(_cli(str(prompts), "--out", str(out), *SMALL, "--seeds", "2", "--json"), env=env,
                            capture_output=True, text=True, timeout=300)  # fmt: skip
     assert json.loads(again.stdout.strip().splitlines()[-1])["skipped"] == 6
+
+
+def test_two_nodes_of_one_process_each_split_the_items_like_two_machines(tmp_path):
+    """`torchrun --nnodes 2` started once per node (here both on 127.0.0.1) into one shared folder:
+    every item made once, by both nodes, and the shards merged by the main node."""
+    import socket
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("".join(f"shape {i}\n" for i in range(4)))
+    out = tmp_path / "out"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                f"--node_rank={rank}",
+                "--nproc_per_node=1",
+                "--master_addr=127.0.0.1",
+                f"--master_port={port}",
+                "-m",
+                "sparsediff.cli",
+                "batch",
+                str(prompts),
+                "--out",
+                str(out),
+                *SMALL,
+                "--json",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], [err[-2000:] for _, err in outputs]
+    summary = json.loads(outputs[0][0].strip().splitlines()[-1])
+    assert (summary["items"], summary["done"]) == (4, 4)
+    records = _manifest(out)
+    assert sorted(r["index"] for r in records) == list(range(4)) and {r["process"] for r in records} == {0, 1}
+    assert not list(out.glob("manifest.rank*.jsonl"))

@@ -106,6 +106,10 @@ def test_rows_without_blocks_are_zero_and_bad_shapes_are_refused():
 
 def test_auto_prefers_triton_on_cuda_and_the_cpu_needs_the_interpreter(monkeypatch):
     assert resolve_backend("auto", torch.device("cuda")).name == "triton"
+    assert resolve_backend("auto", torch.device("cuda"), (128, 64, 64)).name == "triton"
+    # PixArt's head dim 72 and blocks that are not powers of two go to FlexAttention on a GPU
+    assert resolve_backend("auto", torch.device("cuda"), (72, 64, 64)).name == "flex"
+    assert resolve_backend("auto", torch.device("cuda"), (64, 48, 48)).name == "flex"
     assert resolve_backend("auto", torch.device("cpu")).name == "torch"
     monkeypatch.delenv("TRITON_INTERPRET")
     with pytest.raises(RuntimeError, match="only under the Triton interpreter"):

@@ -27,8 +27,9 @@ import torch
 import triton
 import triton.language as tl
 
+from sparsediff.kernels import triton_refuses
+
 Tensor = torch.Tensor
-HEAD_DIMS = (16, 32, 64, 128, 256)  # tl.dot needs a power of two >= 16
 
 
 @dataclass(frozen=True)
@@ -179,10 +180,9 @@ def block_sparse_attention_triton(
     """The kernel signature of `sparsediff.kernels` (see its docstring); fp32, fp16 and bf16.
     `tile` fixes the launch configuration instead of the autotuned one (fitted to the plan)."""
     batch, heads, n_q, dim = q.shape
-    if dim not in HEAD_DIMS:
-        raise ValueError(f"the triton backend takes head dims {HEAD_DIMS}, got {dim}; use backend 'torch' or 'flex'")
-    if block_q < 16 or block_kv < 16 or block_q & (block_q - 1) or block_kv & (block_kv - 1):
-        raise ValueError(f"the triton backend takes power-of-two blocks >= 16 tokens, got ({block_q}, {block_kv})")
+    problem = triton_refuses(dim, block_q, block_kv)
+    if problem:
+        raise ValueError(problem)
     n_kv = k.shape[2]
     indices, counts, density = _plan_arguments(kv_indices, kv_counts, triton.cdiv(n_kv, block_kv), cache)
     out = torch.empty_like(q)
