@@ -369,3 +369,76 @@ def bench_methods_cmd(
             console.print(f"[yellow]{r.method}: {r.error}[/yellow]")
     if plot is not None:
         console.print(f"Pareto plot: {plot}")
+
+
+@bench_app.command("list")
+def bench_list_cmd() -> None:
+    """The benchmark specs: what each measures, its command, and its published record's date."""
+    from sparsediff.benchmarks import load_record, load_specs
+
+    table = Table(title="benchmark specs (assets/benchmarks)")
+    for col in ("name", "measures", "published", "took"):
+        table.add_column(col)
+    for name, spec in load_specs().items():
+        record = load_record(name)
+        published = "-" if record is None else f"{record['environment']['date']}, {record['environment']['hardware']}"
+        took = "-" if record is None else f"{record['seconds'] / 60:.1f} min"
+        table.add_row(name, spec.title, published, took)
+    console.print(table)
+
+
+@bench_app.command("run")
+def bench_run_cmd(
+    name: Annotated[list[str], typer.Argument(help="spec names (sparsediff bench list)")] = [],  # noqa: B006
+    run_all: Annotated[bool, typer.Option("--all", help="every spec, one after another")] = False,
+    out: Annotated[Path, typer.Option(help="folder for the records (and what a rerun resumes from)")] = Path(
+        "outputs/bench"
+    ),
+    publish: Annotated[
+        bool, typer.Option(help="write the records as the published ones (assets/benchmarks/records)")
+    ] = False,
+) -> None:
+    """Run benchmark specs and write their records; each table is shown beside the published one."""
+    from sparsediff.benchmarks import PUBLISHED, load_record, load_specs, render, run_spec, save_record, spec_named
+
+    try:
+        if run_all == bool(name):
+            raise ValueError("name one or more specs, or --all")
+        specs = list(load_specs().values()) if run_all else [spec_named(n) for n in name]
+    except ValueError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
+    for spec in specs:
+        console.print(f"[bold]{spec.name}[/bold]: {spec.title}\n[dim]{spec.command()}[/dim]")
+        try:
+            record = run_spec(spec, out)
+        except RuntimeError as err:
+            console.print(f"[red]error:[/red] {err}")
+            raise typer.Exit(1) from err
+        path = save_record(record, PUBLISHED if publish else out)
+        console.print(f"[green]this machine[/green] ({path}):\n{render(record)}")
+        published = load_record(spec.name)
+        if published is not None and not publish:
+            console.print(f"[cyan]published[/cyan]:\n{render(published)}")
+
+
+@bench_app.command("report")
+def bench_report_cmd(
+    check: Annotated[bool, typer.Option(help="only compare: exit 1 when a published table differs")] = False,
+) -> None:
+    """Render the README's and docs/results.md's tables from the published records."""
+    from sparsediff.benchmarks import render_plots, update_docs
+
+    try:
+        changed = update_docs(check=check)
+        if not check:
+            for path in render_plots():
+                console.print(f"plot: {path}")
+    except ValueError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
+    for block in changed:
+        console.print(f"{'differs' if check else 'rewritten'}: {block}")
+    if check and changed:
+        console.print("run `sparsediff bench report` to render them from the records")
+        raise typer.Exit(1)

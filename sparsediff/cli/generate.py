@@ -93,6 +93,18 @@ def generate_cmd(
         print(json.dumps(summary), flush=True)
         return
     print_summary(summary)
+    if compare and method is None and config is None and density is None and entry.config is not None:
+        from sparsediff.benchmarks import published_for
+        from sparsediff.devices import resolve_device
+        from sparsediff.methods.speed import device_name
+
+        published = published_for(entry.name, prompt, entry.config) if request == Request(
+            prompt, entry.size(None, None, None), entry.steps, entry.guidance, 0) else None  # fmt: skip
+        if published:
+            console.print(
+                f"published for this run: {published}; this machine: {summary['speedup']:.2f}x at "
+                f"{summary['psnr']:.2f} dB on {device_name(resolve_device(device))}, {torch.get_num_threads()} threads"
+            )
 
 
 @app.command("batch")
