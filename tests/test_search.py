@@ -588,3 +588,20 @@ def test_refinement_compares_frames_in_0_1_on_a_pipeline_whose_default_output_is
     dense = [frames_of(pipe(prompt="a cat", generator=torch.Generator().manual_seed(0), output_type="np", **call))]
     again = generated_psnr(pipe, result.config, ["a cat"], dense, 0, output_type="np", **call)
     assert again == pytest.approx(result.config.search["refinement"]["psnr_before"], abs=1e-3)
+
+
+def test_refinement_scores_the_config_itself_and_measures_no_speed(monkeypatch):
+    """With the speed check on, a refinement generation must not run calls dense by verdict or
+    measure (and store) each candidate set of patterns: it scores the patterns' own quality."""
+    from sparsediff.methods import speed
+
+    monkeypatch.setenv("SPARSEDIFF_NEVER_SLOWER", "1")
+    pipe = tiny_pipeline("wan")
+    kwargs = {"num_frames": 5, "height": 32, "width": 32, "num_inference_steps": 2, "output_type": "np"}
+    reference = frames_of(pipe(prompt="a red circle", generator=torch.Generator().manual_seed(0), **kwargs))
+    before = speed.measurements()
+    config = SparseConfig(method="local", density=0.3)
+    value = generated_psnr(pipe, config, ["a red circle"], [reference], seed=0, **kwargs)
+    assert speed.measurements() == before
+    monkeypatch.setenv("SPARSEDIFF_NEVER_SLOWER", "0")
+    assert value == generated_psnr(pipe, config, ["a red circle"], [reference], seed=0, **kwargs)
