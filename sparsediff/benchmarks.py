@@ -219,14 +219,15 @@ def _attention_table(records: list[dict]) -> list[str]:
 
 def _dllm_table(records: list[dict]) -> list[str]:
     lines = [
-        "| context | dense s | SparseD s | speedup | density | answer agreement | peak MB dense / SparseD |",
-        "|---|---|---|---|---|---|---|",
+        "| context | steps | dense s | SparseD s | speedup | density | answer tokens as dense "
+        "| peak MB dense / SparseD |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in (r for record in records for r in record["results"]):
         lines.append(
-            f"| {r['context']} | {r['dense_s']:.2f} | {r['sparse_s']:.2f} | {r['speedup']:.2f}x | "
-            f"{r['density']:.3f} | {r['agreement']:.3f} | {_fmt(r.get('peak_mem_dense_mb'), '{:.0f}')} / "
-            f"{_fmt(r.get('peak_mem_sparse_mb'), '{:.0f}')} |"
+            f"| {r['context_tokens']} | {r['steps']} | {r['dense_s']:.2f} | {r['sparse_s']:.2f} | "
+            f"{r['speedup']:.2f}x | {r['density']:.3f} | {r['token_agreement']:.1%} | "
+            f"{_fmt(r['dense_peak_mb'], '{:.0f}')} / {_fmt(r['sparse_peak_mb'], '{:.0f}')} |"
         )
     return lines
 
