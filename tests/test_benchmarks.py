@@ -29,7 +29,7 @@ def _options(bench: str) -> set[str]:
 
 def test_every_spec_names_options_its_bench_has():
     specs = load_specs()
-    assert {"demo", "default", "peers", "kernel-4k", "dllm"} <= set(specs)
+    assert {"demo", "default", "peers", "kernel-4k", "dllm", "size-8x32x32"} <= set(specs)
     for spec in specs.values():
         argv = spec.argv()
         flags = {a for a in argv[2:] if a.startswith("--")}

@@ -213,3 +213,6 @@ def test_shipped_configs_fit_the_shipped_model():
     assert shipped.model == refined.model == signature
     assert searched_grid(refined) == (16, 16, 16) and refined.schedule.dense_steps == 1
     assert refined.search["refinement"]["psnr_after"] > refined.search["refinement"]["psnr_before"]
+    default_size = next(b for b in shipped.sizes if tuple(b.grid) == (16, 16, 16))
+    assert default_size.heads == refined.heads  # the default size runs the refined search
+    assert {tuple(b.grid) for b in shipped.sizes} == {(8, 8, 8), (8, 16, 16), (12, 12, 12), (16, 16, 16)}
