@@ -19,13 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from sparsediff.benchmarks import environment
 
 DENSITIES = ("0.05", "0.1", "0.2", "0.3", "0.5")
 WAN_480P = {"seq": 33272, "heads": 12}
@@ -221,27 +222,6 @@ def run_step(step: Step, out: Path) -> dict:
     return result
 
 
-def environment() -> dict:
-    import torch
-
-    env = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu": platform.processor() or "",
-        "date": time.strftime("%Y-%m-%d"),
-        "threads": torch.get_num_threads(),
-    }
-    for name in ("triton", "diffusers", "transformers"):
-        try:
-            env[name] = __import__(name).__version__
-        except ImportError:
-            env[name] = None
-    if torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name(0)
-        env["cuda"] = torch.version.cuda
-    return env
-
-
 def targets(results: dict[str, dict]) -> list[dict]:
     """The issue's targets, judged from the records (none when a step gave no record)."""
     judged = []
@@ -291,7 +271,7 @@ def markdown(report: dict) -> str:
     lines = [
         f"# GPU check ({report['mode']}), {env['date']}",
         "",
-        f"{env.get('gpu', 'CPU ' + env['cpu'])}; torch {env['torch']}, triton {env['triton']}, "
+        f"{env['hardware']}, {env['threads']} threads; torch {env['torch']}, triton {env['triton']}, "
         f"diffusers {env['diffusers']}, Python {env['python']}",
         "",
         "| step | status | seconds |",
@@ -346,7 +326,7 @@ def main() -> int:
     else:
         os.environ["TRITON_INTERPRET"] = "1"
     args.out.mkdir(parents=True, exist_ok=True)
-    report = {"mode": "dry" if args.dry else "gpu", "environment": environment(), "steps": []}
+    report = {"mode": "dry" if args.dry else "gpu", "environment": environment(None), "steps": []}
     for step in steps(args.out, args.dry):
         report["steps"].append(run_step(step, args.out))
     report["targets"] = targets({s["name"]: s for s in report["steps"]})

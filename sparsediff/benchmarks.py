@@ -111,6 +111,8 @@ def environment(threads: int | None) -> dict:
         "commit": _commit(),
         "date": time.strftime("%Y-%m-%d"),
     }
+    if cuda:
+        env["cuda"] = torch.version.cuda
     try:
         import triton
 
@@ -125,18 +127,25 @@ def run_spec(spec: BenchSpec, work: Path) -> dict:
     resumes from (`bench methods`' finished prompts) until the spec completes."""
     work.mkdir(parents=True, exist_ok=True)
     progress = work / f"{spec.name}.progress.jsonl"
+    elapsed = work / f"{spec.name}.seconds"  # of the segments before this one, when a rerun resumes
     argv = spec.argv() + (["--record", str(progress)] if spec.bench == "methods" else [])
+    before = float(elapsed.read_text()) if elapsed.exists() else 0.0
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "sparsediff", *argv], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        done = subprocess.run([sys.executable, "-m", "sparsediff", *argv], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    finally:
+        write_atomic(elapsed, f"{before + time.perf_counter() - start:.1f}")
     if done.returncode:
         raise RuntimeError(f"{spec.name}: `{spec.command()}` exited {done.returncode}; a rerun resumes")
     results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    seconds = float(elapsed.read_text())
     progress.unlink(missing_ok=True)
+    elapsed.unlink()
     return {
         "spec": spec.model_dump(),
         "command": spec.command(),
         "environment": environment(spec.options.get("threads")),
-        "seconds": round(time.perf_counter() - start, 1),
+        "seconds": round(seconds, 1),  # all segments of a resumed run
         "results": results,
     }
 

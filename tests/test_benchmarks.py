@@ -94,11 +94,13 @@ def test_a_spec_runs_into_a_record_with_its_environment(tmp_path):
     spec = BenchSpec(name="tiny", title="tiny wan", bench="methods", labels={"local": "local"},
                      options={"model": "tiny-wan", "prompt": "a red circle", "num-frames": 5, "height": 32,
                               "width": 32, "steps": 2, "method": ["local"], "threads": 1})  # fmt: skip
+    (tmp_path / "tiny.seconds").write_text("1000.0")  # an earlier segment, stopped part way
     record = run_spec(spec, tmp_path)
+    assert 1000 < record["seconds"] < 1600  # both segments
     env = record["environment"]
     assert env["threads"] == 1 and env["torch"] and env["date"] and env["hardware"]
     assert [m["method"] for m in record["results"][-1]["methods"]] == ["dense", "local"]
-    assert not list(tmp_path.glob("*.progress.jsonl"))  # the resume file goes once the spec completes
+    assert not list(tmp_path.iterdir())  # the resume files go once the spec completes
     assert "| 5x32x32 | 1 | local |" in render(record)
 
 
