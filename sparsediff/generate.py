@@ -228,25 +228,32 @@ def parse_method(text: str, density: float | None = None, **overrides) -> Method
 
 
 @contextlib.contextmanager
-def ours_under(loaded: LoadedModel, method: Method):
+def ours_under(pipe, method: Method):
     """Our half of `method` applied (None when it has none), with no reused outputs where its peer
     probes; removed on exit."""
     if method.config is None:
         yield None
         return
-    with sparse(loaded.pipe, method.config) as state:
+    with sparse(pipe, method.config) as state:
         if method.peer is not None:
-            layers = [n.removesuffix(".processor") for n in attention_processors(loaded.pipe.transformer)]
-            state.runner.fresh_layers = set(peers.probe_layers(loaded.pipe.transformer, method.peer, layers))
+            layers = [n.removesuffix(".processor") for n in attention_processors(pipe.transformer)]
+            state.runner.fresh_layers = set(peers.probe_layers(pipe.transformer, method.peer, layers))
+        yield state
+
+
+@contextlib.contextmanager
+def applied(pipe, method: Method, steps: int, mag_ratios: list[float] | None = None):
+    """Both halves of `method` on the pipeline for the block (our state, or None); removed on exit."""
+    with contextlib.ExitStack() as stack:
+        state = stack.enter_context(ours_under(pipe, method))
+        if method.peer is not None:
+            stack.enter_context(peers.enabled(pipe, method.peer, steps, mag_ratios))
         yield state
 
 
 def run_method(loaded: LoadedModel, request: Request, method: Method, mag_ratios: list[float] | None = None) -> Run:
     """One pipeline call under `method`; ours and the peer are removed after it."""
-    with contextlib.ExitStack() as stack:
-        state = stack.enter_context(ours_under(loaded, method))
-        if method.peer is not None:
-            stack.enter_context(peers.enabled(loaded.pipe, method.peer, request.steps, mag_ratios))
+    with applied(loaded.pipe, method, request.steps, mag_ratios) as state:
         result = run(loaded, request, label=method.label)
     if state is not None:
         result.plan_s = state.plan_seconds
@@ -311,13 +318,18 @@ def as_method(config: SparseConfig | Method) -> Method:
 
 
 def calibrate(loaded: LoadedModel, request: Request, method: Method) -> list[float] | None:
-    """What a peer must measure on the model before it runs (MagCache's ratios), else None. In a
-    stack it measures the model as it will run, under our half of the method."""
+    """What a peer must measure on the model before it runs (MagCache's ratios), else None."""
+    run_once = functools.partial(run, loaded, request, label="calibration")
+    return peer_calibration(loaded.pipe, method, request.steps, run_once)
+
+
+def peer_calibration(pipe, method: Method, steps: int, run_once: Callable[[], object]) -> list[float] | None:
+    """MagCache's ratios measured by `run_once` (one pipeline call) when `method`'s peer needs them,
+    else None. In a stack it measures the model as it will run, under our half of the method."""
     if method.peer is None or method.peer.name != "magcache":
         return None
-    with ours_under(loaded, method):
-        calibration_run = functools.partial(run, loaded, request, label="calibration")
-        return peers.magcache_ratios(loaded.pipe, request.steps, calibration_run)
+    with ours_under(pipe, method):
+        return peers.magcache_ratios(pipe, steps, run_once)
 
 
 def compare(

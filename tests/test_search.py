@@ -29,7 +29,8 @@ from sparsediff.search import CostModel, search, solve_budget, solve_max_error
 from sparsediff.search.calibrate import Calibration, CalibrationState, _heaviest_columns, sample_rows
 from sparsediff.search.candidates import BandAndHeavyColumns, default_candidates
 from sparsediff.search.offline import sample_steps
-from sparsediff.search.refine import FACTOR, generated_psnr, refine_weights, weight_keys, weighted_errors
+from sparsediff.search.quality import generated_quality, stack_of
+from sparsediff.search.refine import FACTOR, refine_weights, weight_keys, weighted_errors
 from sparsediff.search.solver import LayerReuse, layer_cost, reused_share, total_cost
 
 FIXED_COSTS = CostModel(
@@ -568,7 +569,7 @@ def test_search_refines_end_to_end_and_records_what_it_measured():
     assert config.search["predicted"]["attention_ms"] <= 0.5 * config.search["predicted"]["dense_attention_ms"] + 1e-3
     seeded = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
     dense = [frames_of(pipe(prompt=p, generator=g, **call)) for p, g in zip(prompts, seeded, strict=True)]
-    again = generated_psnr(pipe, config, prompts, dense, 0, **call)
+    again = generated_quality(pipe, stack_of(config, None), prompts, dense, 0, **call).psnr
     assert np.isfinite(again) and again == pytest.approx(refined["psnr_after"], abs=1e-3)
 
 
@@ -586,7 +587,7 @@ def test_refinement_compares_frames_in_0_1_on_a_pipeline_whose_default_output_is
     call = dict(num_inference_steps=3, height=128, width=128)
     result = search(pipe, ["a cat"], budget=0.6, calibration_steps=1, refine=1, progress=False, **call)
     dense = [frames_of(pipe(prompt="a cat", generator=torch.Generator().manual_seed(0), output_type="np", **call))]
-    again = generated_psnr(pipe, result.config, ["a cat"], dense, 0, output_type="np", **call)
+    again = generated_quality(pipe, stack_of(result.config, None), ["a cat"], dense, 0, output_type="np", **call).psnr
     assert again == pytest.approx(result.config.search["refinement"]["psnr_before"], abs=1e-3)
 
 
@@ -601,7 +602,8 @@ def test_refinement_scores_the_config_itself_and_measures_no_speed(monkeypatch):
     reference = frames_of(pipe(prompt="a red circle", generator=torch.Generator().manual_seed(0), **kwargs))
     before = speed.measurements()
     config = SparseConfig(method="local", density=0.3)
-    value = generated_psnr(pipe, config, ["a red circle"], [reference], seed=0, **kwargs)
+    value = generated_quality(pipe, stack_of(config, None), ["a red circle"], [reference], seed=0, **kwargs)
     assert speed.measurements() == before
     monkeypatch.setenv("SPARSEDIFF_NEVER_SLOWER", "0")
-    assert value == generated_psnr(pipe, config, ["a red circle"], [reference], seed=0, **kwargs)
+    again = generated_quality(pipe, stack_of(config, None), ["a red circle"], [reference], seed=0, **kwargs)
+    assert (value.psnr, value.ssim) == (again.psnr, again.ssim)

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import torch
 import typer
+from rich.table import Table
 
 from sparsediff.cli.common import DeviceOption, DtypeOption, app, console, load_on, mb
 
@@ -71,6 +72,25 @@ def search_cmd(
     prompts: Annotated[Path | None, typer.Option(help="file with one calibration prompt per line")] = None,
     max_error: Annotated[float | None, typer.Option(help="per-head relative L2 error bound")] = None,
     budget: Annotated[float | None, typer.Option(help="attention time budget, fraction of dense")] = None,
+    min_psnr: Annotated[
+        float | None, typer.Option(help="quality target: the fastest config whose outputs keep this PSNR (dB)")
+    ] = None,
+    min_ssim: Annotated[
+        float | None, typer.Option(help="quality target: the fastest config whose outputs keep this SSIM")
+    ] = None,
+    validate: Annotated[
+        int, typer.Option(help="with a target: then generate this many of the model's held-out prompts and report")
+    ] = 0,
+    validate_prompts: Annotated[
+        Path | None, typer.Option(help="with a target: validation prompts, one per line (instead of held-out ones)")
+    ] = None,
+    with_cache: Annotated[
+        str | None, typer.Option(help="with a target: search our half under this cache (magcache, fbcache, ...)")
+    ] = None,
+    evaluations: Annotated[int, typer.Option(help="with a target: budgets generated end to end, at most")] = 6,
+    work: Annotated[
+        Path, typer.Option(help="folder that keeps what a search computed; a rerun resumes from it")
+    ] = Path("outputs/search-work"),
     steps: Annotated[int | None, typer.Option(help="denoising steps (default: the model's)")] = None,
     guidance: Annotated[float | None, typer.Option(help="guidance scale (default: the model's)")] = None,
     num_frames: Annotated[int | None, typer.Option(help="frames (video models)")] = None,
@@ -94,18 +114,22 @@ def search_cmd(
     ] = None,
     seed: Annotated[int, typer.Option(help="seed of the calibration runs and row sampling")] = 0,
     refine: Annotated[
-        int,
-        typer.Option(help="with --budget: tune the choice end to end, at most this many generations of the prompts"),
-    ] = 0,
+        int | None,
+        typer.Option(
+            help="tune the choice end to end, at most this many generations of the prompts (default: 0 with "
+            "--budget, 4 with a target)"
+        ),
+    ] = None,
     report: Annotated[Path | None, typer.Option(help="folder for the heatmap PNG and text table")] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice)")] = None,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
 ) -> None:
-    """Offline head search: the cheapest pattern per layer and head, within an error bound or a budget."""
+    """Offline head search: the cheapest pattern per layer and head, within an error bound or a budget,
+    or the fastest config that keeps a quality target (--min-psnr / --min-ssim)."""
     from sparsediff.generate import Request, check_request, given_or, shared_call_kwargs
     from sparsediff.pipelines.registry import default_model
-    from sparsediff.search import CostModel, search, search_sizes
+    from sparsediff.search import CostModel, QualityTarget, search, search_sizes
 
     if threads:
         torch.set_num_threads(threads)
@@ -118,8 +142,17 @@ def search_cmd(
         if size and cost_model:
             raise ValueError("--cost-model holds timings at one size; a search at several sizes measures its own")
         sizes = [_parse_size(s) for s in size] or [(num_frames, height, width)]
+        aimed = min_psnr is not None or min_ssim is not None
+        target = QualityTarget(min_psnr=min_psnr, min_ssim=min_ssim) if aimed else None
+        if not aimed and (validate or validate_prompts or with_cache):
+            raise ValueError(
+                "--validate, --validate-prompts and --with-cache go with a target: --min-psnr or --min-ssim"
+            )
+        if validate < 0:
+            raise ValueError(f"--validate is a number of held-out prompts, got {validate}")
         loaded = load_on(model or default_model(), device, dtype)
         entry = loaded.entry
+        held_out = _validation_prompts(entry, validate, validate_prompts, texts)
         calls = []
         for frames, h, w in sizes:  # every size is checked before any search starts
             request = Request(texts[0], entry.size(frames, h, w), given_or(steps, entry.steps),
@@ -131,7 +164,8 @@ def search_cmd(
         settings = dict(
             max_error=max_error, num_inference_steps=request.steps, calibration_steps=calibration_steps, rows=rows,
             block_size=block_size, kv_block_size=kv_block_size, dense_fraction=dense_fraction, dense_steps=dense_steps,
-            seed=seed, max_extra_memory_mb=max_extra_memory, refine=refine,
+            seed=seed, max_extra_memory_mb=max_extra_memory, target=target, evaluations=evaluations,
+            validate=held_out, cache=with_cache, work=work, refine=(4 if aimed else 0) if refine is None else refine,
         )  # fmt: skip
         if size:
             own = ("num_frames", "height", "width")
@@ -144,6 +178,9 @@ def search_cmd(
     except (ValueError, FileNotFoundError) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from err
+    except KeyboardInterrupt:
+        console.print(f"stopped; what was computed is kept in {work}: the same command resumes from it")
+        raise typer.Exit(130) from None
     config.save(out)
     for result in results:
         grid = "x".join(map(str, result.layout.grid))
@@ -159,10 +196,59 @@ def search_cmd(
                 f"refined end to end: PSNR on the calibration prompts {refined['psnr_before']} -> "
                 f"{refined['psnr_after']} dB in {refined['evaluations']} generations, weights {refined['weights']}"
             )
+        aimed_at = result.config.search.get("target")
+        if aimed_at:
+            _print_target(aimed_at)
         if report:
             for name, path in result.write_report(report / grid if size else report).items():
                 console.print(f"{name}: {path}")
-    console.print(f"config: {out}  (use: sparsediff generate --config {out})")
+    use = f"--method {out}+{with_cache}" if with_cache else f"--config {out}"
+    console.print(f"config: {out}  (use: sparsediff generate {use})")
+
+
+def _validation_prompts(entry, count: int, path: Path | None, calibration: list[str]) -> list[str]:
+    """The prompts a target search validates on: from `path`, else `count` of the model's held-out
+    prompts; none may be a calibration prompt (validation is on prompts the search never saw)."""
+    if path is not None and count:
+        raise ValueError("give --validate N (held-out prompts) or --validate-prompts FILE, not both")
+    if path is not None:
+        prompts = _read_prompts(path)
+    elif count:
+        if not entry.held_out:
+            raise ValueError(f"model {entry.name!r} has no held-out prompts; give --validate-prompts FILE")
+        prompts = entry.held_out_prompts(count)
+    else:
+        return []
+    seen = sorted(set(prompts) & set(calibration))
+    if seen:
+        raise ValueError(f"validation prompts must be new to the search; {seen} are calibration prompts too")
+    return prompts
+
+
+def _print_target(found: dict) -> None:
+    """What a target search reached on the calibration prompts, on validation, and its front."""
+    target = " and ".join(f"{k.removeprefix('min_').upper()} >= {v:g}" for k in ("min_psnr", "min_ssim")
+                          if (v := found[k]) is not None)  # fmt: skip
+    stack = f" with {found['cache']}" if found["cache"] else ""
+    cal = found["calibration"]
+    console.print(f"target {target}{stack}: budget {found['budget']:g}, on the calibration prompts "
+                  f"{cal['psnr']:.2f} dB, SSIM {cal['ssim']:.4f}")  # fmt: skip
+    checked = found.get("validation")
+    if checked:
+        colour = "green" if checked["met"] else "yellow"
+        verdict = "meets the target" if checked["met"] else "MISSES the target"
+        console.print(
+            f"[{colour}]on {len(checked['prompts'])} prompts it never saw: {checked['psnr']:.2f} dB, SSIM "
+            f"{checked['ssim']:.4f}, speedup {checked['speedup']:.2f}x over dense ({verdict})[/{colour}]"
+        )
+    table = Table(title="front: the evaluated configs no other beats on both speed and PSNR (calibration prompts)")
+    for column in ("budget", "PSNR dB", "SSIM", "s / generation", "speedup", "meets"):
+        table.add_column(column)
+    for p in found["front"]:
+        speedup = f"{p['speedup']:.2f}x" if "speedup" in p else "-"
+        table.add_row(f"{p['budget']:g}", f"{p['psnr']:.2f}", f"{p['ssim']:.4f}", f"{p['seconds']:.2f}", speedup,
+                      "yes" if p["met"] else "no")  # fmt: skip
+    console.print(table)
 
 
 @app.command("merge")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -221,20 +222,28 @@ def _heaviest_columns(q_rows, key, layout: TokenLayout, scale: float, count: int
 
 def watched_dense_runs(pipe, state_class: type[SparseState], prompts, block_size: int, seed: int,
                        num_inference_steps: int, progress: bool = False, kv_block_size: int | None = None,
-                       backend: str = "auto", keep_frames: bool = False,
+                       backend: str = "auto", keep_frames: bool = False, first: int = 0,
+                       after_each: Callable[[int, np.ndarray | None], None] | None = None,
                        **call_kwargs) -> list[np.ndarray]:  # fmt: skip
     """Run the pipeline once per prompt (seed + i) with `state_class` watching every attention call;
     `backend` runs what the watcher computes beside dense attention (per-call candidates). With
-    `keep_frames`, returns each run's frames (dense: the watcher changes nothing), else nothing."""
+    `keep_frames`, returns each run's frames (dense: the watcher changes nothing), else nothing.
+    A resumed calibration starts at prompt `first`; `after_each(i, frames)` follows each run."""
     config = SparseConfig(method="dense", block_size=block_size, kv_block_size=kv_block_size, backend=backend)
     install(pipe, config, state_class)
     kept = []
     try:
-        for i, prompt in enumerate(tqdm(prompts, desc="dense runs", disable=not progress)):
-            output = pipe(prompt=prompt, num_inference_steps=num_inference_steps,
+        runs = tqdm(total=len(prompts), initial=first, desc="dense runs", disable=not progress)
+        for i in range(first, len(prompts)):
+            output = pipe(prompt=prompts[i], num_inference_steps=num_inference_steps,
                           generator=torch.Generator().manual_seed(seed + i), **call_kwargs)  # fmt: skip
+            frames = frames_of(output) if keep_frames else None
             if keep_frames:
-                kept.append(frames_of(output))
+                kept.append(frames)
+            if after_each:
+                after_each(i, frames)
+            runs.update(1)
+        runs.close()
     finally:
         remove(pipe)
     return kept

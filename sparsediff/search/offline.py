@@ -2,29 +2,35 @@
 
 from __future__ import annotations
 
-import functools
+import hashlib
 import io
+import json
 import re
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
+from tqdm import tqdm
 
 from sparsediff.config import Schedule, SizeBucket, SparseConfig
 from sparsediff.integrations.diffusers import model_signature, transformers_of
 from sparsediff.integrations.families import can_reuse_whole
 from sparsediff.layout import TokenLayout
+from sparsediff.media import frames_of
 from sparsediff.memory import PeakMemory
 from sparsediff.methods.runner import kept_bytes_of
 from sparsediff.patterns import PER_CALL, Full, HilbertWindow, Pattern, Pyramid, Skip, aligned_plan
 from sparsediff.search.calibrate import Calibration, CalibrationState, watched_dense_runs
 from sparsediff.search.candidates import BandAndHeavyColumns, Candidate
 from sparsediff.search.cost import CostModel, measure
-from sparsediff.search.refine import Refinement, generated_psnr, refine_weights, weight_keys, weighted_errors
+from sparsediff.search.quality import Quality, QualityTarget, generated_quality, stack_of
+from sparsediff.search.refine import Refinement, refine_weights, weight_keys, weighted_errors
 from sparsediff.search.report import heatmap, short_name
 from sparsediff.search.solver import (
     Choices,
@@ -34,6 +40,8 @@ from sparsediff.search.solver import (
     solve_budget,
     solve_max_error,
 )
+from sparsediff.search.target import Point, describe, find_budget
+from sparsediff.search.work import SearchWork, choices_key
 
 Blocks = tuple[int, int]  # (query, KV) block sizes of static plans
 
@@ -108,21 +116,39 @@ def search(
     progress: bool = True,
     max_extra_memory_mb: float | None = None,
     refine: int = 0,
+    target: QualityTarget | None = None,
+    evaluations: int = 6,
+    validate: Sequence[str] = (),
+    cache: str | None = None,
+    work: str | Path | None = None,
     **call_kwargs,
 ) -> SearchResult:
     """Find the cheapest pattern per layer and head for `pipe` (a diffusers pipeline).
 
-    Exactly one of `max_error` (relative L2 error per head, on sampled query rows) or `budget`
-    (predicted attention time as a fraction of dense) is given. `call_kwargs` go to every
+    Exactly one of `max_error` (relative L2 error per head, on sampled query rows), `budget`
+    (predicted attention time as a fraction of dense) or `target` (a `QualityTarget`: the mean
+    PSNR/SSIM against dense that the prompts generated end to end must keep) is given. A target
+    search tries at most `evaluations` budgets (`search.target`), then refines at the highest one
+    that missed with at most `refine` generations; `cache` (a peer name, e.g. "magcache") stacks
+    that cache under every generation, so the stack meets the target; `validate` prompts are
+    then generated dense and under the config, and their quality and speedup recorded.
+    `work` is a folder that keeps what the search computed: a rerun resumes from it. `call_kwargs` go to every
     pipeline call (sizes, guidance); each prompt runs with seed `seed + i`. Static plans use
     query blocks of `block_size` and KV blocks of `kv_block_size` (default: the same).
     `max_extra_memory_mb` bounds what skipped heads keep between steps at the calibration's
     size (the config's `search.predicted.extra_memory_mb`); skips over it are replaced.
-    `refine` > 0 (budget only) tunes the solver's error weights end to end on the prompts, with
-    at most that many generations of them (`search.refine`).
+    `refine` > 0 (budget or target) tunes the solver's error weights end to end on the prompts,
+    with at most that many generations of them (`search.refine`).
     """
-    if (max_error is None) == (budget is None):
-        raise ValueError("give exactly one of max_error (per-head error bound) or budget (fraction of dense time)")
+    if sum(x is not None for x in (max_error, budget, target)) != 1:
+        raise ValueError(
+            "give exactly one of max_error (per-head error bound), budget (fraction of dense time) or a quality "
+            "target (min_psnr / min_ssim)"
+        )
+    if target is None and (validate or cache):
+        raise ValueError("validate and cache go with a quality target (min_psnr / min_ssim)")
+    if cache:
+        stack_of(SparseConfig(method="dense"), cache)  # an unknown cache is refused before any run
     if budget is not None and not 0 < budget <= 1:
         raise ValueError(f"budget is a fraction of dense attention time in (0, 1], got {budget}")
     if not prompts:
@@ -133,13 +159,16 @@ def search(
         raise ValueError(f"refine is a number of end-to-end evaluations (0: none), got {refine}")
     if refine and max_error is not None:
         raise ValueError("refine trades error between heads within a budget; give budget, not max_error")
+    if target is not None and evaluations < 2:
+        raise ValueError(f"a target search needs at least 2 evaluations to bracket the budget, got {evaluations}")
     blocks = (block_size, kv_block_size or block_size)
     if cost_model is not None and cost_model.plan_blocks != blocks:
         raise ValueError(
             f"the cost model was fitted on {cost_model.plan_blocks} (query, KV) blocks, the search plans "
             f"{blocks}; measure a new one or search with its block sizes"
         )
-    if refine:
+    end_to_end = bool(refine or target)
+    if end_to_end:
         call_kwargs.setdefault("output_type", "np")  # frames in [0, 1], whatever the pipeline's default
     start = time.perf_counter()
     schedule = Schedule(dense_steps=dense_steps, dense_fraction=dense_fraction)
@@ -152,47 +181,63 @@ def search(
         seed=seed,
         dense_steps=schedule.dense_step_count(num_inference_steps),
     )
+    transformer = transformers_of(pipe)[0]
+    store = SearchWork(work, {
+        "model": model_signature(transformer), "prompts": list(prompts), "steps": num_inference_steps,
+        "calibration_steps": sorted(cal.sample_steps), "rows": rows, "seed": seed, "blocks": blocks,
+        "backend": backend, "dense_steps": cal.dense_steps, "candidates": [str(c) for c in cal.candidates],
+        "call_kwargs": call_kwargs, "dtype": str(transformer.dtype), "frames": end_to_end,
+    })  # fmt: skip
+    done = store.get("calibration") or {"runs": 0, "calibration": cal, "frames": []}
+    cal, references = done["calibration"], list(done["frames"])
+
+    def after_each(i: int, frames) -> None:
+        references.extend([frames] if end_to_end else [])
+        store.put("calibration", {"runs": i + 1, "calibration": cal, "frames": references})
+
     device = getattr(pipe, "device", "cpu")
-    with PeakMemory(device) as peak:  # the calibration runs: where the search's memory peaks
-        references = watched_dense_runs(pipe, _state_class(cal), prompts, block_size, seed, num_inference_steps,
-                                        progress, kv_block_size=kv_block_size, backend=backend,
-                                        keep_frames=refine > 0, **call_kwargs)  # fmt: skip
+    with PeakMemory(device) as peak:  # the calibration runs: where the search peaks
+        if done["runs"] < len(prompts):
+            watched_dense_runs(pipe, _state_class(cal), prompts, block_size, seed, num_inference_steps, progress,
+                               kv_block_size=kv_block_size, backend=backend, keep_frames=end_to_end,
+                               first=done["runs"], after_each=after_each, **call_kwargs)  # fmt: skip
     if not cal.errors:
         raise ValueError("no self/joint attention call had a known layout: nothing to search (see the log's warnings)")
     layout = next(iter(cal.layouts.values()))
     heads = next(iter(cal.errors.values())).err.shape[0]
     per_call = tuple(p for p in cal.candidates if isinstance(p, PER_CALL))
+    if cost_model is None and store.get("cost_model") is not None:
+        cost_model = CostModel.model_validate(store.get("cost_model"))
     if cost_model is None:
         head_dim = next(iter(cal.head_dims.values()))
         cost_model = measure(layout.num_tokens, heads, head_dim, block_size, backend, per_call=per_call,
                              kv_block_size=kv_block_size, batch=cal.batch, layout=layout)  # fmt: skip
+        store.put("cost_model", cost_model.model_dump())
     cost_model = cost_model.with_per_call(per_call, layout)  # a reused model may lack newer candidates
     cost_model = cost_model.with_outside_ratios(cal.outside)
     costs = {layer: _candidate_costs(cal, layer, blocks, cost_model) for layer in cal.errors}
     errors = {layer: stats.relative().float() for layer, stats in cal.errors.items()}
-    transformer = transformers_of(pipe)[0]
     savings = _whole_layer_savings(cal, transformer, cost_model)
     reuse = LayerReuse({c: p.every for c, p in enumerate(cal.candidates) if isinstance(p, Skip)}, savings)
     skips = set(reuse.periods)
     branches = max(1, len(cal.branches))
     kept_per_head = {layer: kept_bytes_of(1, cal.batch, cal.layouts[layer].num_tokens, cal.head_dims[layer],
                                           cal.itemsize, branches) for layer in errors}  # fmt: skip
-    if max_error is not None:
-        solver = functools.partial(solve_max_error, costs=costs, max_error=max_error, reuse=reuse)
-    else:
-        # Budget: predicted sparse time <= budget x dense SDPA time; per-call fixed costs come off the top.
-        dense_total = sum(cost_model.dense_ms * t.shape[0] / cost_model.heads for t in errors.values())
-        overhead = len(errors) * (cost_model.fixed_ms + cost_model.per_group_ms)
-        if budget * dense_total <= overhead:
-            raise BudgetBelowFixedCost(
-                f"budget {budget} of dense ({budget * dense_total:.3g} ms) does not cover the sparse kernel's fixed "
-                f"cost ({overhead:.3g} ms over {len(errors)} layers) at {layout.num_tokens} tokens; raise the budget "
-                "or search at a longer layout, where sparse attention pays"
-            )
-        solver = functools.partial(solve_budget, costs=costs, budget_ms=budget * dense_total - overhead, reuse=reuse)
+    dense_total = sum(cost_model.dense_ms * t.shape[0] / cost_model.heads for t in errors.values())
+    overhead = len(errors) * (cost_model.fixed_ms + cost_model.per_group_ms)  # per-call fixed costs
+    if budget is not None and budget * dense_total <= overhead:
+        raise BudgetBelowFixedCost(
+            f"budget {budget} of dense ({budget * dense_total:.3g} ms) does not cover the sparse kernel's fixed "
+            f"cost ({overhead:.3g} ms over {len(errors)} layers) at {layout.num_tokens} tokens; raise the budget "
+            "or search at a longer layout, where sparse attention pays"
+        )
 
-    def solve(weights: dict[str, float]) -> Choices:
-        choices = solver(weighted_errors(errors, cal.candidates, weights) if weights else errors)
+    def solve(weights: dict[str, float], at_budget: float | None = budget) -> Choices:
+        weighted = weighted_errors(errors, cal.candidates, weights) if weights else errors
+        if at_budget is None:
+            choices = solve_max_error(weighted, costs, max_error, reuse=reuse)
+        else:  # predicted sparse time <= budget x dense SDPA time, the fixed costs off the top
+            choices = solve_budget(weighted, costs, at_budget * dense_total - overhead, reuse=reuse)
         choices = _dense_where_faster(choices, cal, blocks, cost_model, savings)
         if max_extra_memory_mb is not None:
             choices = limit_kept_memory(choices, errors, costs, skips, kept_per_head, int(max_extra_memory_mb * 2**20))
@@ -201,7 +246,12 @@ def search(
     def patterns_of(choices: Choices) -> dict[str, list[Pattern]]:
         return {layer: [cal.resolve(layer, h, c) for h, c in enumerate(picks)] for layer, picks in choices.items()}
 
-    def config_of(choices: Choices, refinement: Refinement | None = None) -> SparseConfig:
+    def config_of(
+        choices: Choices,
+        refinement: Refinement | None = None,
+        at_budget: float | None = budget,
+        met: dict | None = None,
+    ) -> SparseConfig:
         kept = sum(kept_per_head[layer] * sum(c in skips for c in picks) for layer, picks in choices.items())
         patterns = patterns_of(choices)
         predicted = _predict(patterns, cal.layouts, blocks, cost_model, savings)
@@ -218,7 +268,7 @@ def search(
                 "settings": {
                     "prompts": list(prompts), "num_inference_steps": num_inference_steps,
                     "calibration_steps": sorted(cal.sample_steps), "rows": rows, "seed": seed,
-                    "max_error": max_error, "budget": budget, "layout": repr(layout), "grid": list(layout.grid),
+                    "max_error": max_error, "budget": at_budget, "layout": repr(layout), "grid": list(layout.grid),
                     "max_extra_memory_mb": max_extra_memory_mb, "refine": refine,
                     "call_kwargs": {k: v for k, v in call_kwargs.items() if isinstance(v, (int, float, str, bool))},
                 },
@@ -227,27 +277,140 @@ def search(
                 "whole_layer_saving_ms": {n: round(ms, 3) for n, ms in savings.items()},
                 "head_error": {n: [float(errors[n][h, c]) for h, c in enumerate(p)] for n, p in choices.items()},
             }
-            | ({"refinement": refinement.as_json()} if refinement else {}),
+            | ({"refinement": refinement.as_json()} if refinement else {})
+            | ({"target": met} if met else {}),
         )  # fmt: skip
 
-    refinement = None
-    if refine:
+    planned = len(prompts) * ((evaluations if target else 0) + refine) + 2 * len(validate)
+    bar = tqdm(total=planned, desc="search (end to end)", unit="generation", disable=not (progress and target))
 
-        def generated(choices: Choices) -> float:
-            return generated_psnr(pipe, config_of(choices), prompts, references, seed,
-                                  num_inference_steps=num_inference_steps, **call_kwargs)  # fmt: skip
+    def evaluate(choices: Choices) -> Quality:
+        """The calibration prompts generated under `choices` (once per distinct choice, kept in `work`)."""
+        key = choices_key(choices, cache)
+        known = store.evaluations().get(key)
+        if known is None:
+            quality = generated_quality(pipe, stack_of(config_of(choices), cache), prompts, references, seed,
+                                        num_inference_steps, **call_kwargs)  # fmt: skip
+            known = quality.as_json()
+            store.add_evaluation(key, known)
+            bar.update(len(prompts))
+        return Quality(**known)
 
-        keys = weight_keys(cal.candidates, list(errors))
-        choices, refinement = refine_weights(solve, generated, keys, refine, progress)
+    keys = weight_keys(cal.candidates, list(errors))
+    refinement, met = None, None
+    if target is not None:
+
+        def point(at_budget: float) -> Point:
+            choices = solve({}, at_budget)
+            quality = evaluate(choices)
+            predicted = _predict(patterns_of(choices), cal.layouts, blocks, cost_model, savings)
+            found = Point(at_budget, quality, target.met(quality), predicted["attention_speedup"])
+            bar.write(describe(found, target))
+            return found
+
+        floor = round(overhead / dense_total * FLOOR_MARGIN, 4) or 0.0001
+        if floor >= 1:
+            raise BudgetBelowFixedCost(
+                f"at {layout.num_tokens} tokens the sparse kernel's fixed cost ({overhead:.3g} ms over {len(errors)} "
+                f"layers) is not below dense attention time ({dense_total:.3g} ms): no budget pays; search at a "
+                "longer layout, where sparse attention pays"
+            )
+        found = find_budget(point, TARGET_START, floor, evaluations)
+        trail, chosen = list(found.trail), found.passing
+        if chosen is None:
+            bar.close()
+            best = found.best()
+            raise TargetMissed(
+                f"no budget up to {max(p.budget for p in trail):g} meets {target} on the calibration prompts (best: "
+                f"{describe(best, target)}); lower the target, keep more steps dense (dense_fraction) or calibrate "
+                "on more prompts"
+            )
+        choices = solve({}, chosen.budget)
+        if refine and found.failing is not None:
+            below = found.failing.budget
+            refined, refinement = refine_weights(
+                lambda weights: solve(weights, below), lambda c: evaluate(c).psnr, keys, refine, progress=False,
+                enough=lambda c: target.met(evaluate(c)),
+            )  # fmt: skip
+            quality = evaluate(refined)
+            predicted = _predict(patterns_of(refined), cal.layouts, blocks, cost_model, savings)
+            at_below = Point(below, quality, target.met(quality), predicted["attention_speedup"], refinement.weights)
+            trail.append(at_below)
+            bar.write(f"refined at {describe(at_below, target)}")
+            if at_below.met:
+                choices, chosen = refined, at_below
+        met = {"min_psnr": target.min_psnr, "min_ssim": target.min_ssim, "cache": cache, "budget": chosen.budget,
+               "calibration": chosen.quality.as_json(), "trail": [p.as_json() for p in trail]}  # fmt: skip
+        if validate:
+            met["validation"] = _validated(pipe, store, config_of(choices), cache, list(validate), seed,
+                                           num_inference_steps, target, bar, **call_kwargs)  # fmt: skip
+        met["front"] = _front(met["trail"], (met.get("validation") or {}).get("dense_seconds"))
+        budget_used = chosen.budget
+    elif refine:
+        choices, refinement = refine_weights(solve, lambda c: evaluate(c).psnr, keys, refine, progress)
+        budget_used = budget
     else:
-        choices = solve({})
-    config = config_of(choices, refinement)
+        choices, budget_used = solve({}), budget
+    bar.close()
+    config = config_of(choices, refinement, budget_used, met)
     per_head = patterns_of(choices)
     densities = {layer: [_amortized_density(cal.layouts[layer], p, blocks) for p in pats]
                  for layer, pats in per_head.items()}  # fmt: skip
     seconds = time.perf_counter() - start
     return SearchResult(config, cal.candidates, errors, costs, reuse, choices, per_head, densities, cost_model, seconds,
                         peak.mb, layout)  # fmt: skip
+
+
+TARGET_START = 0.35  # the budget a target search tries first (the shipped default's)
+FLOOR_MARGIN = 1.05  # the lowest budget tried: this much above the sparse kernel's fixed costs
+
+
+class TargetMissed(ValueError):
+    """No budget up to dense time keeps the quality target on the calibration prompts."""
+
+
+def _validated(pipe, store: SearchWork, config: SparseConfig, cache: str | None, prompts: list[str], seed: int,
+               steps: int, target: QualityTarget, bar, **call_kwargs) -> dict:  # fmt: skip
+    """Quality and speedup on prompts the search never saw: each generated dense (timed; kept in
+    `store`, so a rerun or another target reuses them) and under the config (and cache)."""
+    name = "validation-" + hashlib.sha1(json.dumps(prompts).encode()).hexdigest()[:12]
+    dense = store.get(name) or {"frames": [], "seconds": []}
+    for i in range(len(dense["frames"]), len(prompts)):
+        begin = time.perf_counter()
+        output = pipe(prompt=prompts[i], num_inference_steps=steps, generator=torch.Generator().manual_seed(seed + i),
+                      **call_kwargs)  # fmt: skip
+        dense["seconds"].append(time.perf_counter() - begin)
+        dense["frames"].append(frames_of(output))
+        store.put(name, dense)
+        bar.update(1)
+    quality = generated_quality(pipe, stack_of(config, cache), prompts, dense["frames"], seed, steps, **call_kwargs)
+    bar.update(len(prompts))
+    dense_s = float(np.mean(dense["seconds"]))
+    found = {"prompts": prompts, **quality.as_json(), "dense_seconds": round(dense_s, 4),
+             "speedup": round(dense_s / quality.seconds, 3), "met": target.met(quality)}  # fmt: skip
+    if not found["met"]:
+        warnings.warn(
+            f"on the {len(prompts)} validation prompts the config reaches {quality.psnr:.2f} dB, SSIM "
+            f"{quality.ssim:.4f}: it misses {target} there; calibrate on more prompts or aim higher",
+            stacklevel=3,
+        )
+    return found
+
+
+def _front(trail: list[dict], dense_seconds: float | None) -> list[dict]:
+    """The evaluated points no other beats on both speed (seconds per generation) and PSNR, fastest
+    first; with the dense time (validation), each with its measured speedup."""
+
+    def beaten(p: dict, o: dict) -> bool:
+        return (
+            o["seconds"] <= p["seconds"]
+            and o["psnr"] >= p["psnr"]
+            and (o["seconds"], o["psnr"]) != (p["seconds"], p["psnr"])
+        )
+
+    front = [p for p in trail if not any(beaten(p, o) for o in trail)]
+    front = sorted({(p["seconds"], p["psnr"]): p for p in front}.values(), key=lambda p: p["seconds"])
+    return [p | ({"speedup": round(dense_seconds / p["seconds"], 3)} if dense_seconds else {}) for p in front]
 
 
 class BudgetBelowFixedCost(ValueError):

@@ -15,19 +15,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from sparsediff.config import SparseConfig
-from sparsediff.integrations import sparse
-from sparsediff.media import frames_of
-from sparsediff.metrics import psnr
 from sparsediff.search.solver import Choices
 
 FACTOR = 1.5  # a weight moves by this factor, up or down
 MIN_GAIN_DB = 0.05  # a change is kept when it raises the mean PSNR by more than this
-IDENTICAL_DB = 99.0  # what an output identical to dense counts for, so that means stay finite
 
 
 @dataclass
@@ -73,10 +67,12 @@ def refine_weights(
     keys: Sequence[str],
     evaluations: int,
     progress: bool = True,
+    enough: Callable[[Choices], bool] | None = None,
 ) -> tuple[Choices, Refinement]:
     """Coordinate search on the error weights: per key, the weight times and divided by `FACTOR`;
     the first change that raises `evaluate` by more than `MIN_GAIN_DB` is kept and the pass goes on
-    from it; passes repeat until one keeps nothing or the evaluations are spent."""
+    from it; passes repeat until one keeps nothing, the evaluations are spent or the best choice
+    is `enough` (a quality target met)."""
     if evaluations < 1:
         raise ValueError(f"refinement needs at least 1 evaluation, got {evaluations}")
     weights: dict[str, float] = {}
@@ -85,12 +81,16 @@ def refine_weights(
     scores = {_key(best): best_score}
     found = Refinement(psnr_before=best_score, trail=[{"change": "solver", "psnr": _r(best_score)}])
     bar = tqdm(total=evaluations, initial=1, desc="refine (end to end)", disable=not progress)
+
+    def done() -> bool:
+        return len(found.trail) >= evaluations or bool(enough and enough(best))
+
     kept_one = True
-    while kept_one and len(found.trail) < evaluations:
+    while kept_one and not done():
         kept_one = False
         for key in keys:
             for factor in (FACTOR, 1 / FACTOR):
-                if len(found.trail) >= evaluations:
+                if done():
                     break
                 trial = weights | {key: weights.get(key, 1.0) * factor}
                 choices = solve(trial)
@@ -115,18 +115,3 @@ def _key(choices: Choices) -> tuple:
 
 def _r(value: float) -> float:
     return round(value, 3)
-
-
-def generated_psnr(
-    pipe, config: SparseConfig, prompts: Sequence[str], references: Sequence[np.ndarray], seed: int, **call_kwargs
-) -> float:
-    """Mean PSNR (dB) of the prompts generated under `config` (prompt i with seed `seed + i`, as the
-    calibration ran them) against `references`, their dense outputs."""
-    values = []
-    # The quality of the config itself: the speed check would measure each new set of patterns
-    # (time, and entries in the machine's profile for configs never used) and run some calls dense.
-    with sparse(pipe, config.model_copy(update={"never_slower": False})):
-        for i, (prompt, reference) in enumerate(zip(prompts, references, strict=True)):
-            output = pipe(prompt=prompt, generator=torch.Generator().manual_seed(seed + i), **call_kwargs)
-            values.append(min(psnr(reference, frames_of(output)), IDENTICAL_DB))
-    return float(np.mean(values))
