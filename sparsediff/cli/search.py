@@ -8,7 +8,6 @@ from typing import Annotated
 
 import torch
 import typer
-from rich.table import Table
 
 from sparsediff.cli.common import DeviceOption, DtypeOption, app, console, load_on, mb
 
@@ -130,6 +129,7 @@ def search_cmd(
     from sparsediff.generate import Request, check_request, given_or, shared_call_kwargs
     from sparsediff.pipelines.registry import default_model
     from sparsediff.search import CostModel, QualityTarget, search, search_sizes
+    from sparsediff.search.report import target_summary
 
     if threads:
         torch.set_num_threads(threads)
@@ -198,7 +198,7 @@ def search_cmd(
             )
         aimed_at = result.config.search.get("target")
         if aimed_at:
-            _print_target(aimed_at)
+            console.print(target_summary(aimed_at), markup=False)
         if report:
             for name, path in result.write_report(report / grid if size else report).items():
                 console.print(f"{name}: {path}")
@@ -223,32 +223,6 @@ def _validation_prompts(entry, count: int, path: Path | None, calibration: list[
     if seen:
         raise ValueError(f"validation prompts must be new to the search; {seen} are calibration prompts too")
     return prompts
-
-
-def _print_target(found: dict) -> None:
-    """What a target search reached on the calibration prompts, on validation, and its front."""
-    target = " and ".join(f"{k.removeprefix('min_').upper()} >= {v:g}" for k in ("min_psnr", "min_ssim")
-                          if (v := found[k]) is not None)  # fmt: skip
-    stack = f" with {found['cache']}" if found["cache"] else ""
-    cal = found["calibration"]
-    console.print(f"target {target}{stack}: budget {found['budget']:g}, on the calibration prompts "
-                  f"{cal['psnr']:.2f} dB, SSIM {cal['ssim']:.4f}")  # fmt: skip
-    checked = found.get("validation")
-    if checked:
-        colour = "green" if checked["met"] else "yellow"
-        verdict = "meets the target" if checked["met"] else "MISSES the target"
-        console.print(
-            f"[{colour}]on {len(checked['prompts'])} prompts it never saw: {checked['psnr']:.2f} dB, SSIM "
-            f"{checked['ssim']:.4f}, speedup {checked['speedup']:.2f}x over dense ({verdict})[/{colour}]"
-        )
-    table = Table(title="front: the evaluated configs no other beats on both speed and PSNR (calibration prompts)")
-    for column in ("budget", "PSNR dB", "SSIM", "s / generation", "speedup", "meets"):
-        table.add_column(column)
-    for p in found["front"]:
-        speedup = f"{p['speedup']:.2f}x" if "speedup" in p else "-"
-        table.add_row(f"{p['budget']:g}", f"{p['psnr']:.2f}", f"{p['ssim']:.4f}", f"{p['seconds']:.2f}", speedup,
-                      "yes" if p["met"] else "no")  # fmt: skip
-    console.print(table)
 
 
 @app.command("merge")

@@ -305,7 +305,8 @@ def search(
             quality = evaluate(choices)
             predicted = _predict(patterns_of(choices), cal.layouts, blocks, cost_model, savings)
             found = Point(at_budget, quality, target.met(quality), predicted["attention_speedup"])
-            bar.write(describe(found, target))
+            if progress:
+                bar.write(describe(found, target))
             return found
 
         floor = round(overhead / dense_total * FLOOR_MARGIN, 4) or 0.0001
@@ -336,7 +337,8 @@ def search(
             predicted = _predict(patterns_of(refined), cal.layouts, blocks, cost_model, savings)
             at_below = Point(below, quality, target.met(quality), predicted["attention_speedup"], refinement.weights)
             trail.append(at_below)
-            bar.write(f"refined at {describe(at_below, target)}")
+            if progress:
+                bar.write(f"refined at {describe(at_below, target)}")
             if at_below.met:
                 choices, chosen = refined, at_below
         met = {"min_psnr": target.min_psnr, "min_ssim": target.min_ssim, "cache": cache, "budget": chosen.budget,

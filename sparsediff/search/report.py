@@ -107,3 +107,28 @@ def heatmap(layers: list[str], patterns: list[list[Pattern]], densities: list[li
     image.save(tmp, format="PNG")
     tmp.replace(path)
     return path
+
+
+def target_summary(found: dict) -> str:
+    """A target search's result as text (`config.search["target"]`): the target, what the chosen
+    config reached on the calibration prompts and on validation, and the front it evaluated."""
+    target = " and ".join(f"{k.removeprefix('min_').upper()} >= {v:g}" for k in ("min_psnr", "min_ssim")
+                          if (v := found[k]) is not None)  # fmt: skip
+    stack = f" with {found['cache']}" if found["cache"] else ""
+    cal = found["calibration"]
+    lines = [f"target {target}{stack}: budget {found['budget']:g}, on the calibration prompts "
+             f"{cal['psnr']:.2f} dB, SSIM {cal['ssim']:.4f}"]  # fmt: skip
+    checked = found.get("validation")
+    if checked:
+        verdict = "meets the target" if checked["met"] else "MISSES the target"
+        lines.append(
+            f"on {len(checked['prompts'])} prompts it never saw: {checked['psnr']:.2f} dB, SSIM {checked['ssim']:.4f}, "
+            f"speedup {checked['speedup']:.2f}x over dense ({verdict})"
+        )
+    lines += ["front (calibration prompts; no other evaluated config is both faster and closer to dense):",
+              f"{'budget':>8} {'PSNR dB':>8} {'SSIM':>7} {'s/gen':>7} {'speedup':>8}  meets"]  # fmt: skip
+    for p in found["front"]:
+        speedup = f"{p['speedup']:.2f}x" if "speedup" in p else "-"
+        lines.append(f"{p['budget']:>8g} {p['psnr']:>8.2f} {p['ssim']:>7.4f} {p['seconds']:>7.2f} {speedup:>8}  "
+                     f"{'yes' if p['met'] else 'no'}")  # fmt: skip
+    return "\n".join(lines)

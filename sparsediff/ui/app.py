@@ -227,10 +227,11 @@ def build_app(
                     progress=TRACK_TQDM):  # fmt: skip
         return run_compare(model, folder, prompt, method, density, upload, steps, seed, frames, height, width, False)
 
-    def run_search(model, folder, prompts, objective, value, kv_block, refine, steps, frames, height, width,
+    def run_search(model, folder, prompts, objective, value, kv_block, refine, validate, steps, frames, height, width,
                    progress=TRACK_TQDM):  # fmt: skip
         from sparsediff.generate import shared_call_kwargs
-        from sparsediff.search import search
+        from sparsediff.search import QualityTarget, search
+        from sparsediff.search.report import target_summary
 
         try:
             loaded = models.get(folder or model)
@@ -240,19 +241,37 @@ def build_app(
             request = _request(loaded, texts[0], steps, 0, frames, height, width)
             check_request(loaded, request)
             limits.check(request)
-            bound = {"budget": float(value)} if objective == "budget" else {"max_error": float(value)}
+            bound = {
+                "budget": {"budget": float(value)},
+                "max error": {"max_error": float(value)},
+                "min PSNR (dB)": {"target": QualityTarget(min_psnr=float(value))},
+                "min SSIM": {"target": QualityTarget(min_ssim=float(value))},
+            }[objective]
+            count = int(validate or 0)
+            if count and "target" not in bound:
+                raise ValueError("validation goes with a quality target: pick min PSNR or min SSIM")
+            if not 0 <= count <= len(loaded.entry.held_out):
+                raise ValueError(f"{loaded.entry.name} has {len(loaded.entry.held_out)} held-out prompts, not {count}")
+            held_out = [p for p in loaded.entry.held_out_prompts(count) if p not in texts] if count else []
             with work:
                 result = search(loaded.pipe, texts, num_inference_steps=request.steps, calibration_steps=2,
-                                kv_block_size=int(kv_block) or None, refine=int(refine or 0), progress=True, **bound,
+                                kv_block_size=int(kv_block) or None, refine=int(refine or 0), progress=True,
+                                validate=held_out,
+                                work=folders.root / "search-work", **bound,
                                 **shared_call_kwargs(loaded, request))  # fmt: skip
             folder_out = folders.new()
             report = result.write_report(folder_out)
             config_path = result.config.save(folder_out / "searched.json")
             refined = result.config.search.get("refinement")
-            text = report["table"].read_text() + (
-                f"\nrefined end to end: PSNR on the prompts {refined['psnr_before']} -> {refined['psnr_after']} dB"
-                if refined
-                else ""
+            aimed = result.config.search.get("target")
+            text = (
+                report["table"].read_text()
+                + (
+                    f"\nrefined end to end: PSNR on the prompts {refined['psnr_before']} -> {refined['psnr_after']} dB"
+                    if refined
+                    else ""
+                )
+                + (f"\n{target_summary(aimed)}" if aimed else "")
             )
             return str(report["heatmap"]), text, str(config_path), str(config_path)
         except ERRORS as err:
@@ -364,10 +383,12 @@ def build_app(
         with gr.Tab("Search"):
             calibration = gr.Textbox(label="Calibration prompts (one a line)", lines=3, value="\n".join(examples[:2]))
             with gr.Row():
-                objective = gr.Radio(["budget", "max error"], value="budget", label="Objective")
-                bound = gr.Number(value=0.5, label="Budget (fraction of dense time) or max error")
+                objective = gr.Radio(["budget", "max error", "min PSNR (dB)", "min SSIM"], value="budget",
+                                     label="Objective")  # fmt: skip
+                bound = gr.Number(value=0.5, label="Budget (fraction of dense time), max error or quality target")
                 kv_block = gr.Number(value=16, precision=0, label="KV block size (0: the query block)")
-                refine = gr.Number(value=0, precision=0, label="Refine: end-to-end generations (budget only; 0: off)")
+                refine = gr.Number(value=0, precision=0, label="Refine: end-to-end generations (0: off)")
+                validate = gr.Number(value=0, precision=0, label="Validate on held-out prompts (quality target)")
             search_button = gr.Button("Search", variant="primary")
             with gr.Row():
                 heatmap = gr.Image(label="Chosen pattern per layer and head")
@@ -375,7 +396,7 @@ def build_app(
             searched = gr.File(label="Searched config")
             use_button = gr.Button("Use this config in Compare")
             searched_path = gr.State()
-            search_inputs = [model, folder, calibration, objective, bound, kv_block, refine, steps,
+            search_inputs = [model, folder, calibration, objective, bound, kv_block, refine, validate, steps,
                              frames, height, width]  # fmt: skip
             search_button.click(run_search, search_inputs, [heatmap, table, searched, searched_path])
             use_button.click(lambda path: path, [searched_path], [upload])
