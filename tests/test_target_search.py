@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from sparsediff.cli import app
 from sparsediff.media import frames_of
 from sparsediff.pipelines.tiny import tiny_pipeline
-from sparsediff.search import Quality, QualityTarget, TargetMissed, search
+from sparsediff.search import Quality, QualityTarget, TargetMissed, search, search_sizes
 from sparsediff.search import offline as offline_search
 from sparsediff.search.quality import generated_quality, stack_of
 from sparsediff.search.refine import refine_weights
@@ -179,6 +179,17 @@ def test_a_target_search_with_a_cache_meets_the_target_as_a_stack(wan, shared):
     alone = generated_quality(wan, stack_of(result.config, None), PROMPTS, _dense(wan, PROMPTS), 0,
                               output_type="np", **CALL)  # fmt: skip
     assert alone.psnr != pytest.approx(stacked.psnr, abs=1e-3)  # the cache was really under every generation
+
+
+def test_a_search_at_several_sizes_meets_the_target_at_each(wan, shared):
+    sizes = [{"num_frames": 5, "height": 128, "width": 128}, {"num_frames": 5, "height": 96, "width": 128}]
+    settings = dict(target=QualityTarget(min_psnr=70.0), evaluations=3, refine=0, calibration_steps=2,
+                    cost_model=FIXED_COSTS, progress=False, work=shared)  # fmt: skip
+    call = {k: v for k, v in CALL.items() if k not in sizes[0]}
+    config, _ = search_sizes(wan, PROMPTS, sizes, **settings, **call)
+    assert [b.grid for b in config.sizes] == [(3, 12, 16), (3, 16, 16)]
+    for bucket in config.sizes:
+        assert bucket.search["target"]["calibration"]["psnr"] >= 70.0
 
 
 def test_bad_target_settings_are_refused_before_any_run(wan):

@@ -163,8 +163,8 @@ def test_text_tab_answers_dense_and_with_sparsed(browser, url):
 def test_search_tab_refines_end_to_end_and_hands_its_config_to_compare(browser, url):
     page = _open(browser, url)
     page.get_by_role("tab", name="Search").click()
-    page.get_by_label("Budget (fraction of dense time) or max error").fill("0.9")
-    page.get_by_label("Refine: end-to-end generations (budget only; 0: off)").fill("2")
+    page.get_by_label("Budget (fraction of dense time), max error or quality target").fill("0.9")
+    page.get_by_label("Refine: end-to-end generations (0: off)").fill("2")
     page.get_by_role("button", name="Search", exact=True).click()
     page.wait_for_function(
         "() => [...document.querySelectorAll('textarea')].some(t => t.value.includes('refined end to end'))",
@@ -175,6 +175,21 @@ def test_search_tab_refines_end_to_end_and_hands_its_config_to_compare(browser, 
     page.get_by_role("button", name="Compare", exact=True).click()
     figures = _figures(page)
     assert _number(figures["speedup"]) > 0 and math.isfinite(_number(figures["PSNR dB"]))
+    page.close()
+
+
+def test_search_tab_takes_a_quality_target(browser, url):
+    page = _open(browser, url)
+    page.get_by_role("tab", name="Search").click()
+    page.get_by_label("min PSNR (dB)").check()
+    page.get_by_label("Budget (fraction of dense time), max error or quality target").fill("20")
+    page.get_by_role("button", name="Search", exact=True).click()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('textarea')].some(t => t.value.includes('target PSNR >= 20'))",
+        timeout=TIMEOUT,
+    )
+    text = next(t for t in page.locator("textarea").all_input_values() if "target PSNR >= 20" in t)
+    assert "on the calibration prompts" in text and "front" in text
     page.close()
 
 

@@ -22,19 +22,19 @@ from sparsediff.config import Schedule, SizeBucket, SparseConfig
 from sparsediff.integrations.diffusers import model_signature, transformers_of
 from sparsediff.integrations.families import can_reuse_whole
 from sparsediff.layout import TokenLayout
-from sparsediff.media import frames_of
 from sparsediff.memory import PeakMemory
 from sparsediff.methods.runner import kept_bytes_of
 from sparsediff.patterns import PER_CALL, Full, HilbertWindow, Pattern, Pyramid, Skip, aligned_plan
 from sparsediff.search.calibrate import Calibration, CalibrationState, watched_dense_runs
 from sparsediff.search.candidates import BandAndHeavyColumns, Candidate
 from sparsediff.search.cost import CostModel, measure
-from sparsediff.search.quality import Quality, QualityTarget, generated_quality, stack_of
+from sparsediff.search.quality import Quality, QualityTarget, generated_quality, seeded_frames, stack_of
 from sparsediff.search.refine import Refinement, refine_weights, weight_keys, weighted_errors
 from sparsediff.search.report import heatmap, short_name
 from sparsediff.search.solver import (
     Choices,
     LayerReuse,
+    cheapest_cost,
     limit_kept_memory,
     reused_share,
     solve_budget,
@@ -309,12 +309,13 @@ def search(
                 bar.write(describe(found, target))
             return found
 
-        floor = round(overhead / dense_total * FLOOR_MARGIN, 4) or 0.0001
+        lowest_ms = overhead + cheapest_cost(errors, costs, reuse)  # the cheapest plan and the fixed costs
+        floor = round(lowest_ms / dense_total * FLOOR_MARGIN, 4) or 0.0001
         if floor >= 1:
             raise BudgetBelowFixedCost(
-                f"at {layout.num_tokens} tokens the sparse kernel's fixed cost ({overhead:.3g} ms over {len(errors)} "
-                f"layers) is not below dense attention time ({dense_total:.3g} ms): no budget pays; search at a "
-                "longer layout, where sparse attention pays"
+                f"at {layout.num_tokens} tokens the cheapest sparse plan and the kernel's fixed cost ({lowest_ms:.3g} "
+                f"ms over {len(errors)} layers) are not below dense attention time ({dense_total:.3g} ms): no budget "
+                "pays; search at a longer layout, where sparse attention pays"
             )
         found = find_budget(point, TARGET_START, floor, evaluations)
         trail, chosen = list(found.trail), found.passing
@@ -364,7 +365,7 @@ def search(
 
 
 TARGET_START = 0.35  # the budget a target search tries first (the shipped default's)
-FLOOR_MARGIN = 1.05  # the lowest budget tried: this much above the sparse kernel's fixed costs
+FLOOR_MARGIN = 1.05  # the lowest budget tried: this much above the cheapest plan and the kernel's fixed costs
 
 
 class TargetMissed(ValueError):
@@ -379,10 +380,9 @@ def _validated(pipe, store: SearchWork, config: SparseConfig, cache: str | None,
     dense = store.get(name) or {"frames": [], "seconds": []}
     for i in range(len(dense["frames"]), len(prompts)):
         begin = time.perf_counter()
-        output = pipe(prompt=prompts[i], num_inference_steps=steps, generator=torch.Generator().manual_seed(seed + i),
-                      **call_kwargs)  # fmt: skip
+        frames = seeded_frames(pipe, prompts[i], seed + i, steps, **call_kwargs)
         dense["seconds"].append(time.perf_counter() - begin)
-        dense["frames"].append(frames_of(output))
+        dense["frames"].append(frames)
         store.put(name, dense)
         bar.update(1)
     quality = generated_quality(pipe, stack_of(config, cache), prompts, dense["frames"], seed, steps, **call_kwargs)
@@ -446,7 +446,8 @@ def search_sizes(
                 break
             except BudgetBelowFixedCost as err:
                 if attempt == tried[-1]:
-                    raise ValueError(f"at size {size} no budget up to {attempt} pays: {err}") from err
+                    tried_up_to = f"no budget up to {attempt} pays: " if attempt else ""
+                    raise ValueError(f"at size {size} {tried_up_to}{err}") from err
                 if progress:
                     print(f"budget {attempt} is below the fixed cost at {size}; trying a larger one", flush=True)
     return merge_sizes([r.config for r in results]), results

@@ -78,6 +78,13 @@ def stack_of(config: SparseConfig, cache: str | None) -> Method:
     return Method(f"{config.method}+{cache}" if cache else config.method, ours, peer)
 
 
+def seeded_frames(pipe, prompt: str, seed: int, num_inference_steps: int, **call_kwargs) -> np.ndarray:
+    """One generation's frames from `seed` (how the search runs prompt i: seed + i)."""
+    output = pipe(prompt=prompt, num_inference_steps=num_inference_steps,
+                  generator=torch.Generator().manual_seed(seed), **call_kwargs)  # fmt: skip
+    return frames_of(output)
+
+
 def generated_quality(
     pipe,
     method: Method,
@@ -91,17 +98,13 @@ def generated_quality(
     calibration ran them) against `references`, their dense outputs. A peer that measures the
     model first (MagCache) measures it once, on the first prompt, under our half."""
     steps = num_inference_steps
-
-    def generate(i: int, prompt: str):
-        return pipe(prompt=prompt, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed + i),
-                    **call_kwargs)  # fmt: skip
-
-    ratios = peer_calibration(pipe, method, steps, lambda: generate(0, prompts[0]))
+    first = lambda: seeded_frames(pipe, prompts[0], seed, steps, **call_kwargs)  # noqa: E731
+    ratios = peer_calibration(pipe, method, steps, first)
     psnrs, ssims, seconds = [], [], []
     with applied(pipe, method, steps, ratios):
         for i, (prompt, reference) in enumerate(zip(prompts, references, strict=True)):
             start = time.perf_counter()
-            frames = frames_of(generate(i, prompt))
+            frames = seeded_frames(pipe, prompt, seed + i, steps, **call_kwargs)
             seconds.append(time.perf_counter() - start)
             psnrs.append(min(psnr(reference, frames), IDENTICAL_DB))
             ssims.append(ssim(reference, frames))

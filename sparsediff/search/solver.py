@@ -96,18 +96,25 @@ def _lagrangian(errors, costs, lam: float, reuse: LayerReuse) -> Choices:
     return out
 
 
+def cheapest_cost(
+    errors: dict[str, torch.Tensor], costs: dict[str, torch.Tensor], reuse: LayerReuse = NO_REUSE
+) -> float:
+    """The cost of the cheapest plan there is, whatever its error (a budget below it has no plan)."""
+    cheapest = {}
+    for layer, table in errors.items():  # a whole-layer skip may be cheaper than every head's cheapest
+        per_head = [_best([0.0] * len(costs[layer]), costs[layer].tolist(), lambda e, x: (x, e))] * table.shape[0]
+        options = [per_head, *reuse.whole_layer_options(table.shape[0])]
+        cheapest[layer] = min(options, key=lambda p, layer=layer: layer_cost(layer, p, costs, reuse))
+    return total_cost(cheapest, costs, reuse)
+
+
 def solve_budget(
     errors: dict[str, torch.Tensor], costs: dict[str, torch.Tensor], budget_ms: float, reuse: LayerReuse = NO_REUSE
 ) -> Choices:
     """Least total squared error with total cost <= budget_ms: error is spent where it buys the most
     time. Lagrangian relaxation (bisection on the multiplier) finds the best plan on the convex hull
     of (cost, error) within the budget; what that leaves unspent goes to `_top_up`."""
-    cheapest = {}
-    for layer, table in errors.items():  # a whole-layer skip may be cheaper than every head's cheapest
-        per_head = [_best([0.0] * len(costs[layer]), costs[layer].tolist(), lambda e, x: (x, e))] * table.shape[0]
-        options = [per_head, *reuse.whole_layer_options(table.shape[0])]
-        cheapest[layer] = min(options, key=lambda p, layer=layer: layer_cost(layer, p, costs, reuse))
-    floor = total_cost(cheapest, costs, reuse)
+    floor = cheapest_cost(errors, costs, reuse)
     if floor > budget_ms:
         raise ValueError(f"budget {budget_ms:.3g} ms is below the cheapest possible plan ({floor:.3g} ms)")
 
