@@ -15,7 +15,6 @@ from sparsediff.pipelines.tiny import tiny_pipeline
 from sparsediff.search import Quality, QualityTarget, TargetMissed, search, search_sizes
 from sparsediff.search import offline as offline_search
 from sparsediff.search.quality import generated_quality, stack_of
-from sparsediff.search.refine import refine_weights
 from sparsediff.search.target import RESOLUTION, Point, find_budget
 
 TARGET = QualityTarget(min_psnr=30.0)
@@ -75,14 +74,6 @@ def test_quality_targets_are_checked_and_margins_are_in_db():
     both = QualityTarget(min_psnr=30, min_ssim=0.95)
     assert both.margin(Quality(psnr=32, ssim=0.94, seconds=1)) == pytest.approx(-1.0)  # 0.01 SSIM short = 1 dB
     assert both.met(Quality(psnr=30, ssim=0.95, seconds=1)) and str(both) == "PSNR >= 30 dB and SSIM >= 0.95"
-
-
-def test_refinement_stops_as_soon_as_the_target_is_met():
-    scores = iter([29.0, 30.5, 31.0, 32.0])
-    choices = iter([{"a": [i]} for i in range(10)])
-    _, found = refine_weights(lambda w: next(choices), lambda c: next(scores), ["kind:A", "kind:B"], 4,
-                              progress=False, enough=lambda c: c["a"][0] >= 1)  # fmt: skip
-    assert [t["psnr"] for t in found.trail] == [29.0, 30.5] and found.psnr_after == 30.5
 
 
 CALL = dict(num_frames=5, height=128, width=128, guidance_scale=3.0, num_inference_steps=4)
@@ -151,6 +142,7 @@ def test_a_stopped_target_search_resumes_from_its_work_folder(wan, tmp_path, mon
     generated.clear()
     monkeypatch.setattr(offline_search, "generated_quality", lambda *a, **k: generated.append(1) or real(*a, **k))
     first = _target_search(wan, tmp_path)
+    assert first.config.search["target"]["calibration"]["psnr"] >= 70.0
     assert not calibrations  # the dense runs and their calibration were kept
     (log,) = tmp_path.glob("*/evaluations.jsonl")
 
@@ -159,7 +151,6 @@ def test_a_stopped_target_search_resumes_from_its_work_folder(wan, tmp_path, mon
         return len(keys) == len(set(keys))
 
     assert generated_once() and len(log.read_text().splitlines()) == 1 + len(generated)
-    assert len(first.config.search["target"]["trail"]) > len(generated)  # the first budget came from the log
     second = _target_search(wan, tmp_path, target=QualityTarget(min_psnr=69.0))  # another target reuses it all
     assert generated_once() and second.config.search["target"]["min_psnr"] == 69.0
 

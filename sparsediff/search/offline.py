@@ -128,8 +128,8 @@ def search(
     Exactly one of `max_error` (relative L2 error per head, on sampled query rows), `budget`
     (predicted attention time as a fraction of dense) or `target` (a `QualityTarget`: the mean
     PSNR/SSIM against dense that the prompts generated end to end must keep) is given. A target
-    search tries at most `evaluations` budgets (`search.target`), then refines at the highest one
-    that missed with at most `refine` generations; `cache` (a peer name, e.g. "magcache") stacks
+    search refines the error weights at the start budget with at most `refine` generations, then
+    tries at most `evaluations` budgets with them (`search.target`); `cache` (a peer name, e.g. "magcache") stacks
     that cache under every generation, so the stack meets the target; `validate` prompts are
     then generated dense and under the config, and their quality and speedup recorded.
     `work` is a folder that keeps what the search computed: a rerun resumes from it. `call_kwargs` go to every
@@ -299,16 +299,6 @@ def search(
     keys = weight_keys(cal.candidates, list(errors))
     refinement, met = None, None
     if target is not None:
-
-        def point(at_budget: float) -> Point:
-            choices = solve({}, at_budget)
-            quality = evaluate(choices)
-            predicted = _predict(patterns_of(choices), cal.layouts, blocks, cost_model, savings)
-            found = Point(at_budget, quality, target.met(quality), predicted["attention_speedup"])
-            if progress:
-                bar.write(describe(found, target))
-            return found
-
         lowest_ms = overhead + cheapest_cost(errors, costs, reuse)  # the cheapest plan and the fixed costs
         floor = round(lowest_ms / dense_total * FLOOR_MARGIN, 4) or 0.0001
         if floor >= 1:
@@ -317,31 +307,35 @@ def search(
                 f"ms over {len(errors)} layers) are not below dense attention time ({dense_total:.3g} ms): no budget "
                 "pays; search at a longer layout, where sparse attention pays"
             )
-        found = find_budget(point, TARGET_START, floor, evaluations)
-        trail, chosen = list(found.trail), found.passing
+        start_budget = max(TARGET_START, floor)
+        weights: dict[str, float] = {}
+        if refine:  # the weights correct how the solver ranks errors: found at one budget, used at all
+            _, refinement = refine_weights(lambda w: solve(w, start_budget), lambda c: evaluate(c).psnr, keys, refine,
+                                           progress=False)  # fmt: skip
+            weights = refinement.weights
+            if progress:
+                bar.write(f"refined at budget {start_budget:g}: {refinement.psnr_before:.2f} -> "
+                          f"{refinement.psnr_after:.2f} dB, weights {weights}")  # fmt: skip
+
+        def point(at_budget: float) -> Point:
+            choices = solve(weights, at_budget)
+            quality = evaluate(choices)
+            predicted = _predict(patterns_of(choices), cal.layouts, blocks, cost_model, savings)
+            found = Point(at_budget, quality, target.met(quality), predicted["attention_speedup"], weights)
+            if progress:
+                bar.write(describe(found, target))
+            return found
+
+        found = find_budget(point, start_budget, floor, evaluations)
+        trail, chosen = found.trail, found.passing
         if chosen is None:
             bar.close()
-            best = found.best()
             raise TargetMissed(
                 f"no budget up to {max(p.budget for p in trail):g} meets {target} on the calibration prompts (best: "
-                f"{describe(best, target)}); lower the target, keep more steps dense (dense_fraction) or calibrate "
-                "on more prompts"
+                f"{describe(found.best(), target)}); lower the target, keep more steps dense (dense_fraction) or "
+                "calibrate on more prompts"
             )
-        choices = solve({}, chosen.budget)
-        if refine and found.failing is not None:
-            below = found.failing.budget
-            refined, refinement = refine_weights(
-                lambda weights: solve(weights, below), lambda c: evaluate(c).psnr, keys, refine, progress=False,
-                enough=lambda c: target.met(evaluate(c)),
-            )  # fmt: skip
-            quality = evaluate(refined)
-            predicted = _predict(patterns_of(refined), cal.layouts, blocks, cost_model, savings)
-            at_below = Point(below, quality, target.met(quality), predicted["attention_speedup"], refinement.weights)
-            trail.append(at_below)
-            if progress:
-                bar.write(f"refined at {describe(at_below, target)}")
-            if at_below.met:
-                choices, chosen = refined, at_below
+        choices = solve(weights, chosen.budget)
         met = {"min_psnr": target.min_psnr, "min_ssim": target.min_ssim, "cache": cache, "budget": chosen.budget,
                "calibration": chosen.quality.as_json(), "trail": [p.as_json() for p in trail]}  # fmt: skip
         if validate:

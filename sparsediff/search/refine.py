@@ -67,12 +67,10 @@ def refine_weights(
     keys: Sequence[str],
     evaluations: int,
     progress: bool = True,
-    enough: Callable[[Choices], bool] | None = None,
 ) -> tuple[Choices, Refinement]:
     """Coordinate search on the error weights: per key, the weight times and divided by `FACTOR`;
     the first change that raises `evaluate` by more than `MIN_GAIN_DB` is kept and the pass goes on
-    from it; passes repeat until one keeps nothing, the evaluations are spent or the best choice
-    is `enough` (a quality target met)."""
+    from it; passes repeat until one keeps nothing or the evaluations are spent."""
     if evaluations < 1:
         raise ValueError(f"refinement needs at least 1 evaluation, got {evaluations}")
     weights: dict[str, float] = {}
@@ -81,16 +79,12 @@ def refine_weights(
     scores = {_key(best): best_score}
     found = Refinement(psnr_before=best_score, trail=[{"change": "solver", "psnr": _r(best_score)}])
     bar = tqdm(total=evaluations, initial=1, desc="refine (end to end)", disable=not progress)
-
-    def done() -> bool:
-        return len(found.trail) >= evaluations or bool(enough and enough(best))
-
     kept_one = True
-    while kept_one and not done():
+    while kept_one and len(found.trail) < evaluations:
         kept_one = False
         for key in keys:
             for factor in (FACTOR, 1 / FACTOR):
-                if done():
+                if len(found.trail) >= evaluations:
                     break
                 trial = weights | {key: weights.get(key, 1.0) * factor}
                 choices = solve(trial)

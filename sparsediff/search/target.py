@@ -5,8 +5,7 @@ Quality falls as the budget falls, though not strictly (the solver's choice jump
 pattern kinds). The search brackets the answer from a start budget (x or / `STEP` until one
 budget meets the target and one below it does not), then bisects in log space until the two are
 within `RESOLUTION` of each other or the evaluations are spent. The lowest budget that met the
-target is the answer; the highest one below it that missed is where refinement (`refine`) may
-still reach the target with other error weights, and be faster.
+target is the answer.
 """
 
 from __future__ import annotations
