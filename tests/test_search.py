@@ -552,6 +552,18 @@ def test_refinement_spends_at_most_its_evaluations():
         refine_weights(solve, lambda c: 30.0, [], 0, progress=False)
 
 
+def test_refinement_starts_from_the_weights_it_is_given():
+    errors, costs = _tables()
+
+    def solve(weights):
+        return solve_budget(weighted_errors(errors, PATTERNS, weights) if weights else errors, costs, 13.0)
+
+    start = {"kind:Diagonal": FACTOR}
+    assert solve(start) != solve({})
+    choices, found = refine_weights(solve, lambda c: 30.0, weight_keys(PATTERNS, TWO_LAYERS), 1, False, start)
+    assert choices == solve(start) and found.weights == start
+
+
 def test_search_refines_end_to_end_and_records_what_it_measured():
     """A refined search keeps the budget, never ends below the solver's own choice, and the PSNR it
     records is what generating the prompts under the final config against dense gives."""

@@ -9,6 +9,7 @@ import torch
 from test_search import FIXED_COSTS
 from typer.testing import CliRunner
 
+from sparsediff import SparseConfig
 from sparsediff.cli import app
 from sparsediff.media import frames_of
 from sparsediff.pipelines.tiny import tiny_pipeline
@@ -203,6 +204,9 @@ def test_the_cli_target_search_refuses_validation_on_calibration_prompts(tmp_pat
     assert done.exit_code == 2 and "must be new to the search" in done.output
     done = runner.invoke(app, [*common, "--min-psnr", "30", "--validate", "2"])
     assert done.exit_code == 2 and "no held-out prompts" in done.output
+    preset = SparseConfig(method="local").save(tmp_path / "local.json")
+    done = runner.invoke(app, [*common, "--min-psnr", "30", "--start-from", str(preset)])
+    assert done.exit_code == 2 and "give a config searched at one size" in done.output
 
 
 def test_the_cli_target_search_writes_the_config_and_prints_the_front(tmp_path):

@@ -108,6 +108,10 @@ def search_cmd(
     dense_fraction: Annotated[float, typer.Option(help="first fraction of steps kept dense")] = 0.0,
     dense_steps: Annotated[int, typer.Option(help="first steps kept dense (the larger of the two counts)")] = 0,
     cost_model: Annotated[Path | None, typer.Option(help="reuse the cost model of an earlier config")] = None,
+    start_from: Annotated[
+        Path | None,
+        typer.Option(help="continue from an earlier single-size search: its cost model and refined error weights"),
+    ] = None,
     max_extra_memory: Annotated[
         float | None, typer.Option(help="MB that skipped heads may keep between steps, at the calibration size")
     ] = None,
@@ -139,8 +143,10 @@ def search_cmd(
             raise ValueError("give calibration prompts: --prompt TEXT (repeatable) or --prompts FILE")
         if size and (num_frames, height, width) != (None, None, None):
             raise ValueError("give sizes either as --size FxHxW (repeatable) or as --num-frames/--height/--width")
-        if size and cost_model:
-            raise ValueError("--cost-model holds timings at one size; a search at several sizes measures its own")
+        if size and (cost_model or start_from):
+            raise ValueError(
+                "--cost-model and --start-from hold timings at one size; a search at several sizes measures its own"
+            )
         sizes = [_parse_size(s) for s in size] or [(num_frames, height, width)]
         aimed = min_psnr is not None or min_ssim is not None
         target = QualityTarget(min_psnr=min_psnr, min_ssim=min_ssim) if aimed else None
@@ -159,13 +165,17 @@ def search_cmd(
                               given_or(guidance, entry.guidance))  # fmt: skip
             check_request(loaded, request)
             calls.append(shared_call_kwargs(loaded, request))
-        costs = CostModel.model_validate(_cost_model_json(cost_model)) if cost_model else None
+        costs = (
+            CostModel.model_validate(_cost_model_json(cost_model or start_from)) if cost_model or start_from else None
+        )
+        weights = _refined_weights(start_from) if start_from else None
         loaded.pipe.set_progress_bar_config(disable=True)
         settings = dict(
             max_error=max_error, num_inference_steps=request.steps, calibration_steps=calibration_steps, rows=rows,
             block_size=block_size, kv_block_size=kv_block_size, dense_fraction=dense_fraction, dense_steps=dense_steps,
             seed=seed, max_extra_memory_mb=max_extra_memory, target=target, evaluations=evaluations,
-            validate=held_out, cache=with_cache, work=work, refine=(4 if aimed else 0) if refine is None else refine,
+            validate=held_out, cache=with_cache, work=work, weights=weights,
+            refine=(4 if aimed else 0) if refine is None else refine,
         )  # fmt: skip
         if size:
             own = ("num_frames", "height", "width")
@@ -259,6 +269,14 @@ def _read_prompts(path: Path) -> list[str]:
         return [line.strip() for line in path.read_text().splitlines() if line.strip()]
     except OSError as err:
         raise ValueError(f"cannot read --prompts {path}: {err.strerror or err}") from err
+
+
+def _refined_weights(path: Path) -> dict[str, float]:
+    """The error weights an earlier search's refinement kept (none when it was not refined)."""
+    search = json.loads(path.read_text()).get("search")
+    if not search:
+        raise ValueError(f"--start-from {path}: give a config searched at one size (it has search settings)")
+    return (search.get("refinement") or {}).get("weights", {})
 
 
 def _cost_model_json(path: Path) -> dict:

@@ -121,6 +121,7 @@ def search(
     validate: Sequence[str] = (),
     cache: str | None = None,
     work: str | Path | None = None,
+    weights: dict[str, float] | None = None,
     **call_kwargs,
 ) -> SearchResult:
     """Find the cheapest pattern per layer and head for `pipe` (a diffusers pipeline).
@@ -132,7 +133,8 @@ def search(
     tries at most `evaluations` budgets with them (`search.target`); `cache` (a peer name, e.g. "magcache") stacks
     that cache under every generation, so the stack meets the target; `validate` prompts are
     then generated dense and under the config, and their quality and speedup recorded.
-    `work` is a folder that keeps what the search computed: a rerun resumes from it. `call_kwargs` go to every
+    `work` is a folder that keeps what the search computed: a rerun resumes from it. `weights`
+    are error weights to start from (an earlier refinement's, `search.refinement.weights`). `call_kwargs` go to every
     pipeline call (sizes, guidance); each prompt runs with seed `seed + i`. Static plans use
     query blocks of `block_size` and KV blocks of `kv_block_size` (default: the same).
     `max_extra_memory_mb` bounds what skipped heads keep between steps at the calibration's
@@ -170,6 +172,7 @@ def search(
     end_to_end = bool(refine or target)
     if end_to_end:
         call_kwargs.setdefault("output_type", "np")  # frames in [0, 1], whatever the pipeline's default
+    weights = dict(weights or {})
     start = time.perf_counter()
     schedule = Schedule(dense_steps=dense_steps, dense_fraction=dense_fraction)
     cal = Calibration(
@@ -269,7 +272,7 @@ def search(
                     "prompts": list(prompts), "num_inference_steps": num_inference_steps,
                     "calibration_steps": sorted(cal.sample_steps), "rows": rows, "seed": seed,
                     "max_error": max_error, "budget": at_budget, "layout": repr(layout), "grid": list(layout.grid),
-                    "max_extra_memory_mb": max_extra_memory_mb, "refine": refine,
+                    "max_extra_memory_mb": max_extra_memory_mb, "refine": refine, "start_weights": weights or None,
                     "call_kwargs": {k: v for k, v in call_kwargs.items() if isinstance(v, (int, float, str, bool))},
                 },
                 "predicted": predicted | {"extra_memory_mb": round(kept / 2**20, 6)},
@@ -308,10 +311,9 @@ def search(
                 "pays; search at a longer layout, where sparse attention pays"
             )
         start_budget = max(TARGET_START, floor)
-        weights: dict[str, float] = {}
         if refine:  # the weights correct how the solver ranks errors: found at one budget, used at all
             _, refinement = refine_weights(lambda w: solve(w, start_budget), lambda c: evaluate(c).psnr, keys, refine,
-                                           progress=False)  # fmt: skip
+                                           progress=False, start=weights)  # fmt: skip
             weights = refinement.weights
             if progress:
                 bar.write(f"refined at budget {start_budget:g}: {refinement.psnr_before:.2f} -> "
@@ -344,10 +346,10 @@ def search(
         met["front"] = _front(met["trail"], (met.get("validation") or {}).get("dense_seconds"))
         budget_used = chosen.budget
     elif refine:
-        choices, refinement = refine_weights(solve, lambda c: evaluate(c).psnr, keys, refine, progress)
+        choices, refinement = refine_weights(solve, lambda c: evaluate(c).psnr, keys, refine, progress, weights)
         budget_used = budget
     else:
-        choices, budget_used = solve({}), budget
+        choices, budget_used = solve(weights), budget
     bar.close()
     config = config_of(choices, refinement, budget_used, met)
     per_head = patterns_of(choices)

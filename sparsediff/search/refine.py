@@ -67,13 +67,15 @@ def refine_weights(
     keys: Sequence[str],
     evaluations: int,
     progress: bool = True,
+    start: dict[str, float] | None = None,
 ) -> tuple[Choices, Refinement]:
-    """Coordinate search on the error weights: per key, the weight times and divided by `FACTOR`;
-    the first change that raises `evaluate` by more than `MIN_GAIN_DB` is kept and the pass goes on
-    from it; passes repeat until one keeps nothing or the evaluations are spent."""
+    """Coordinate search on the error weights from `start` (default: all 1): per key, the weight
+    times and divided by `FACTOR`; the first change that raises `evaluate` by more than
+    `MIN_GAIN_DB` is kept and the pass goes on from it; passes repeat until one keeps nothing or
+    the evaluations are spent."""
     if evaluations < 1:
         raise ValueError(f"refinement needs at least 1 evaluation, got {evaluations}")
-    weights: dict[str, float] = {}
+    weights = dict(start or {})
     best = solve(weights)
     best_score = evaluate(best)
     scores = {_key(best): best_score}
