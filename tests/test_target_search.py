@@ -179,7 +179,7 @@ def test_a_search_at_several_sizes_meets_the_target_at_each(wan, shared):
                     cost_model=FIXED_COSTS, progress=False, work=shared)  # fmt: skip
     call = {k: v for k, v in CALL.items() if k not in sizes[0]}
     config, _ = search_sizes(wan, PROMPTS, sizes, **settings, **call)
-    assert [b.grid for b in config.sizes] == [(3, 12, 16), (3, 16, 16)]
+    assert sorted(b.grid for b in config.sizes) == [(3, 12, 16), (3, 16, 16)]
     for bucket in config.sizes:
         assert bucket.search["target"]["calibration"]["psnr"] >= 70.0
 
@@ -206,7 +206,7 @@ def test_the_cli_target_search_refuses_validation_on_calibration_prompts(tmp_pat
     assert done.exit_code == 2 and "no held-out prompts" in done.output
     preset = SparseConfig(method="local").save(tmp_path / "local.json")
     done = runner.invoke(app, [*common, "--min-psnr", "30", "--start-from", str(preset)])
-    assert done.exit_code == 2 and "give a config searched at one size" in done.output
+    assert done.exit_code == 2 and "give a config searched at one size" in " ".join(done.output.split())
 
 
 def test_the_cli_target_search_writes_the_config_and_prints_the_front(tmp_path):

@@ -165,10 +165,9 @@ def search_cmd(
                               given_or(guidance, entry.guidance))  # fmt: skip
             check_request(loaded, request)
             calls.append(shared_call_kwargs(loaded, request))
-        costs = (
-            CostModel.model_validate(_cost_model_json(cost_model or start_from)) if cost_model or start_from else None
-        )
         weights = _refined_weights(start_from) if start_from else None
+        timed = cost_model or start_from
+        costs = CostModel.model_validate(_cost_model_json(timed)) if timed else None
         loaded.pipe.set_progress_bar_config(disable=True)
         settings = dict(
             max_error=max_error, num_inference_steps=request.steps, calibration_steps=calibration_steps, rows=rows,

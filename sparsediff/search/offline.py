@@ -302,7 +302,8 @@ def search(
     keys = weight_keys(cal.candidates, list(errors))
     refinement, met = None, None
     if target is not None:
-        lowest_ms = overhead + cheapest_cost(errors, costs, reuse)  # the cheapest plan and the fixed costs
+        # the fixed costs and the cheapest plan (below 0 where reusing whole layers saves more than it costs)
+        lowest_ms = overhead + max(cheapest_cost(errors, costs, reuse), 0.0)
         floor = round(lowest_ms / dense_total * FLOOR_MARGIN, 4) or 0.0001
         if floor >= 1:
             raise BudgetBelowFixedCost(
