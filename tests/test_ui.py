@@ -188,7 +188,7 @@ def test_search_tab_takes_a_quality_target(browser, url):
         "() => [...document.querySelectorAll('textarea')].some(t => t.value.includes('target PSNR >= 20'))",
         timeout=TIMEOUT,
     )
-    text = next(t for t in page.locator("textarea").all_input_values() if "target PSNR >= 20" in t)
+    text = next(v for t in page.locator("textarea").all() if "target PSNR >= 20" in (v := t.input_value()))
     assert "on the calibration prompts" in text and "front" in text
     page.close()
 

@@ -241,12 +241,12 @@ def build_app(
             request = _request(loaded, texts[0], steps, 0, frames, height, width)
             check_request(loaded, request)
             limits.check(request)
-            bound = {
-                "budget": {"budget": float(value)},
-                "max error": {"max_error": float(value)},
-                "min PSNR (dB)": {"target": QualityTarget(min_psnr=float(value))},
-                "min SSIM": {"target": QualityTarget(min_ssim=float(value))},
-            }[objective]
+            bound = {  # the objective's keyword; a target is built for the one picked only
+                "budget": lambda v: {"budget": v},
+                "max error": lambda v: {"max_error": v},
+                "min PSNR (dB)": lambda v: {"target": QualityTarget(min_psnr=v)},
+                "min SSIM": lambda v: {"target": QualityTarget(min_ssim=v)},
+            }[objective](float(value))
             count = int(validate or 0)
             if count and "target" not in bound:
                 raise ValueError("validation goes with a quality target: pick min PSNR or min SSIM")
