@@ -224,29 +224,24 @@ def watched_dense_runs(pipe, state_class: type[SparseState], prompts, block_size
                        num_inference_steps: int, progress: bool = False, kv_block_size: int | None = None,
                        backend: str = "auto", keep_frames: bool = False, first: int = 0,
                        after_each: Callable[[int, np.ndarray | None], None] | None = None,
-                       **call_kwargs) -> list[np.ndarray]:  # fmt: skip
+                       **call_kwargs) -> None:  # fmt: skip
     """Run the pipeline once per prompt (seed + i) with `state_class` watching every attention call;
-    `backend` runs what the watcher computes beside dense attention (per-call candidates). With
-    `keep_frames`, returns each run's frames (dense: the watcher changes nothing), else nothing.
-    A resumed calibration starts at prompt `first`; `after_each(i, frames)` follows each run."""
+    `backend` runs what the watcher computes beside dense attention (per-call candidates). A
+    resumed calibration starts at prompt `first`; `after_each(i, frames)` follows each run, with
+    its frames when `keep_frames` (dense: the watcher changes nothing), else None."""
     config = SparseConfig(method="dense", block_size=block_size, kv_block_size=kv_block_size, backend=backend)
     install(pipe, config, state_class)
-    kept = []
     try:
         runs = tqdm(total=len(prompts), initial=first, desc="dense runs", disable=not progress)
         for i in range(first, len(prompts)):
             output = pipe(prompt=prompts[i], num_inference_steps=num_inference_steps,
                           generator=torch.Generator().manual_seed(seed + i), **call_kwargs)  # fmt: skip
-            frames = frames_of(output) if keep_frames else None
-            if keep_frames:
-                kept.append(frames)
             if after_each:
-                after_each(i, frames)
+                after_each(i, frames_of(output) if keep_frames else None)
             runs.update(1)
         runs.close()
     finally:
         remove(pipe)
-    return kept
 
 
 @lru_cache(maxsize=64)

@@ -130,13 +130,14 @@ def search(
     (predicted attention time as a fraction of dense) or `target` (a `QualityTarget`: the mean
     PSNR/SSIM against dense that the prompts generated end to end must keep) is given. A target
     search refines the error weights at the start budget with at most `refine` generations, then
-    tries at most `evaluations` budgets with them (`search.target`); `cache` (a peer name, e.g. "magcache") stacks
-    that cache under every generation, so the stack meets the target; `validate` prompts are
-    then generated dense and under the config, and their quality and speedup recorded.
-    `work` is a folder that keeps what the search computed: a rerun resumes from it. `weights`
-    are error weights to start from (an earlier refinement's, `search.refinement.weights`). `call_kwargs` go to every
-    pipeline call (sizes, guidance); each prompt runs with seed `seed + i`. Static plans use
-    query blocks of `block_size` and KV blocks of `kv_block_size` (default: the same).
+    tries at most `evaluations` budgets with them (`search.target`); `cache` (a peer name, e.g.
+    "magcache") stacks that cache under every generation, so the stack meets the target;
+    `validate` prompts are then generated dense and under the config, and their quality and
+    speedup recorded. `work` is a folder that keeps what the search computed: a rerun resumes
+    from it. `weights` are error weights to start from (an earlier refinement's,
+    `search.refinement.weights`). `call_kwargs` go to every pipeline call (sizes, guidance); each
+    prompt runs with seed `seed + i`. Static plans use query blocks of `block_size` and KV blocks
+    of `kv_block_size` (default: the same).
     `max_extra_memory_mb` bounds what skipped heads keep between steps at the calibration's
     size (the config's `search.predicted.extra_memory_mb`); skips over it are replaced.
     `refine` > 0 (budget or target) tunes the solver's error weights end to end on the prompts,
@@ -195,7 +196,7 @@ def search(
     cal, references = done["calibration"], list(done["frames"])
 
     def after_each(i: int, frames) -> None:
-        references.extend([frames] if end_to_end else [])
+        references.extend([frames] if frames is not None else [])
         store.put("calibration", {"runs": i + 1, "calibration": cal, "frames": references})
 
     device = getattr(pipe, "device", "cpu")
@@ -209,8 +210,9 @@ def search(
     layout = next(iter(cal.layouts.values()))
     heads = next(iter(cal.errors.values())).err.shape[0]
     per_call = tuple(p for p in cal.candidates if isinstance(p, PER_CALL))
-    if cost_model is None and store.get("cost_model") is not None:
-        cost_model = CostModel.model_validate(store.get("cost_model"))
+    saved_costs = store.get("cost_model") if cost_model is None else None
+    if saved_costs is not None:
+        cost_model = CostModel.model_validate(saved_costs)
     if cost_model is None:
         head_dim = next(iter(cal.head_dims.values()))
         cost_model = measure(layout.num_tokens, heads, head_dim, block_size, backend, per_call=per_call,
@@ -290,7 +292,7 @@ def search(
     def evaluate(choices: Choices) -> Quality:
         """The calibration prompts generated under `choices` (once per distinct choice, kept in `work`)."""
         key = choices_key(choices, cache)
-        known = store.evaluations().get(key)
+        known = store.evaluation(key)
         if known is None:
             quality = generated_quality(pipe, stack_of(config_of(choices), cache), prompts, references, seed,
                                         num_inference_steps, **call_kwargs)  # fmt: skip

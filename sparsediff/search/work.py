@@ -25,9 +25,12 @@ class SearchWork:
         text = json.dumps(settings, sort_keys=True, default=str)
         self.folder = None if root is None else Path(root) / hashlib.sha1(text.encode()).hexdigest()[:12]
         self._memory: dict[str, object] = {}
+        self._evaluations: dict[str, dict] = {}  # every config generated so far: its key -> what was measured
         if self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True)
             write_atomic(self.folder / "settings.json", json.dumps(settings, indent=1, sort_keys=True, default=str))
+            log = self.folder / "evaluations.jsonl"
+            self._evaluations = {line["key"]: line["value"] for line in read_lines(log)} if log.exists() else {}
 
     def get(self, name: str):
         """An item saved by `put` (tensors, arrays, plain objects), or None."""
@@ -45,18 +48,14 @@ class SearchWork:
         torch.save(value, partial)
         os.replace(partial, path)
 
-    def evaluations(self) -> dict[str, dict]:
-        """Every config generated so far: its key -> what was measured."""
-        if self.folder is None:
-            return dict(self._memory.get("evaluations", {}))
-        path = self.folder / "evaluations.jsonl"
-        return {line["key"]: line["value"] for line in read_lines(path)} if path.exists() else {}
+    def evaluation(self, key: str) -> dict | None:
+        """What was measured for the config generated under `key`, or None."""
+        return self._evaluations.get(key)
 
     def add_evaluation(self, key: str, value: dict) -> None:
-        if self.folder is None:
-            self._memory.setdefault("evaluations", {})[key] = value
-            return
-        append_line(self.folder / "evaluations.jsonl", {"key": key, "value": value})
+        self._evaluations[key] = value
+        if self.folder is not None:
+            append_line(self.folder / "evaluations.jsonl", {"key": key, "value": value})
 
 
 def choices_key(choices: dict[str, list[int]], cache: str | None) -> str:
