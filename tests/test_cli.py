@@ -93,6 +93,11 @@ def test_bench_methods_held_out_prompts_and_their_errors():
     assert {p.split()[1] for p in six} >= {"red", "blue", "cyan"}  # spread, not the first six (five red)
     assert entry.held_out_prompts(27) == [str(c) for c in HELD_OUT]
     assert not {str(c) for c in TRAIN} & set(entry.held_out)
+    assert entry.validation_prompts(6, ["a red circle moving right"]) == six  # a training prompt changes nothing
+    unseen = entry.validation_prompts(26, six[:1])  # a held-out prompt calibrated on is never validated on
+    assert six[0] not in unseen and len(set(unseen)) == 26
+    with pytest.raises(ValueError, match="26 held-out prompts the calibration does not use"):
+        entry.validation_prompts(27, six[:1])
     for count in (0, 28):
         result = runner.invoke(app, ["bench", "methods", "--model", "shapes-t2v", "--held-out", str(count)])
         assert result.exit_code == 2 and "--held-out must be in 1..27" in " ".join(result.output.split())

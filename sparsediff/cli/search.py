@@ -216,18 +216,13 @@ def search_cmd(
 
 
 def _validation_prompts(entry, count: int, path: Path | None, calibration: list[str]) -> list[str]:
-    """The prompts a target search validates on: from `path`, else `count` of the model's held-out
-    prompts; none may be a calibration prompt (validation is on prompts the search never saw)."""
+    """The prompts a target search validates on: from `path` (none may be a calibration prompt),
+    else `count` of the model's held-out prompts the calibration does not use."""
     if path is not None and count:
         raise ValueError("give --validate N (held-out prompts) or --validate-prompts FILE, not both")
-    if path is not None:
-        prompts = _read_prompts(path)
-    elif count:
-        if not entry.held_out:
-            raise ValueError(f"model {entry.name!r} has no held-out prompts; give --validate-prompts FILE")
-        prompts = entry.held_out_prompts(count)
-    else:
-        return []
+    if path is None:
+        return entry.validation_prompts(count, calibration) if count else []
+    prompts = _read_prompts(path)
     seen = sorted(set(prompts) & set(calibration))
     if seen:
         raise ValueError(f"validation prompts must be new to the search; {seen} are calibration prompts too")

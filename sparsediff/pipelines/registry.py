@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -66,7 +66,20 @@ class ModelEntry:
             raise ValueError(f"model {self.name!r} has no held-out prompts; pass --prompt instead")
         if not 1 <= count <= len(self.held_out):
             raise ValueError(f"--held-out must be in 1..{len(self.held_out)} for {self.name!r}, got {count}")
-        return [self.held_out[i * len(self.held_out) // count] for i in range(count)]
+        return _spread(self.held_out, count)
+
+    def validation_prompts(self, count: int, calibration: Sequence[str]) -> list[str]:
+        """`count` held-out prompts a search calibrated on `calibration` never saw, spread evenly over
+        the rest, so its validation is on new prompts."""
+        if not self.held_out:
+            raise ValueError(f"model {self.name!r} has no held-out prompts; give validation prompts of your own")
+        unseen = [prompt for prompt in self.held_out if prompt not in set(calibration)]
+        if not 1 <= count <= len(unseen):
+            raise ValueError(
+                f"{self.name!r} has {len(unseen)} held-out prompts the calibration does not use; "
+                f"validate on 1..{len(unseen)} of them, not {count}"
+            )
+        return _spread(unseen, count)
 
     def size(self, num_frames: int | None, height: int | None, width: int | None) -> Size:
         """The requested size, defaults filled in from this entry (images have one frame) where a
@@ -74,6 +87,11 @@ class ModelEntry:
         d = self.default_size
         frames = (d.frames if self.video else 1) if num_frames is None else num_frames
         return Size(frames, d.height if height is None else height, d.width if width is None else width)
+
+
+def _spread(prompts: Sequence[str], count: int) -> list[str]:
+    """`count` of `prompts` at even steps over the list."""
+    return [prompts[i * len(prompts) // count] for i in range(count)]
 
 
 def _tiny_llada():

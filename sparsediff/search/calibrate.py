@@ -220,6 +220,13 @@ def _heaviest_columns(q_rows, key, layout: TokenLayout, scale: float, count: int
     return [Stripe.positions_of(layout, layout.coords[layout.visual_slice][t]) for t in top]
 
 
+def seeded_frames(pipe, prompt: str, seed: int, num_inference_steps: int, **call_kwargs) -> np.ndarray:
+    """One generation's frames from `seed` (how a search runs prompt i: seed + i)."""
+    output = pipe(prompt=prompt, num_inference_steps=num_inference_steps,
+                  generator=torch.Generator().manual_seed(seed), **call_kwargs)  # fmt: skip
+    return frames_of(output)
+
+
 def watched_dense_runs(pipe, state_class: type[SparseState], prompts, block_size: int, seed: int,
                        num_inference_steps: int, progress: bool = False, kv_block_size: int | None = None,
                        backend: str = "auto", keep_frames: bool = False, first: int = 0,
@@ -234,10 +241,9 @@ def watched_dense_runs(pipe, state_class: type[SparseState], prompts, block_size
     try:
         runs = tqdm(total=len(prompts), initial=first, desc="dense runs", disable=not progress)
         for i in range(first, len(prompts)):
-            output = pipe(prompt=prompts[i], num_inference_steps=num_inference_steps,
-                          generator=torch.Generator().manual_seed(seed + i), **call_kwargs)  # fmt: skip
+            frames = seeded_frames(pipe, prompts[i], seed + i, num_inference_steps, **call_kwargs)
             if after_each:
-                after_each(i, frames_of(output) if keep_frames else None)
+                after_each(i, frames if keep_frames else None)
             runs.update(1)
         runs.close()
     finally:

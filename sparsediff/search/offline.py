@@ -25,10 +25,10 @@ from sparsediff.layout import TokenLayout
 from sparsediff.memory import PeakMemory
 from sparsediff.methods.runner import kept_bytes_of
 from sparsediff.patterns import PER_CALL, Full, HilbertWindow, Pattern, Pyramid, Skip, aligned_plan
-from sparsediff.search.calibrate import Calibration, CalibrationState, watched_dense_runs
+from sparsediff.search.calibrate import Calibration, CalibrationState, seeded_frames, watched_dense_runs
 from sparsediff.search.candidates import BandAndHeavyColumns, Candidate
 from sparsediff.search.cost import CostModel, measure
-from sparsediff.search.quality import Quality, QualityTarget, generated_quality, seeded_frames, stack_of
+from sparsediff.search.quality import Quality, QualityTarget, generated_quality, stack_of
 from sparsediff.search.refine import Refinement, refine_weights, weight_keys, weighted_errors
 from sparsediff.search.report import heatmap, short_name
 from sparsediff.search.solver import (

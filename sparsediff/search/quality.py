@@ -8,14 +8,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from sparsediff.config import SparseConfig
 from sparsediff.generate import Method, applied, peer_calibration
-from sparsediff.media import frames_of
 from sparsediff.metrics import psnr, ssim
 from sparsediff.peers import parse_peer
+from sparsediff.search.calibrate import seeded_frames
 
 IDENTICAL_DB = 99.0  # what an output identical to dense counts for, so that means stay finite
 SSIM_DB = 100.0  # a margin in SSIM counts this many dB per unit (0.01 SSIM below target = 1 dB)
@@ -76,13 +75,6 @@ def stack_of(config: SparseConfig, cache: str | None) -> Method:
         raise ValueError(f"--with-cache {cache!r} is not one of diffusers' caches we stack with (see bench methods)")
     ours = config.model_copy(update={"never_slower": False})
     return Method(f"{config.method}+{cache}" if cache else config.method, ours, peer)
-
-
-def seeded_frames(pipe, prompt: str, seed: int, num_inference_steps: int, **call_kwargs) -> np.ndarray:
-    """One generation's frames from `seed` (how the search runs prompt i: seed + i)."""
-    output = pipe(prompt=prompt, num_inference_steps=num_inference_steps,
-                  generator=torch.Generator().manual_seed(seed), **call_kwargs)  # fmt: skip
-    return frames_of(output)
 
 
 def generated_quality(

@@ -250,9 +250,7 @@ def build_app(
             count = int(validate or 0)
             if count and "target" not in bound:
                 raise ValueError("validation goes with a quality target: pick min PSNR or min SSIM")
-            if not 0 <= count <= len(loaded.entry.held_out):
-                raise ValueError(f"{loaded.entry.name} has {len(loaded.entry.held_out)} held-out prompts, not {count}")
-            held_out = [p for p in loaded.entry.held_out_prompts(count) if p not in texts] if count else []
+            held_out = loaded.entry.validation_prompts(count, texts) if count else []
             with work:
                 result = search(loaded.pipe, texts, num_inference_steps=request.steps, calibration_steps=2,
                                 kv_block_size=int(kv_block) or None, refine=int(refine or 0), progress=True,
