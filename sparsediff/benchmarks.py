@@ -33,28 +33,30 @@ from sparsediff.records import write_atomic
 SPECS = ASSETS / "benchmarks"
 PUBLISHED = SPECS / "records"
 ROOT = ASSETS.parent
-DOCS = (ROOT / "README.md", ROOT / "docs" / "results.md")
-# Records whose Pareto plot (speedup against PSNR) the docs show, and where it goes.
+DOCS = (ROOT / "README.md", ROOT / "docs" / "results.md", ROOT / "docs" / "diffusion-lms.md")
+# Records whose plot the docs show (methods: speedup against PSNR; eval: speedup against context).
 PLOTS = {
     "peers": ROOT / "docs" / "figures" / "pareto-peers.png",
     "default": ROOT / "docs" / "figures" / "pareto-default.png",
+    "dlm-context": ROOT / "docs" / "figures" / "dllm-context.png",
 }
 # A block names one record, or several of the same bench joined by commas (one table, a row group each).
 BLOCK = re.compile(r"(<!-- bench:(?P<name>[\w,-]+) -->\n)(?P<body>.*?)(<!-- /bench:(?P=name) -->)", re.S)
 
 
 class BenchSpec(BaseModel):
-    """One published measurement: `sparsediff bench BENCH --OPTION VALUE ...` (a list repeats its
-    option), what it answers, and the readable name of each method in its table."""
+    """One published measurement: `sparsediff bench BENCH --OPTION VALUE ...` (`sparsediff eval`
+    for the diffusion LM's accuracy; a list repeats its option), what it answers, and the readable
+    name of each method in its table."""
 
     name: str
     title: str
-    bench: Literal["methods", "attention", "dllm", "transformer"]
+    bench: Literal["methods", "attention", "dllm", "transformer", "eval"]
     options: dict[str, Any]
     labels: dict[str, str] = Field(default_factory=dict)
 
     def argv(self) -> list[str]:
-        argv = ["bench", self.bench]
+        argv = [self.bench] if self.bench == "eval" else ["bench", self.bench]
         for option, value in self.options.items():
             for item in value if isinstance(value, list) else [value]:
                 argv += [f"--{option}"] if item is True else [f"--{option}", str(item)]
@@ -241,7 +243,31 @@ def _dllm_table(records: list[dict]) -> list[str]:
     return lines
 
 
-RENDERERS = {"methods": _methods_table, "attention": _attention_table, "dllm": _dllm_table}
+def _eval_table(records: list[dict]) -> list[str]:
+    lines = [
+        "| prompt + answer tokens | dense accuracy | method | dense steps | accuracy | tokens as dense | density "
+        "| speedup | peak MB (dense / method) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in (r for record in records for r in record["results"]):
+        dense_steps = "-" if r["keep_ratio"] is None else f"{r['dense_fraction']:.0%}"  # SparseD's switch point
+        lines.append(
+            f"| {r['context_tokens']:,} | {r['accuracy_dense']:.1%} | {_dlm_method(r)} | {dense_steps} | "
+            f"{r['accuracy_sparse']:.1%} | {r['token_agreement']:.3f} | {_fmt(r['density'])} | {r['speedup']:.2f}x | "
+            f"{_fmt(r['dense_peak_mb'], '{:.0f}')} / {_fmt(r['sparse_peak_mb'], '{:.0f}')} |"
+        )
+    return lines
+
+
+def _dlm_method(row: dict) -> str:
+    """A setting of `sparsediff eval` by what it is: SparseD's mass and keep ratio, the prefix cache."""
+    sparsed = None if row["keep_ratio"] is None else f"SparseD {row['mass']} mass, keep {row['keep_ratio']:g}"
+    if not row["prefix_cache"]:
+        return sparsed or "dense"
+    return f"{sparsed} + prefix cache" if sparsed else "prefix cache alone"
+
+
+RENDERERS = {"methods": _methods_table, "attention": _attention_table, "dllm": _dllm_table, "eval": _eval_table}
 
 
 def render(records: dict | list[dict]) -> str:
@@ -302,15 +328,21 @@ def published_for(model: str, prompt: str, config: Path) -> str | None:
 
 
 def render_plots(records: Path | None = None) -> list[Path]:
-    """The Pareto plots of PLOTS' records (speedup against PSNR, methods by their readable names)."""
+    """The plots of PLOTS' records: a methods record's Pareto plot (speedup against PSNR, methods by
+    their readable names), an eval record's speedup against context."""
     from types import SimpleNamespace
 
-    from sparsediff.figures import pareto_figure
+    from sparsediff.figures import context_figure, pareto_figure
 
     written = []
     for name, path in PLOTS.items():
         record = load_record(name, records)
         if record is None:
+            continue
+        if record["spec"]["bench"] == "eval":
+            rows = [SimpleNamespace(**row) for row in record["results"]]
+            model, samples = record["spec"]["options"]["model"], record["results"][0]["samples"]
+            written.append(context_figure(rows, path, title=f"{model}, {samples} examples"))
             continue
         summary, labels = _summary(record), record["spec"]["labels"]
         rows = [SimpleNamespace(**{**row, "method": labels.get(row["method"], row["method"])})

@@ -23,24 +23,25 @@ from sparsediff.cli import app
 
 
 def _options(bench: str) -> set[str]:
-    command = typer.main.get_command(app).commands["bench"].commands[bench]
+    commands = typer.main.get_command(app).commands
+    command = commands["eval"] if bench == "eval" else commands["bench"].commands[bench]
     return {opt for param in command.params for opt in param.opts}
 
 
 def test_every_spec_names_options_its_bench_has():
     specs = load_specs()
-    assert {"demo", "default", "peers", "kernel-4k", "dllm", "size-8x32x32"} <= set(specs)
+    assert {"demo", "default", "peers", "kernel-4k", "dllm", "size-8x32x32", "dlm-context"} <= set(specs)
     for spec in specs.values():
-        argv = spec.argv()
-        flags = {a for a in argv[2:] if a.startswith("--")}
+        flags = {a for a in spec.argv() if a.startswith("--")}
         assert flags <= _options(spec.bench), (spec.name, flags - _options(spec.bench))
-        assert spec.title and spec.command().startswith(f"sparsediff bench {spec.bench} ")
+        command = "sparsediff eval " if spec.bench == "eval" else f"sparsediff bench {spec.bench} "
+        assert spec.title and spec.command().startswith(command)
         if spec.bench == "methods":
             assert set(spec.options["method"]) <= set(spec.labels), spec.name  # every method has a readable name
 
 
 def test_the_published_tables_are_what_their_records_render():
-    """Fails when a figure in README.md or docs/results.md is edited by hand or a record changes
+    """Fails when a figure in README.md, docs/results.md or docs/diffusion-lms.md is edited by hand or a record changes
     without `sparsediff bench report`."""
     assert update_docs(check=True) == []
     blocks = [m["name"] for path in DOCS for m in benchmarks.BLOCK.finditer(path.read_text())]
@@ -70,6 +71,22 @@ def test_a_record_renders_its_figures_and_where_they_come_from():
     assert "| 16x64x64 | 2 | dense (12.0 s) | 1.00x | - | - | 2/2 |" in text
     assert "CPU Z, 2 threads" in text and "`sparsediff bench run x`" in text
     assert text.count("<sub>") == 1 and render([_record("a"), _record("b")]).count("| ours |") == 2
+
+
+def test_an_eval_record_names_each_setting_by_what_it_is():
+    def row(keep_ratio, prefix_cache, mass="rows"):
+        return {"context_tokens": 4112, "accuracy_dense": 0.969, "accuracy_sparse": 0.938, "token_agreement": 0.996,
+                "density": None if keep_ratio is None else 0.21, "speedup": 1.5, "dense_fraction": 0.2,
+                "keep_ratio": keep_ratio, "mass": mass, "prefix_cache": prefix_cache, "dense_peak_mb": 1559.0,
+                "sparse_peak_mb": 1573.0, "samples": 32}  # fmt: skip
+
+    record = _record("dlm")
+    record["spec"] = {"name": "dlm", "title": "t", "bench": "eval", "options": {"model": "tiny-dlm"}, "labels": {}}
+    record["results"] = [row(0.2, False), row(None, True), row(0.3, True, "exact")]
+    text = render(record)
+    assert "| 4,112 | 96.9% | SparseD rows mass, keep 0.2 | 20% | 93.8% | 0.996 | 0.21 | 1.50x | 1559 / 1573 |" in text
+    assert "| prefix cache alone | - | 93.8% | 0.996 | - |" in text
+    assert "| SparseD exact mass, keep 0.3 + prefix cache |" in text and "`sparsediff bench run dlm`" in text
 
 
 def test_report_rewrites_a_stale_block_and_check_reports_it(tmp_path):
