@@ -495,11 +495,11 @@ def test_train_export_and_eval_round_trip(tmp_path):
     assert result.exit_code == 2 and "task.json is missing" in " ".join(result.output.split())
 
 
-@pytest.mark.parametrize(("context", "samples"), [(512, 16), (4096, 4)])
+@pytest.mark.parametrize(("context", "samples"), [(512, 16), (4096, 2)])
 def test_shipped_tiny_dlm_finds_held_out_needles(context, samples):
     """The weights in assets/ load through the registry (plain from_pretrained) and answer needles
     they never saw, dense and with the SparseD preset, at the length they were trained up to and at
-    512 tokens; at most one miss in 16 (none in 4 at 4,096 tokens, where decoding is slow)."""
+    512 tokens; at most one miss in 16 (none in 2 at 4,096 tokens, where decoding is slow)."""
     from sparsediff.pipelines.needles import HELD_OUT_SEED, decode_answers, level_of, sample
     from sparsediff.pipelines.registry import load_model
 
