@@ -63,8 +63,19 @@ def test_a_non_monotone_curve_still_returns_a_budget_that_met_the_target():
     bumpy = {0.35: 31.0, 0.2333: 29.0, 0.2858: 30.5, 0.2582: 28.0, 0.2716: 31.5}
     evaluate, asked = _curve(lambda b: bumpy.get(b, 29.0))
     found = find_budget(evaluate, start=0.35, floor=0.05, evaluations=8)
-    assert asked == [0.35, 0.2333, 0.2858, 0.2582, 0.2716]  # 0.2582 < 0.2716: bisection between a miss and a pass
+    assert asked[:5] == [0.35, 0.2333, 0.2858, 0.2582, 0.2716]  # 0.2582 < 0.2716: bisection between a miss and a pass
+    assert asked[5:] == [0.1555, 0.1037, 0.0691]  # then the evaluations left probe below, all missing
     assert found.passing.budget == 0.2716 and found.failing.budget == 0.2582
+
+
+def test_a_probe_below_the_edge_that_meets_the_target_becomes_the_answer():
+    """Whole-layer reuse at a low budget can keep more than a higher budget's patterns."""
+    bumpy = {0.35: 31.0, 0.2333: 29.0, 0.2858: 29.5, 0.3163: 30.5, 0.1555: 30.2, 0.1037: 29.0, 0.127: 30.1}
+    evaluate, asked = _curve(lambda b: bumpy.get(b, 29.0))
+    found = find_budget(evaluate, start=0.35, floor=0.05, evaluations=10)
+    assert asked[:5] == [0.35, 0.2333, 0.2858, 0.3163, 0.3007]  # the edge: 0.3163 meets, 0.3007 misses
+    assert asked[5:] == [0.1555, 0.1037, 0.127, 0.1148, 0.1207]  # a probe met: its own edge, bisected
+    assert found.passing.budget == 0.127 and found.failing.budget == 0.1207
 
 
 def test_quality_targets_are_checked_and_margins_are_in_db():

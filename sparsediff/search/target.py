@@ -2,10 +2,12 @@
 quality target on the calibration prompts.
 
 Quality falls as the budget falls, though not strictly (the solver's choice jumps between
-pattern kinds). The search brackets the answer from a start budget (x or / `STEP` until one
-budget meets the target and one below it does not), then bisects in log space until the two are
-within `RESOLUTION` of each other or the evaluations are spent. The lowest budget that met the
-target is the answer.
+pattern kinds: a lower budget can pick a kind that keeps more). The search brackets the answer
+from a start budget (x or / `STEP` until one budget meets the target and one below it does not),
+then bisects in log space until the two are within `RESOLUTION` of each other; evaluations left
+then probe below the lowest budget tried (/ `STEP` each, down to the floor), and a probe that
+meets the target is bracketed and bisected in turn. The lowest budget that met the target is the
+answer.
 """
 
 from __future__ import annotations
@@ -60,30 +62,32 @@ class BudgetSearch:
 
 
 def find_budget(evaluate: Callable[[float], Point], start: float, floor: float, evaluations: int) -> BudgetSearch:
-    """Bracket then bisect the budget in [`floor`, 1] from `start`, at most `evaluations` calls of
-    `evaluate` (budget -> evaluated point). Budgets are rounded to 4 decimals; none is evaluated twice."""
+    """Bracket, bisect, then probe lower budgets in [`floor`, 1] from `start`, at most
+    `evaluations` calls of `evaluate` (budget -> evaluated point). Budgets are rounded to 4
+    decimals; none is evaluated twice."""
     if evaluations < 2:
         raise ValueError(f"a target search needs at least 2 evaluations to bracket the budget, got {evaluations}")
     if not 0 < floor <= 1:
         raise ValueError(f"the lowest budget must be in (0, 1], got {floor}")
     found = BudgetSearch()
     budget = _clamp(start, floor)
-    while len(found.trail) < evaluations and budget not in {p.budget for p in found.trail}:
+    while budget is not None and len(found.trail) < evaluations and budget not in {p.budget for p in found.trail}:
         found.trail.append(evaluate(budget))
-        passing, failing = found.passing, found.failing
-        if passing is None:  # none met yet: up, until dense time
-            if failing.budget >= 1.0:
-                break
-            budget = _clamp(failing.budget * STEP, floor)
-        elif failing is None:  # all met: down, until the kernel's fixed cost
-            if passing.budget <= floor:
-                break
-            budget = _clamp(passing.budget / STEP, floor)
-        else:
-            if passing.budget / failing.budget <= RESOLUTION:
-                break
-            budget = _clamp(math.sqrt(passing.budget * failing.budget), floor)
+        budget = _next_budget(found, floor)
     return found
+
+
+def _next_budget(found: BudgetSearch, floor: float) -> float | None:
+    """The budget to evaluate after `found.trail`, or None when nothing is left to try."""
+    passing, failing = found.passing, found.failing
+    if passing is None:  # none met yet: up, until dense time
+        return None if failing.budget >= 1.0 else _clamp(failing.budget * STEP, floor)
+    if failing is None:  # all met: down, until the kernel's fixed cost
+        return None if passing.budget <= floor else _clamp(passing.budget / STEP, floor)
+    if passing.budget / failing.budget > RESOLUTION:
+        return _clamp(math.sqrt(passing.budget * failing.budget), floor)
+    lowest = min(p.budget for p in found.trail)  # the edge is found: probe below what was tried
+    return None if lowest <= floor else _clamp(lowest / STEP, floor)
 
 
 def _clamp(budget: float, floor: float) -> float:
