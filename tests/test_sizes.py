@@ -105,14 +105,14 @@ def test_search_sizes_raises_a_refused_budget_and_merges_one_bucket_per_size(mon
     def fake_search(pipe, prompts, *, budget, progress, height, **settings):
         tried.append((height, budget))
         if height == 64 and budget < 0.5:
-            raise offline.BudgetBelowFixedCost("below the fixed cost")
+            raise offline.BudgetUnreachable("below the cheapest plan", lowest=0.5)
         config = SparseConfig(method="pattern", pattern=Full(), heads={LAYER: [Diagonal(radius=height // 64)] * 2},
                               search={"settings": {"budget": budget, "grid": list(layouts[height].grid)}})  # fmt: skip
         return offline.SearchResult(config, *[None] * 9, layout=layouts[height])
 
     monkeypatch.setattr(offline, "search", fake_search)
     config, _ = offline.search_sizes(None, ["p"], [{"height": 64}, {"height": 128}], budget=0.3, progress=False)
-    assert tried == [(64, 0.3), (64, pytest.approx(0.45)), (64, 0.6), (128, 0.3)]
+    assert tried == [(64, 0.3), (64, 0.6), (128, 0.3)]  # 0.45 is below the lowest budget with a plan
     assert [b.grid for b in config.sizes] == [(2, 4, 4), (2, 8, 8)] and not config.heads
     assert config.sizes[0].search["settings"]["budget"] == 0.6 and config.sizes[1].heads[LAYER][0] == Diagonal(radius=2)
     settings = {"layout": repr(TokenLayout(frames=2, height=8, width=8))}  # as configs without a recorded grid

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
+import math
 import re
+import tempfile
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +48,7 @@ from sparsediff.search.work import SearchWork, choices_key
 Blocks = tuple[int, int]  # (query, KV) block sizes of static plans
 
 
-@dataclass
+@dataclasses.dataclass
 class SearchResult:
     config: SparseConfig
     candidates: list[Candidate]
@@ -230,11 +232,16 @@ def search(
                                           cal.itemsize, branches) for layer in errors}  # fmt: skip
     dense_total = sum(cost_model.dense_ms * t.shape[0] / cost_model.heads for t in errors.values())
     overhead = len(errors) * (cost_model.fixed_ms + cost_model.per_group_ms)  # per-call fixed costs
-    if budget is not None and budget * dense_total <= overhead:
-        raise BudgetBelowFixedCost(
-            f"budget {budget} of dense ({budget * dense_total:.3g} ms) does not cover the sparse kernel's fixed "
-            f"cost ({overhead:.3g} ms over {len(errors)} layers) at {layout.num_tokens} tokens; raise the budget "
-            "or search at a longer layout, where sparse attention pays"
+    # the fixed costs and the cheapest plan (below 0 where reusing whole layers saves more than it costs)
+    lowest_ms = overhead + max(cheapest_cost(errors, costs, reuse), 0.0)
+    if budget is not None and budget * dense_total < lowest_ms:
+        raise BudgetUnreachable(
+            f"budget {budget} of dense ({budget * dense_total:.3g} ms) is below the cheapest plan at "
+            f"{layout.num_tokens} tokens ({lowest_ms:.3g} ms: the sparse kernel's fixed cost over {len(errors)} "
+            f"layers and each head's cheapest pattern), so the lowest budget here is "
+            f"{math.ceil(lowest_ms / dense_total * 100) / 100:g}; raise the budget or search at a longer layout, "
+            "where sparse attention pays",
+            lowest=lowest_ms / dense_total,
         )
 
     def solve(weights: dict[str, float], at_budget: float | None = budget) -> Choices:
@@ -304,11 +311,9 @@ def search(
     keys = weight_keys(cal.candidates, list(errors))
     refinement, met = None, None
     if target is not None:
-        # the fixed costs and the cheapest plan (below 0 where reusing whole layers saves more than it costs)
-        lowest_ms = overhead + max(cheapest_cost(errors, costs, reuse), 0.0)
         floor = round(lowest_ms / dense_total * FLOOR_MARGIN, 4) or 0.0001
         if floor >= 1:
-            raise BudgetBelowFixedCost(
+            raise BudgetUnreachable(
                 f"at {layout.num_tokens} tokens the cheapest sparse plan and the kernel's fixed cost ({lowest_ms:.3g} "
                 f"ms over {len(errors)} layers) are not below dense attention time ({dense_total:.3g} ms): no budget "
                 "pays; search at a longer layout, where sparse attention pays"
@@ -414,8 +419,13 @@ def _front(trail: list[dict], dense_seconds: float | None) -> list[dict]:
     return [p | ({"speedup": round(dense_seconds / p["seconds"], 3)} if dense_seconds else {}) for p in front]
 
 
-class BudgetBelowFixedCost(ValueError):
-    """The budget leaves nothing once the sparse kernel's fixed costs are paid (a short layout)."""
+class BudgetUnreachable(ValueError):
+    """No plan fits the budget: the sparse kernel's fixed costs and each head's cheapest pattern
+    cost more (a short layout, a fast CPU). `lowest` is the least budget that has a plan."""
+
+    def __init__(self, message: str, lowest: float = 1.0) -> None:
+        super().__init__(message)
+        self.lowest = lowest
 
 
 BUDGET_STEPS = (1.5, 2.0, 3.0)  # a refused budget is retried at these multiples (capped at 1)
@@ -428,28 +438,38 @@ def search_sizes(
     """`search` at each of `sizes` (call arguments: `num_frames`, `height`, `width`), merged into
     one config with a size bucket per searched grid (`merge_sizes`).
 
-    At a size so short that `budget` does not cover the sparse kernel's fixed costs, the budget
-    is raised (x1.5, x2, x3, at most 1: dense time) and the one used recorded in the bucket; a
-    size where none pays is an error naming it (leave it out: the speed check runs such calls
-    dense at run time anyway).
+    At a size so short (or a CPU so fast) that no plan fits `budget`, the budget is raised
+    (x1.5, x2, x3, at most 1: dense time; steps below the lowest budget with a plan are passed
+    over) and the one used recorded in the bucket; the retries reuse the size's calibration (a
+    temporary work folder when none is given). A size where none pays is an error naming it
+    (leave it out: the speed check runs such calls dense at run time anyway).
     """
     results = []
-    for i, size in enumerate(sizes):
-        if progress:
-            print(f"search at size {i + 1}/{len(sizes)}: {size}", flush=True)
-        raised = (round(min(1.0, budget * m), 4) for m in (1.0, *BUDGET_STEPS)) if budget else ()
-        tried = list(dict.fromkeys(raised)) or [budget]
-        for attempt in tried:
-            try:
-                results.append(search(pipe, prompts, budget=attempt, progress=progress, **settings, **size))
-                break
-            except BudgetBelowFixedCost as err:
-                if attempt == tried[-1]:
-                    tried_up_to = f"no budget up to {attempt} pays: " if attempt else ""
-                    raise ValueError(f"at size {size} {tried_up_to}{err}") from err
-                if progress:
-                    print(f"budget {attempt} is below the fixed cost at {size}; trying a larger one", flush=True)
+    with tempfile.TemporaryDirectory(prefix="sparsediff-search-") as scratch:
+        settings["work"] = settings.get("work") or scratch
+        for i, size in enumerate(sizes):
+            if progress:
+                print(f"search at size {i + 1}/{len(sizes)}: {size}", flush=True)
+            results.append(_search_raising_budget(pipe, prompts, size, budget, progress, settings))
     return merge_sizes([r.config for r in results]), results
+
+
+def _search_raising_budget(pipe, prompts, size: dict, budget: float | None, progress: bool, settings: dict):
+    steps = list(dict.fromkeys(round(min(1.0, budget * m), 4) for m in (1.0, *BUDGET_STEPS))) if budget else [None]
+    lowest, begin = 0.0, time.perf_counter()
+    for attempt in steps:
+        if attempt is not None and attempt < lowest:
+            continue
+        try:
+            result = search(pipe, prompts, budget=attempt, progress=progress, **settings, **size)
+            return dataclasses.replace(result, seconds=time.perf_counter() - begin)  # the refused tries too
+        except BudgetUnreachable as err:
+            lowest = err.lowest
+            if progress and attempt != steps[-1]:
+                print(f"no plan fits budget {attempt} at {size}; trying a larger one", flush=True)
+            last = err
+    tried_up_to = f"no budget up to {steps[-1]} pays: " if budget else ""
+    raise ValueError(f"at size {size} {tried_up_to}{last}") from last
 
 
 def searched_grid(config: SparseConfig) -> tuple[int, int, int]:
