@@ -4,7 +4,8 @@ Each peer runs through its own engine, never re-implemented: diffusers' hooks
 (`transformer.enable_cache(config)`, removed with `disable_cache()`) at diffusers' documented
 defaults, and cache-dit's DBCache (`cache_dit.enable_cache(transformer, cache_config=...)`, the
 optional `cache-dit` package) at its defaults but one: F1B0, since its F8B0 needs 8 blocks per
-stack. `name:key=value,...` changes settings (`fbcache:threshold=0.1`,
+stack; FasterCache also splits the per-sample inputs its list misses (`FASTERCACHE_ALSO_SPLIT`).
+`name:key=value,...` changes settings (`fbcache:threshold=0.1`,
 `cachedit:residual_diff_threshold=0.12`). MagCache needs magnitude ratios measured on the model:
 `magcache_ratios` runs diffusers' own calibration mode once and reads the ratios it logs.
 A peer that cannot run on a model raises `PeerError` naming why.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import inspect
 import io
 import logging
 import re
@@ -70,6 +72,20 @@ PEERS: dict[str, PeerKind] = {
 }
 
 
+# Per-sample inputs that diffusers' FasterCache does not split into the unconditional and
+# conditional halves of a CFG batch (it splits hidden states, timestep, text and masks): left
+# whole, a skipped unconditional half meets a full batch. HunyuanVideo, SD3 and Flux take them.
+FASTERCACHE_ALSO_SPLIT = ("pooled_projections",)
+
+
+def _fastercache_split(transformer) -> list[str]:
+    """FasterCache's split inputs, and those of `FASTERCACHE_ALSO_SPLIT` that `transformer` takes."""
+    split = "_unconditional_conditional_input_kwargs_identifiers"
+    field = next(f for f in fields(FasterCacheConfig) if f.name == split)
+    accepted = inspect.signature(transformer.forward).parameters
+    return [*field.default, *(name for name in FASTERCACHE_ALSO_SPLIT if name in accepted)]
+
+
 class PeerError(RuntimeError):
     """A peer that cannot run on this model, with the reason."""
 
@@ -111,6 +127,8 @@ def cache_config(pipe, peer: Peer, steps: int, mag_ratios: list[float] | None = 
         kwargs["current_timestep_callback"] = lambda: pipe.current_timestep
     if peer.name == "magcache":
         kwargs |= {"num_inference_steps": steps, "mag_ratios": mag_ratios}
+    if peer.name == "fastercache":
+        kwargs.setdefault("_unconditional_conditional_input_kwargs_identifiers", _fastercache_split(pipe.transformer))
     return kind.config()(**kwargs)
 
 

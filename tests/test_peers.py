@@ -185,3 +185,23 @@ def test_pareto_labels_stay_clear_of_each_other_and_of_every_dot(tmp_path):
         assert box[0] >= 0 and box[2] <= chart.width and box[1] >= 0 and box[3] <= chart.height
         assert not any(boxes_overlap(box, dot) for dot in chart.markers)
         assert not any(boxes_overlap(box, other) for other in boxes[i + 1 :])
+
+
+def test_fastercache_skips_the_unconditional_half_of_a_cfg_batch():
+    """On a transformer that takes pooled_projections (HunyuanVideo, as shapes-t2v) with CFG in one
+    batch, unconditional half first as diffusers' pipelines batch it, FasterCache runs and
+    approximates that half: its output differs from the pipeline's, which is back after."""
+    import torch
+
+    from sparsediff.peers import enabled
+    from sparsediff.pipelines.shapes.pipeline import build_pipeline
+
+    pipe = build_pipeline(seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    args = dict(num_frames=3, height=16, width=16, num_inference_steps=8, guidance_scale=4.0)
+    native = pipe("a red circle moving right", generator=torch.Generator().manual_seed(0), **args).frames
+    with enabled(pipe, Peer("fastercache"), steps=8):
+        cached = pipe("a red circle moving right", generator=torch.Generator().manual_seed(0), **args).frames
+    assert np.isfinite(cached).all() and np.abs(cached - native).max() > 1e-4
+    again = pipe("a red circle moving right", generator=torch.Generator().manual_seed(0), **args).frames
+    assert np.array_equal(again, native)

@@ -206,7 +206,7 @@ class ShapesT2VPipeline(DiffusionPipeline):
         if len(negatives) != len(prompts):
             raise ValueError(f"{len(negatives)} negative prompts for {len(prompts)} prompts")
         cfg = guidance_scale > 1.0
-        text, pooled = self.encode_prompt(prompts + negatives if cfg else prompts)
+        text, pooled = self.encode_prompt(negatives + prompts if cfg else prompts)  # diffusers' order: uncond first
         device, dtype = self.transformer.device, self.transformer.dtype
         shape = (len(prompts), 3, num_frames, height, width)
         latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(device, dtype)
@@ -218,10 +218,10 @@ class ShapesT2VPipeline(DiffusionPipeline):
                 sigma = (t / self.scheduler.config.num_train_timesteps).expand(batch.shape[0]).to(dtype)
                 # The context diffusers' cache hooks (and sparsediff's step tracking) key their state by.
                 context = dict(step_index=i, num_inference_steps=num_inference_steps, timestep=t, sigma=float(sigma[0]))
-                with self.transformer.cache_context("cond_uncond" if cfg else "cond", **context):
+                with self.transformer.cache_context("uncond_cond" if cfg else "cond", **context):
                     velocity = self.predict(batch, sigma, text.to(dtype), pooled.to(dtype))
                 if cfg:
-                    cond, uncond = velocity.chunk(2)
+                    uncond, cond = velocity.chunk(2)
                     velocity = uncond + guidance_scale * (cond - uncond)
                 latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
                 progress.update()
