@@ -33,7 +33,7 @@ from sparsediff.records import write_atomic
 SPECS = ASSETS / "benchmarks"
 PUBLISHED = SPECS / "records"
 ROOT = ASSETS.parent
-DOCS = (ROOT / "README.md", ROOT / "docs" / "results.md", ROOT / "docs" / "diffusion-lms.md")
+DOCS = tuple(ROOT / p for p in ("README.md", "docs/results.md", "docs/diffusion-lms.md", "docs/embedded-models.md"))
 # Records whose plot the docs show (methods: speedup against PSNR; eval: speedup against context).
 PLOTS = {
     "peers": ROOT / "docs" / "figures" / "pareto-peers.png",

@@ -12,7 +12,17 @@ import typer
 from rich.table import Table
 
 from sparsediff.attention import backend_choices
-from sparsediff.cli.common import SPARSED, DeviceOption, DtypeOption, bench_app, choice, console, load_on, mb
+from sparsediff.cli.common import (
+    SPARSED,
+    DeviceOption,
+    DtypeOption,
+    bench_app,
+    choice,
+    console,
+    load_on,
+    mb,
+    shows_progress,
+)
 from sparsediff.devices import DTYPES
 
 
@@ -200,7 +210,7 @@ def bench_dllm_cmd(
     for n in context:
         try:
             r = bench_dllm(n, steps, gen_length, hidden, heads, layers, keep_ratio, dense_fraction,
-                           progress=not json_out, mass=mass)  # fmt: skip
+                           progress=shows_progress(json_out), mass=mass)  # fmt: skip
         except ValueError as err:
             console.print(f"[red]error:[/red] {err}")
             raise typer.Exit(2) from err
@@ -334,8 +344,8 @@ def bench_methods_cmd(
         loaded.pipe.set_progress_bar_config(disable=True)
         methods = method or ["local", "topk", "pyramid", "raster-window", "hilbert"]
         overrides = {} if dense_steps is None else {"schedule": {"dense_steps": dense_steps}}
-        dense_s, rows = compare_methods(loaded, requests, methods, density, progress=not json_out, record=record,
-                                        **overrides)  # fmt: skip
+        dense_s, rows = compare_methods(loaded, requests, methods, density, progress=shows_progress(json_out),
+                                        record=record, **overrides)  # fmt: skip
     except (ValueError, FileNotFoundError, FloatingPointError) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from err
@@ -426,7 +436,7 @@ def bench_run_cmd(
 def bench_report_cmd(
     check: Annotated[bool, typer.Option(help="only compare: exit 1 when a published table differs")] = False,
 ) -> None:
-    """Render the README's and docs/results.md's tables from the published records."""
+    """Render the tables and plots of README.md and docs/ from the published records."""
     from sparsediff.benchmarks import render_plots, update_docs
 
     try:

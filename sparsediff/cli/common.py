@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -17,6 +18,13 @@ app = typer.Typer(
 bench_app = typer.Typer(help="Speed benchmarks: dense vs sparse, side by side in one process.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 console = Console()
+
+
+def shows_progress(json_out: bool) -> bool:
+    """Progress bars go to stderr: shown unless `--json` output is read by a program rather than a
+    person at a terminal (`bench run` reads stdout and leaves stderr on the terminal)."""
+    return not json_out or sys.stderr.isatty()
+
 
 DeviceOption = Annotated[str, typer.Option(help=f"device: {DEVICE_HELP}")]
 DtypeOption = Annotated[str, typer.Option(help=f"dtype: {DTYPE_HELP}")]

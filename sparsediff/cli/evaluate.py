@@ -11,7 +11,16 @@ import torch
 import typer
 from rich.table import Table
 
-from sparsediff.cli.common import SPARSED_DEFAULTS, DeviceOption, DtypeOption, app, choice, console, load_on
+from sparsediff.cli.common import (
+    SPARSED_DEFAULTS,
+    DeviceOption,
+    DtypeOption,
+    app,
+    choice,
+    console,
+    load_on,
+    shows_progress,
+)
 
 
 @app.command("eval")
@@ -69,7 +78,7 @@ def eval_cmd(
         results = []
         for level in levels:  # shortest first: its figures arrive before the long runs
             found = evaluate_sparsed(loaded.pipe, loaded.tokenizer, level, samples, settings, batch=batch,
-                                     progress=not json_out)  # fmt: skip
+                                     progress=shows_progress(json_out))  # fmt: skip
             results += found
             if json_out:
                 for r in found:

@@ -368,7 +368,7 @@ def search(
                         peak.mb, layout)  # fmt: skip
 
 
-TARGET_START = 0.35  # the budget a target search tries first (the shipped default's)
+TARGET_START = 0.35  # the budget a target search tries first (where the refined budget search of shapes-t2v ended)
 FLOOR_MARGIN = 1.05  # the lowest budget tried: this much above the cheapest plan and the kernel's fixed costs
 
 
