@@ -19,6 +19,7 @@ import platform
 import re
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -202,7 +203,7 @@ def _methods_table(records: list[dict]) -> list[str]:
                 name += f" ({summary['dense_s']:.1f} s)"
             head = f"| {summary['size']} | {n} | {name} |"
             if row.get("error"):
-                lines.append(f"{head} fails: {row['error'][:80]} | | | | | |")
+                lines.append(f"{head} fails: {textwrap.shorten(row['error'], 160, placeholder=' ...')} | | | | | |")
                 continue
             share = (row.get("judge") or {}).get("colour_and_direction")  # mean of the prompts' verdicts
             judge = "-" if share is None else f"{round(share * n)}/{n}"

@@ -196,6 +196,8 @@ def test_a_search_at_several_sizes_meets_the_target_at_each(wan, shared):
 
 
 def test_bad_target_settings_are_refused_before_any_run(wan):
+    with pytest.raises(ValueError, match=r"start_budget is a fraction of dense attention time in \(0, 1\], got 1.5"):
+        search(wan, PROMPTS, target=TARGET, start_budget=1.5, **CALL)
     with pytest.raises(ValueError, match="exactly one of"):
         search(wan, PROMPTS, budget=0.3, target=TARGET, **CALL)
     with pytest.raises(ValueError, match="go with a quality target"):
@@ -226,12 +228,17 @@ def test_the_cli_target_search_writes_the_config_and_prints_the_front(tmp_path):
     validate = tmp_path / "validate.txt"
     validate.write_text("a green cat\n")
     out = tmp_path / "target.json"
-    done = CliRunner().invoke(app, ["search", "--model", "tiny-wan", "--prompt", PROMPTS[0], "--prompt", PROMPTS[1],
-                                    "--min-psnr", "60", "--validate-prompts", str(validate), "--steps", "4",
-                                    "--num-frames", "5", "--height", "128", "--width", "128", "--calibration-steps",
-                                    "2", "--evaluations", "3", "--refine", "0", "--cost-model", str(costs),
-                                    "--work", str(tmp_path / "work"), "--out", str(out)])  # fmt: skip
+    done_args = ["search", "--model", "tiny-wan", "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--min-psnr", "60",
+                 "--validate-prompts", str(validate), "--steps", "4", "--num-frames", "5", "--height", "128",
+                 "--width", "128", "--calibration-steps", "2", "--evaluations", "3", "--refine", "0",
+                 "--cost-model", str(costs), "--work", str(tmp_path / "work")]  # fmt: skip
+    done = CliRunner().invoke(app, [*done_args, "--out", str(out)])
     assert done.exit_code == 0, done.output
     found = json.loads(out.read_text())["search"]["target"]
     assert found["min_psnr"] == 60 and found["validation"]["prompts"] == ["a green cat"]
     assert "target PSNR >= 60" in done.output and "prompts it never saw" in done.output and "front" in done.output
+    again = tmp_path / "again.json"  # from the answer: its budget is the first one tried, its cost model reused
+    args = [a for a in done_args if a not in ("--cost-model", str(costs))]
+    done = CliRunner().invoke(app, [*args, "--start-from", str(out), "--out", str(again)])
+    assert done.exit_code == 0, done.output
+    assert json.loads(again.read_text())["search"]["target"]["trail"][0]["budget"] == found["budget"]

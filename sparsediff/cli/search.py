@@ -110,7 +110,10 @@ def search_cmd(
     cost_model: Annotated[Path | None, typer.Option(help="reuse the cost model of an earlier config")] = None,
     start_from: Annotated[
         Path | None,
-        typer.Option(help="continue from an earlier single-size search: its cost model and refined error weights"),
+        typer.Option(
+            help="continue from an earlier single-size search: its cost model, refined error weights and, with a "
+            "target, its budget as the first one tried"
+        ),
     ] = None,
     max_extra_memory: Annotated[
         float | None, typer.Option(help="MB that skipped heads may keep between steps, at the calibration size")
@@ -165,7 +168,7 @@ def search_cmd(
                               given_or(guidance, entry.guidance))  # fmt: skip
             check_request(loaded, request)
             calls.append(shared_call_kwargs(loaded, request))
-        weights = _refined_weights(start_from) if start_from else None
+        weights, start_budget = _start_point(start_from) if start_from else (None, None)
         timed = cost_model or start_from
         costs = CostModel.model_validate(_cost_model_json(timed)) if timed else None
         loaded.pipe.set_progress_bar_config(disable=True)
@@ -173,7 +176,7 @@ def search_cmd(
             max_error=max_error, num_inference_steps=request.steps, calibration_steps=calibration_steps, rows=rows,
             block_size=block_size, kv_block_size=kv_block_size, dense_fraction=dense_fraction, dense_steps=dense_steps,
             seed=seed, max_extra_memory_mb=max_extra_memory, target=target, evaluations=evaluations,
-            validate=held_out, cache=with_cache, work=work, weights=weights,
+            validate=held_out, cache=with_cache, work=work, weights=weights, start_budget=start_budget,
             refine=(4 if aimed else 0) if refine is None else refine,
         )  # fmt: skip
         if size:
@@ -265,12 +268,14 @@ def _read_prompts(path: Path) -> list[str]:
         raise ValueError(f"cannot read --prompts {path}: {err.strerror or err}") from err
 
 
-def _refined_weights(path: Path) -> dict[str, float]:
-    """The error weights an earlier search's refinement kept (none when it was not refined)."""
+def _start_point(path: Path) -> tuple[dict[str, float], float | None]:
+    """The error weights an earlier search's refinement kept (none when it was not refined) and
+    the budget it ended at (its target search's answer, or the budget it was given)."""
     search = json.loads(path.read_text()).get("search")
     if not search:
         raise ValueError(f"--start-from {path}: give a config searched at one size (it has search settings)")
-    return (search.get("refinement") or {}).get("weights", {})
+    weights = (search.get("refinement") or {}).get("weights", {})
+    return weights, (search.get("target") or {}).get("budget") or search["settings"].get("budget")
 
 
 def _cost_model_json(path: Path) -> dict:

@@ -124,6 +124,7 @@ def search(
     cache: str | None = None,
     work: str | Path | None = None,
     weights: dict[str, float] | None = None,
+    start_budget: float | None = None,
     **call_kwargs,
 ) -> SearchResult:
     """Find the cheapest pattern per layer and head for `pipe` (a diffusers pipeline).
@@ -137,9 +138,11 @@ def search(
     `validate` prompts are then generated dense and under the config, and their quality and
     speedup recorded. `work` is a folder that keeps what the search computed: a rerun resumes
     from it. `weights` are error weights to start from (an earlier refinement's,
-    `search.refinement.weights`). `call_kwargs` go to every pipeline call (sizes, guidance); each
-    prompt runs with seed `seed + i`. Static plans use query blocks of `block_size` and KV blocks
-    of `kv_block_size` (default: the same).
+    `search.refinement.weights`); `start_budget` is the budget a target search tries (and refines
+    at) first, default `TARGET_START` (give an earlier search's budget to go on from it).
+    `call_kwargs` go to every pipeline call (sizes, guidance); each prompt runs with seed
+    `seed + i`. Static plans use query blocks of `block_size` and KV blocks of `kv_block_size`
+    (default: the same).
     `max_extra_memory_mb` bounds what skipped heads keep between steps at the calibration's
     size (the config's `search.predicted.extra_memory_mb`); skips over it are replaced.
     `refine` > 0 (budget or target) tunes the solver's error weights end to end on the prompts,
@@ -154,8 +157,9 @@ def search(
         raise ValueError("validate and cache go with a quality target (min_psnr / min_ssim)")
     if cache:
         stack_of(SparseConfig(method="dense"), cache)  # an unknown cache is refused before any run
-    if budget is not None and not 0 < budget <= 1:
-        raise ValueError(f"budget is a fraction of dense attention time in (0, 1], got {budget}")
+    for name, fraction in (("budget", budget), ("start_budget", start_budget)):
+        if fraction is not None and not 0 < fraction <= 1:
+            raise ValueError(f"{name} is a fraction of dense attention time in (0, 1], got {fraction}")
     if not prompts:
         raise ValueError("search needs at least one calibration prompt")
     if max_extra_memory_mb is not None and max_extra_memory_mb < 0:
@@ -318,7 +322,7 @@ def search(
                 f"ms over {len(errors)} layers) are not below dense attention time ({dense_total:.3g} ms): no budget "
                 "pays; search at a longer layout, where sparse attention pays"
             )
-        start_budget = max(TARGET_START, floor)
+        start_budget = max(start_budget or TARGET_START, floor)
         if refine:  # the weights correct how the solver ranks errors: found at one budget, used at all
             _, refinement = refine_weights(lambda w: solve(w, start_budget), lambda c: evaluate(c).psnr, keys, refine,
                                            progress=False, start=weights)  # fmt: skip
