@@ -9,7 +9,6 @@ are the ones the app measured. Needs the test extra (Playwright) and Debian's ch
 from __future__ import annotations
 
 import argparse
-import shutil
 import socket
 import subprocess
 import sys
@@ -17,8 +16,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "a cyan square moving up left"  # held out of training
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"]  # fmt: skip
 TIMEOUT_MS = 600_000  # a compare at the default size on 2 CPU cores, model load included
 
 
@@ -34,10 +31,8 @@ def compare_tab(out: Path) -> None:
     from playwright.sync_api import sync_playwright
 
     from sparsediff.ui.app import build_app
+    from sparsediff.ui.browser import launch_chromium
 
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        raise SystemExit("chromium is missing: apt-get install chromium (Debian's package)")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -45,7 +40,7 @@ def compare_tab(out: Path) -> None:
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
+            browser = launch_chromium(playwright)
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(f"http://127.0.0.1:{port}")
             page.get_by_label("Prompt", exact=True).fill(PROMPT)

@@ -8,7 +8,6 @@ test's temporary folder).
 import math
 import os
 import re
-import shutil
 import socket
 from pathlib import Path
 
@@ -16,8 +15,6 @@ import pytest
 
 pytestmark = pytest.mark.browser
 SMALL = {"Frames": "8", "Height": "32", "Width": "32", "Steps": "4"}
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--no-first-run"]  # fmt: skip
 TIMEOUT = 120_000  # ms: a compare at the small size takes seconds; the first one also loads the model
 
 
@@ -40,10 +37,10 @@ def url(tmp_path_factory):
 def browser():
     from playwright.sync_api import sync_playwright
 
-    chromium = shutil.which("chromium")
-    assert chromium, "chromium is missing: `make test` installs it with apt-get (Debian's package)"
+    from sparsediff.ui.browser import launch_chromium
+
     with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=chromium, headless=True, args=FLAGS)
+        launched = launch_chromium(playwright)
         yield launched
         launched.close()
 

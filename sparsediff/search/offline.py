@@ -320,7 +320,8 @@ def search(
             raise BudgetUnreachable(
                 f"at {layout.num_tokens} tokens the cheapest sparse plan and the kernel's fixed cost ({lowest_ms:.3g} "
                 f"ms over {len(errors)} layers) are not below dense attention time ({dense_total:.3g} ms): no budget "
-                "pays; search at a longer layout, where sparse attention pays"
+                "pays; search at a longer layout, where sparse attention pays",
+                lowest=lowest_ms / dense_total,
             )
         start_budget = max(start_budget or TARGET_START, floor)
         if refine:  # the weights correct how the solver ranks errors: found at one budget, used at all
@@ -460,18 +461,17 @@ def search_sizes(
 
 def _search_raising_budget(pipe, prompts, size: dict, budget: float | None, progress: bool, settings: dict):
     steps = list(dict.fromkeys(round(min(1.0, budget * m), 4) for m in (1.0, *BUDGET_STEPS))) if budget else [None]
-    lowest, begin = 0.0, time.perf_counter()
+    lowest, begin, last = 0.0, time.perf_counter(), None
     for attempt in steps:
         if attempt is not None and attempt < lowest:
             continue
+        if last is not None and progress:
+            print(f"no plan fits a lower budget at {size}; trying {attempt}", flush=True)
         try:
             result = search(pipe, prompts, budget=attempt, progress=progress, **settings, **size)
             return dataclasses.replace(result, seconds=time.perf_counter() - begin)  # the refused tries too
         except BudgetUnreachable as err:
-            lowest = err.lowest
-            if progress and attempt != steps[-1]:
-                print(f"no plan fits budget {attempt} at {size}; trying a larger one", flush=True)
-            last = err
+            lowest, last = err.lowest, err
     tried_up_to = f"no budget up to {steps[-1]} pays: " if budget else ""
     raise ValueError(f"at size {size} {tried_up_to}{last}") from last
 
